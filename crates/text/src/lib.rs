@@ -1,0 +1,1 @@
+//! Text layer: tokenizer.json, Hugging Face chat templates, streaming detokenization, stop strings.
