@@ -1,0 +1,1 @@
+//! Engine: weights, expert store, models, sampling, generation.

@@ -1,0 +1,349 @@
+//! Matrix products against weight views: plain, SwiGLU-fused, and gathered over experts.
+//!
+//! All of them are row-parallel over the weight's output rows, so every weight row is read
+//! once per call however many activation rows use it (a prefill batch, or every token routed
+//! to an expert). Quantized rows are dequantized into a per-thread buffer once and then
+//! dotted with each activation row.
+
+use crate::activation::silu;
+use crate::matrix::{FloatSlice, Matrix};
+use crate::pool::{SharedMut, ThreadPool};
+use crate::simd::dot;
+use std::cell::RefCell;
+
+/// One expert's share of a gathered matmul: `out[out_rows[i]] = x[x_rows[i]] @ w.T`.
+#[derive(Clone, Copy, Debug)]
+pub struct GatherGroup<'a> {
+    pub w: Matrix<'a>,
+    pub x_rows: &'a [u32],
+    pub out_rows: &'a [u32],
+}
+
+/// One expert's share of a gathered SwiGLU:
+/// `h[out_rows[i]] = silu(x G.T) * (x U.T)` with `x = x[x_rows[i]]`.
+#[derive(Clone, Copy, Debug)]
+pub struct GatherPair<'a> {
+    pub gate: Matrix<'a>,
+    pub up: Matrix<'a>,
+    pub x_rows: &'a [u32],
+    pub out_rows: &'a [u32],
+}
+
+thread_local! {
+    static ROW_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ROW_BUF2: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows per task: enough tasks to balance threads, not so many that dispatch dominates.
+fn chunk_rows(pool: &ThreadPool, rows: usize) -> usize {
+    rows.div_ceil(pool.threads() * 4).clamp(8, 256)
+}
+
+/// Borrows row `r` of `w` as f32: directly for f32 weights, else widened/dequantized into
+/// `buf`.
+#[inline]
+fn row<'b>(w: &'b Matrix, r: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    if let Matrix::Dense(d) = w {
+        if let FloatSlice::F32(s) = d.data {
+            return &s[r * d.cols..(r + 1) * d.cols];
+        }
+    }
+    buf.resize(w.cols(), 0.0);
+    w.row_into(r, buf);
+    buf
+}
+
+/// `y[m, rows] = x[m, cols] @ W.T`.
+pub fn matmul(pool: &ThreadPool, x: &[f32], m: usize, w: &Matrix, y: &mut [f32]) {
+    let rows_idx: Vec<u32>;
+    let idx: &[u32] = if m <= IDENTITY.len() {
+        &IDENTITY[..m]
+    } else {
+        rows_idx = (0..m as u32).collect();
+        &rows_idx
+    };
+    gather_matmul(
+        pool,
+        x,
+        &[GatherGroup {
+            w: *w,
+            x_rows: idx,
+            out_rows: idx,
+        }],
+        y,
+    );
+}
+
+/// `h[m, rows] = silu(x @ G.T) * (x @ U.T)`, gate and up read in the same pass.
+pub fn swiglu(pool: &ThreadPool, x: &[f32], m: usize, gate: &Matrix, up: &Matrix, h: &mut [f32]) {
+    let rows_idx: Vec<u32>;
+    let idx: &[u32] = if m <= IDENTITY.len() {
+        &IDENTITY[..m]
+    } else {
+        rows_idx = (0..m as u32).collect();
+        &rows_idx
+    };
+    let pair = GatherPair {
+        gate: *gate,
+        up: *up,
+        x_rows: idx,
+        out_rows: idx,
+    };
+    gather_swiglu(pool, x, &[pair], h);
+}
+
+const IDENTITY: [u32; 64] = {
+    let mut a = [0u32; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = i as u32;
+        i += 1;
+    }
+    a
+};
+
+/// Maps a flat task index onto (group, first row, end row) for groups of `rows(g)` rows cut
+/// into chunks of `chunk`.
+fn locate(
+    task: usize,
+    n_groups: usize,
+    rows: impl Fn(usize) -> usize,
+    chunk: usize,
+) -> (usize, usize, usize) {
+    let mut t = task;
+    for g in 0..n_groups {
+        let n = rows(g).div_ceil(chunk);
+        if t < n {
+            let start = t * chunk;
+            return (g, start, (start + chunk).min(rows(g)));
+        }
+        t -= n;
+    }
+    unreachable!("task index beyond the last group")
+}
+
+/// Gathered matmul over expert groups in one dispatch.
+pub fn gather_matmul(pool: &ThreadPool, x: &[f32], groups: &[GatherGroup], out: &mut [f32]) {
+    let Some(first) = groups.first() else { return };
+    let (rows, cols) = (first.w.rows(), first.w.cols());
+    let chunk = chunk_rows(pool, rows);
+    let tasks: usize = groups.iter().map(|g| g.w.rows().div_ceil(chunk)).sum();
+    let out_ptr = SharedMut::new(out);
+    pool.run(tasks, &|task| {
+        let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].w.rows(), chunk);
+        let grp = &groups[gi];
+        ROW_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            for r in r0..r1 {
+                let wr = row(&grp.w, r, &mut buf);
+                for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
+                    let xv = &x[xr as usize * cols..][..cols];
+                    // SAFETY: (out row, r) pairs are disjoint across tasks: each task owns
+                    // rows r0..r1 of one group, and groups own disjoint out rows.
+                    unsafe { out_ptr.write(or as usize * rows + r, dot(wr, xv)) };
+                }
+            }
+        });
+    });
+}
+
+/// Gathered SwiGLU (gate + up + `silu(g) * u`) over expert groups in one dispatch, with no
+/// fused copy of the weights.
+pub fn gather_swiglu(pool: &ThreadPool, x: &[f32], groups: &[GatherPair], h: &mut [f32]) {
+    let Some(first) = groups.first() else { return };
+    let (rows, cols) = (first.gate.rows(), first.gate.cols());
+    let chunk = chunk_rows(pool, rows);
+    let tasks: usize = groups.iter().map(|g| g.gate.rows().div_ceil(chunk)).sum();
+    let h_ptr = SharedMut::new(h);
+    pool.run(tasks, &|task| {
+        let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].gate.rows(), chunk);
+        let grp = &groups[gi];
+        ROW_BUF.with(|c1| {
+            ROW_BUF2.with(|c2| {
+                let (mut b1, mut b2) = (c1.borrow_mut(), c2.borrow_mut());
+                for r in r0..r1 {
+                    let gr = row(&grp.gate, r, &mut b1);
+                    let ur = row(&grp.up, r, &mut b2);
+                    for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
+                        let xv = &x[xr as usize * cols..][..cols];
+                        let v = silu(dot(gr, xv)) * dot(ur, xv);
+                        // SAFETY: as in gather_matmul.
+                        unsafe { h_ptr.write(or as usize * rows + r, v) };
+                    }
+                }
+            })
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::{DenseMatrix, QuantMatrix};
+    use crate::quant::quantize_row;
+    use crate::rng::Rng;
+    use half::{bf16, f16};
+
+    struct OwnedQ {
+        packed: Vec<u32>,
+        scales: Vec<f32>,
+        biases: Vec<f32>,
+        scales_bf: Vec<bf16>,
+        biases_bf: Vec<bf16>,
+        rows: usize,
+        cols: usize,
+        bits: u32,
+        g: usize,
+    }
+
+    fn random_q(rng: &mut Rng, rows: usize, cols: usize, bits: u32, g: usize) -> OwnedQ {
+        let (mut packed, mut scales, mut biases) = (vec![], vec![], vec![]);
+        for _ in 0..rows {
+            let w: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+            let (p, s, b) = quantize_row(&w, bits, g);
+            packed.extend(p);
+            scales.extend(s);
+            biases.extend(b);
+        }
+        let scales_bf = scales.iter().map(|&v| bf16::from_f32(v)).collect();
+        let biases_bf = biases.iter().map(|&v| bf16::from_f32(v)).collect();
+        OwnedQ {
+            packed,
+            scales,
+            biases,
+            scales_bf,
+            biases_bf,
+            rows,
+            cols,
+            bits,
+            g,
+        }
+    }
+
+    impl OwnedQ {
+        fn view(&self, bf: bool) -> Matrix<'_> {
+            let (scales, biases) = if bf {
+                (
+                    FloatSlice::Bf16(&self.scales_bf),
+                    FloatSlice::Bf16(&self.biases_bf),
+                )
+            } else {
+                (FloatSlice::F32(&self.scales), FloatSlice::F32(&self.biases))
+            };
+            Matrix::Quant(QuantMatrix {
+                packed: &self.packed,
+                scales,
+                biases,
+                rows: self.rows,
+                cols: self.cols,
+                bits: self.bits,
+                group_size: self.g,
+            })
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "index {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantized_matmul_matches_reference_every_width_and_odd_shapes() {
+        let pool = ThreadPool::new(2);
+        let mut rng = Rng::new(1);
+        for bits in [2u32, 3, 4, 5, 6, 8] {
+            for (rows, cols, g, m) in [
+                (1usize, 32usize, 32usize, 1usize),
+                (37, 64, 32, 1),
+                (13, 128, 64, 3),
+                (70, 256, 128, 5),
+            ] {
+                let q = random_q(&mut rng, rows, cols, bits, g);
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.normal()).collect();
+                for bf in [false, true] {
+                    let w = q.view(bf);
+                    let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+                    matmul(&pool, &x, m, &w, &mut a);
+                    crate::reference::matmul(&x, m, &w, &mut b);
+                    close(&a, &b, 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_matmul_all_dtypes() {
+        let pool = ThreadPool::new(2);
+        let mut rng = Rng::new(2);
+        let (rows, cols, m) = (33, 45, 70);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.normal()).collect();
+        let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.normal()).collect();
+        for data in [
+            FloatSlice::F32(&w),
+            FloatSlice::F16(&wh),
+            FloatSlice::Bf16(&wb),
+        ] {
+            let w = Matrix::Dense(DenseMatrix { data, rows, cols });
+            let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+            matmul(&pool, &x, m, &w, &mut a);
+            crate::reference::matmul(&x, m, &w, &mut b);
+            close(&a, &b, 1e-4);
+        }
+    }
+
+    #[test]
+    fn gathered_swiglu_and_down_match_reference() {
+        let pool = ThreadPool::new(2);
+        let mut rng = Rng::new(3);
+        let (hidden, inter, n_tok) = (64usize, 96usize, 5usize);
+        let experts: Vec<(OwnedQ, OwnedQ, OwnedQ)> = (0..3)
+            .map(|_| {
+                (
+                    random_q(&mut rng, inter, hidden, 4, 32),
+                    random_q(&mut rng, inter, hidden, 4, 32),
+                    random_q(&mut rng, hidden, inter, 4, 32),
+                )
+            })
+            .collect();
+        let x: Vec<f32> = (0..n_tok * hidden).map(|_| rng.normal()).collect();
+        // Slots: token t, choice j -> slot 2t+j; expert e gets these slots.
+        let routes: [(Vec<u32>, Vec<u32>); 3] = [
+            (vec![0, 2, 4], vec![0, 4, 8]),
+            (vec![0, 1], vec![1, 2]),
+            (vec![1, 2, 3, 3, 4], vec![3, 5, 6, 7, 9]),
+        ];
+        let pairs: Vec<GatherPair> = experts
+            .iter()
+            .zip(&routes)
+            .map(|(e, (xr, or))| GatherPair {
+                gate: e.0.view(false),
+                up: e.1.view(true),
+                x_rows: xr,
+                out_rows: or,
+            })
+            .collect();
+        let (mut h1, mut h2) = (vec![0f32; 10 * inter], vec![0f32; 10 * inter]);
+        gather_swiglu(&pool, &x, &pairs, &mut h1);
+        crate::reference::gather_swiglu(&x, &pairs, &mut h2);
+        close(&h1, &h2, 1e-4);
+        let downs: Vec<GatherGroup> = experts
+            .iter()
+            .zip(&routes)
+            .map(|(e, (_, or))| GatherGroup {
+                w: e.2.view(false),
+                x_rows: or,
+                out_rows: or,
+            })
+            .collect();
+        let (mut y1, mut y2) = (vec![0f32; 10 * hidden], vec![0f32; 10 * hidden]);
+        gather_matmul(&pool, &h1, &downs, &mut y1);
+        crate::reference::gather_matmul(&h1, &downs, &mut y2);
+        close(&y1, &y2, 1e-4);
+    }
+}

@@ -1,0 +1,169 @@
+//! Borrowed weight views: what kernels consume. Model code builds these from mapped files.
+
+use half::{bf16, f16};
+
+/// A run of floats stored as f32, f16 or bf16 (weights, scales and biases keep the dtype they
+/// have on disk; kernels widen to f32 as they read).
+#[derive(Clone, Copy, Debug)]
+pub enum FloatSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> FloatSlice<'a> {
+    #[inline]
+    pub fn len(&self) -> usize {
+        match self {
+            FloatSlice::F32(s) => s.len(),
+            FloatSlice::F16(s) => s.len(),
+            FloatSlice::Bf16(s) => s.len(),
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            FloatSlice::F32(s) => s[i],
+            FloatSlice::F16(s) => s[i].to_f32(),
+            FloatSlice::Bf16(s) => s[i].to_f32(),
+        }
+    }
+
+    #[inline]
+    pub fn slice(&self, start: usize, len: usize) -> FloatSlice<'a> {
+        match *self {
+            FloatSlice::F32(s) => FloatSlice::F32(&s[start..start + len]),
+            FloatSlice::F16(s) => FloatSlice::F16(&s[start..start + len]),
+            FloatSlice::Bf16(s) => FloatSlice::Bf16(&s[start..start + len]),
+        }
+    }
+
+    /// Widens `out.len()` values starting at `start` into `out`.
+    #[inline]
+    pub fn read_into(&self, start: usize, out: &mut [f32]) {
+        match self {
+            FloatSlice::F32(s) => out.copy_from_slice(&s[start..start + out.len()]),
+            FloatSlice::F16(s) => {
+                for (o, v) in out.iter_mut().zip(&s[start..]) {
+                    *o = v.to_f32();
+                }
+            }
+            FloatSlice::Bf16(s) => {
+                for (o, v) in out.iter_mut().zip(&s[start..]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut v = vec![0.0; self.len()];
+        self.read_into(0, &mut v);
+        v
+    }
+}
+
+/// A row-major `[rows, cols]` float matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct DenseMatrix<'a> {
+    pub data: FloatSlice<'a>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// An MLX affine-quantized `[rows, cols]` matrix: `packed` holds `rows * cols * bits / 32`
+/// words, `scales`/`biases` hold `rows * cols / group_size` values each.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantMatrix<'a> {
+    pub packed: &'a [u32],
+    pub scales: FloatSlice<'a>,
+    pub biases: FloatSlice<'a>,
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    pub group_size: usize,
+}
+
+impl<'a> QuantMatrix<'a> {
+    #[inline]
+    pub fn words_per_row(&self) -> usize {
+        self.cols * self.bits as usize / 32
+    }
+
+    #[inline]
+    pub fn groups_per_row(&self) -> usize {
+        self.cols / self.group_size
+    }
+
+    #[inline]
+    pub fn packed_row(&self, r: usize) -> &'a [u32] {
+        let w = self.words_per_row();
+        &self.packed[r * w..(r + 1) * w]
+    }
+}
+
+/// A weight matrix `W[rows = out, cols = in]` used as `y = x @ W.T`.
+#[derive(Clone, Copy, Debug)]
+pub enum Matrix<'a> {
+    Dense(DenseMatrix<'a>),
+    Quant(QuantMatrix<'a>),
+}
+
+impl<'a> Matrix<'a> {
+    #[inline]
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Dense(m) => m.rows,
+            Matrix::Quant(m) => m.rows,
+        }
+    }
+
+    #[inline]
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Dense(m) => m.cols,
+            Matrix::Quant(m) => m.cols,
+        }
+    }
+
+    /// Bytes of weight data (including scales and biases) one full pass reads.
+    pub fn bytes(&self) -> usize {
+        fn fbytes(s: &FloatSlice) -> usize {
+            match s {
+                FloatSlice::F32(v) => v.len() * 4,
+                FloatSlice::F16(v) => v.len() * 2,
+                FloatSlice::Bf16(v) => v.len() * 2,
+            }
+        }
+        match self {
+            Matrix::Dense(m) => fbytes(&m.data),
+            Matrix::Quant(m) => m.packed.len() * 4 + fbytes(&m.scales) + fbytes(&m.biases),
+        }
+    }
+
+    /// Dequantizes (or widens) row `r` into `out` (`out.len() == cols`).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Matrix::Dense(m) => m.data.read_into(r * m.cols, out),
+            Matrix::Quant(m) => {
+                let row = m.packed_row(r);
+                let g = m.group_size;
+                let base = r * m.groups_per_row();
+                for (gi, chunk) in out.chunks_exact_mut(g).enumerate() {
+                    crate::quant::unpack_to_f32(row, m.bits, gi * g, chunk);
+                    let s = m.scales.get(base + gi);
+                    let b = m.biases.get(base + gi);
+                    for v in chunk.iter_mut() {
+                        *v = s * *v + b;
+                    }
+                }
+            }
+        }
+    }
+}
