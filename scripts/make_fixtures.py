@@ -659,7 +659,7 @@ def quant_block(config):
 
 
 def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtype_name, fixture,
-                     in_memory_model=None, reference=None, write_expected=True):
+                     in_memory_model=None, reference=None, write_expected=True, notes=()):
     """Tokenizer files, reload check and expected.json for a written model directory."""
     toks.write(out)
     loaded, mlx_tok = mlx_load(str(out))
@@ -706,6 +706,7 @@ def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtyp
             "rendered": rendered,
             "ids": chat_ids,
         },
+        "notes": list(notes),
         "mlx_versions": versions(),
     }
     if quant_block(config) is not None and dtype_name != "float32":
@@ -725,6 +726,10 @@ def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtyp
             "greedy_logits_max": acc["greedy_logits_max"],
             "max_abs_diff_logits_last_vs_mlx_cpu": f32(max_abs_diff(acc["logits_last"], ref["logits_last"])),
         }
+        expected["notes"].append(
+            "mlx CPU quantized matmuls accumulate bf16 sequentially in bf16; "
+            "reference_f32_accumulation holds the float32-accumulation outputs."
+        )
     if write_expected:
         write_json(out / "expected.json", expected)
     summary = {k: v["distinct_experts"] for k, v in (routing or {}).items()}
@@ -753,7 +758,14 @@ def make_variant(name, base_config, base_weights, toks, hf_tok, dtype=None, bits
         model, config = quantize_model(model, config, group_size, bits)
     out = MODELS_OUT / name
     save_mlx_dir(out, model, config)
-    return finish_model_dir(out, config, toks, hf_tok, dtype_name, name, in_memory_model=model)
+    notes = []
+    if bits is None and dtype_name != "float32" and config.get("num_experts", 0) > 0:
+        notes.append(
+            "mlx CPU has no bf16 gather_mm: expert matmuls were computed as float32 gather_mm "
+            "of the bf16 values, rounded to bf16 (float32 accumulation, as mlx's GPU "
+            "kernels and CPU bf16 matmul do)."
+        )
+    return finish_model_dir(out, config, toks, hf_tok, dtype_name, name, in_memory_model=model, notes=notes)
 
 
 def make_hf_layout(name, base_config, base_weights, toks, hf_tok, reference):
@@ -773,7 +785,11 @@ def make_hf_layout(name, base_config, base_weights, toks, hf_tok, reference):
     mx.save_safetensors(str(out / "model.safetensors"), hf_weights, metadata={"format": "pt"})
     config = copy.deepcopy(base_config)
     save_config(config, config_path=out / "config.json")
-    return finish_model_dir(out, config, toks, hf_tok, "float32", name, reference=reference)
+    notes = [
+        "Hugging Face tensor layout (per-expert model.layers.L.mlp.experts.E.*_proj.weight); "
+        "mlx-lm stacks them in Model.sanitize at load time. Outputs equal qwen3_moe_f32's."
+    ]
+    return finish_model_dir(out, config, toks, hf_tok, "float32", name, reference=reference, notes=notes)
 
 
 def make_models(toks, hf_tok):
