@@ -1,1 +1,16 @@
-//! Engine: weights, expert store, models, sampling, generation.
+//! The moestream engine: weights, the expert store, models, sampling and generation.
+//!
+//! Layers (dependencies point down): `generate` -> `models` -> `experts` -> `weights`, with
+//! every numeric op coming from `moestream-kernels`.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod experts;
+pub mod models;
+pub mod weights;
+
+pub use error::{LoadError, RunError};
+pub mod loader;
+
+pub use loader::{load_model, LoadOptions, LoadProgress, Loaded};

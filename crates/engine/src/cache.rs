@@ -1,0 +1,109 @@
+//! Per-sequence state: the KV cache of every attention layer plus preallocated scratch.
+
+/// Keys and values of one attention layer, head-major `[n_kv, cap, head_dim]` so attention
+/// reads each head's keys contiguously. Capacity grows in steps of [`KvCache::STEP`] tokens.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub cap: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+}
+
+impl KvCache {
+    pub const STEP: usize = 256;
+
+    pub fn new(n_kv: usize, head_dim: usize) -> Self {
+        KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            cap: 0,
+            n_kv,
+            head_dim,
+        }
+    }
+
+    /// Makes room for `len` tokens, keeping the first `keep`.
+    pub fn reserve(&mut self, len: usize, keep: usize) {
+        if len <= self.cap {
+            return;
+        }
+        let new_cap = len.div_ceil(Self::STEP) * Self::STEP;
+        let hd = self.head_dim;
+        for buf in [&mut self.k, &mut self.v] {
+            let mut grown = vec![0f32; self.n_kv * new_cap * hd];
+            for h in 0..self.n_kv {
+                let src = &buf[h * self.cap * hd..][..keep * hd];
+                grown[h * new_cap * hd..][..keep * hd].copy_from_slice(src);
+            }
+            *buf = grown;
+        }
+        self.cap = new_cap;
+    }
+
+    /// Stores token `pos`'s keys/values from `k[n_kv, hd]`, `v[n_kv, hd]`.
+    pub fn write(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+        let hd = self.head_dim;
+        for h in 0..self.n_kv {
+            let dst = (h * self.cap + pos) * hd;
+            self.k[dst..dst + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+            self.v[dst..dst + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+}
+
+/// Scratch buffers for one forward call, kept across calls so decode allocates nothing once
+/// warm. Each is resized (never shrunk) to the call's token count.
+#[derive(Clone, Debug, Default)]
+pub struct Scratch {
+    pub x: Vec<f32>,
+    pub xn: Vec<f32>,
+    pub delta: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub attn: Vec<f32>,
+    pub mlp_h: Vec<f32>,
+    pub router: Vec<f32>,
+    pub expert_ids: Vec<u32>,
+    pub expert_w: Vec<f32>,
+    pub moe_h: Vec<f32>,
+    pub moe_y: Vec<f32>,
+    pub slots_by_expert: Vec<u32>,
+    pub tokens_by_expert: Vec<u32>,
+    pub expert_counts: Vec<u32>,
+    pub active_experts: Vec<u32>,
+    pub last_rows: Vec<f32>,
+}
+
+/// Resizes `v` to `n` without shrinking its capacity.
+#[inline]
+pub fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+/// Everything a sequence carries between forward calls.
+#[derive(Clone, Debug, Default)]
+pub struct SeqCache {
+    /// Tokens already in the cache (the position of the next token).
+    pub offset: usize,
+    pub layers: Vec<KvCache>,
+    pub scratch: Scratch,
+}
+
+impl SeqCache {
+    /// Forgets tokens past `len` (KV data is simply overwritten later).
+    pub fn truncate(&mut self, len: usize) {
+        self.offset = self.offset.min(len);
+    }
+
+    pub fn kv_bytes(&self) -> usize {
+        self.layers.iter().map(KvCache::bytes).sum()
+    }
+}

@@ -1,0 +1,63 @@
+//! Opening a model directory: config, weight files, architecture, checks.
+
+use crate::config::ModelConfig;
+use crate::error::LoadError;
+use crate::models::{self, Transformer};
+use crate::weights::{WeightLoader, WeightStore};
+use moestream_kernels::ThreadPool;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What the loader reports while it works (for progress bars).
+#[derive(Clone, Copy, Debug)]
+pub enum LoadProgress {
+    /// Weight files mapped and their headers checked: (done, total) files.
+    Mapping(usize, usize),
+    /// Pages read into memory: (done, total) bytes.
+    Warming(usize, usize),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Threads for the kernels (default: all available cores).
+    pub threads: Option<usize>,
+    /// Read every weight page before the first token (predictable first-token latency).
+    pub warm: bool,
+}
+
+/// A loaded model plus what the loader noticed.
+pub struct Loaded {
+    pub model: Transformer,
+    pub config: ModelConfig,
+    /// Tensors in the files that the architecture does not use (reported, not fatal).
+    pub unused_tensors: Vec<String>,
+    pub weight_bytes: usize,
+}
+
+pub fn load_model(
+    dir: &Path,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Loaded, LoadError> {
+    if !dir.is_dir() {
+        return Err(LoadError::NoModelDir(dir.to_path_buf()));
+    }
+    let config = ModelConfig::load(dir)?;
+    let store = WeightStore::open(dir, &mut |d, t| progress(LoadProgress::Mapping(d, t)))?;
+    let pool = Arc::new(match opts.threads {
+        Some(n) => ThreadPool::new(n),
+        None => ThreadPool::with_default_threads(),
+    });
+    let loader = WeightLoader::new(&store, &config.quant);
+    let model = models::build(&config, &loader, pool)?;
+    let unused_tensors = loader.unused();
+    if opts.warm {
+        store.warm(&mut |d, t| progress(LoadProgress::Warming(d, t)));
+    }
+    Ok(Loaded {
+        model,
+        config,
+        unused_tensors,
+        weight_bytes: store.total_bytes(),
+    })
+}

@@ -1,0 +1,146 @@
+//! Loading helpers shared by the architecture files: the standard attention block, the dense
+//! SwiGLU MLP, the embedding/head pair and RoPE frequency schedules.
+
+use super::transformer::{Attention, DenseMlp};
+use crate::error::LoadError;
+use crate::weights::{Linear, WeightLoader};
+use serde_json::Value;
+
+pub fn attention(
+    w: &WeightLoader,
+    prefix: &str,
+    hidden: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    qk_norm: bool,
+    bias: bool,
+) -> Result<Attention, LoadError> {
+    let p = |n: &str| format!("{prefix}.self_attn.{n}");
+    Ok(Attention {
+        q_proj: w.linear(&p("q_proj"), n_heads * head_dim, hidden, bias)?,
+        k_proj: w.linear(&p("k_proj"), n_kv * head_dim, hidden, bias)?,
+        v_proj: w.linear(&p("v_proj"), n_kv * head_dim, hidden, bias)?,
+        o_proj: w.linear(&p("o_proj"), hidden, n_heads * head_dim, false)?,
+        q_norm: if qk_norm {
+            Some(w.vector(&p("q_norm.weight"), head_dim)?)
+        } else {
+            None
+        },
+        k_norm: if qk_norm {
+            Some(w.vector(&p("k_norm.weight"), head_dim)?)
+        } else {
+            None
+        },
+    })
+}
+
+pub fn dense_mlp(
+    w: &WeightLoader,
+    prefix: &str,
+    hidden: usize,
+    inter: usize,
+    bias: bool,
+) -> Result<DenseMlp, LoadError> {
+    Ok(DenseMlp {
+        gate_proj: w.linear(&format!("{prefix}.gate_proj"), inter, hidden, bias)?,
+        up_proj: w.linear(&format!("{prefix}.up_proj"), inter, hidden, bias)?,
+        down_proj: w.linear(&format!("{prefix}.down_proj"), hidden, inter, bias)?,
+    })
+}
+
+/// `(embed_tokens, lm_head)`; the head is `None` when tied to the embedding (a stored
+/// `lm_head` is then ignored, as mlx-lm's sanitize drops it).
+pub fn embed_and_head(
+    w: &WeightLoader,
+    vocab: usize,
+    hidden: usize,
+    tied: bool,
+) -> Result<(Linear, Option<Linear>), LoadError> {
+    let embed = w.linear("model.embed_tokens", vocab, hidden, false)?;
+    let head = if tied {
+        None
+    } else {
+        Some(w.linear("lm_head", vocab, hidden, false)?)
+    };
+    Ok((embed, head))
+}
+
+/// Inverse RoPE frequencies for `dims` rotated features, honouring `rope_scaling`
+/// (`default`, `linear`, `llama3`), with the semantics of mlx-lm's `initialize_rope`.
+pub fn rope_inv_freq(
+    dims: usize,
+    base: f32,
+    scaling: Option<&Value>,
+) -> Result<Vec<f32>, LoadError> {
+    let plain = moestream_kernels::rope::inv_freq(dims, base);
+    let Some(Value::Object(s)) = scaling else {
+        return Ok(plain);
+    };
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
+    match kind {
+        "default" | "mrope" => Ok(plain),
+        "linear" => {
+            let factor = num("factor", 1.0) as f32;
+            Ok(plain.iter().map(|f| f / factor).collect())
+        }
+        "llama3" => {
+            // Periods p_i = base^(2i/dims); long wavelengths are stretched by `factor`, a
+            // middle band is interpolated smoothly (Llama 3.1 rope scaling).
+            let factor = num("factor", 1.0);
+            let low = num("low_freq_factor", 1.0);
+            let high = num("high_freq_factor", 4.0);
+            let old_ctx = num("original_max_position_embeddings", 8192.0);
+            let (low_wl, high_wl) = (old_ctx / low, old_ctx / high);
+            Ok((0..dims / 2)
+                .map(|i| {
+                    let period = (base as f64).powf(2.0 * i as f64 / dims as f64);
+                    let wavelen = 2.0 * std::f64::consts::PI * period;
+                    let mut p = if wavelen > low_wl {
+                        period * factor
+                    } else {
+                        period
+                    };
+                    if wavelen > high_wl && wavelen < low_wl {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        p = period / ((1.0 - smooth) / factor + smooth);
+                    }
+                    (1.0 / p) as f32
+                })
+                .collect())
+        }
+        other => Err(LoadError::Config(format!(
+            "rope_scaling type {other:?} is not supported yet"
+        ))),
+    }
+}
+
+/// Checks head counts and sizes shared by all attention configs.
+pub fn check_heads(
+    hidden: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+) -> Result<(), LoadError> {
+    if hidden == 0 || n_heads == 0 || n_kv == 0 || head_dim == 0 {
+        return Err(LoadError::Config(
+            "hidden_size, head counts and head_dim must be positive".into(),
+        ));
+    }
+    if n_heads % n_kv != 0 {
+        return Err(LoadError::Config(format!(
+            "num_attention_heads ({n_heads}) is not a multiple of num_key_value_heads ({n_kv})"
+        )));
+    }
+    if head_dim % 2 != 0 {
+        return Err(LoadError::Config(format!(
+            "head_dim ({head_dim}) must be even for RoPE"
+        )));
+    }
+    Ok(())
+}

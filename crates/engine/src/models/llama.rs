@@ -1,0 +1,129 @@
+//! `llama` (Llama 2/3.x, and the many dense models built on it): GQA attention with optional
+//! q/k/v/o biases, RoPE with `rope_scaling` (default, linear, llama3), dense SwiGLU MLP.
+//! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
+
+use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq};
+use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
+use crate::config::ModelConfig;
+use crate::error::LoadError;
+use crate::experts::ResidentExperts;
+use crate::weights::WeightLoader;
+use moestream_kernels::ThreadPool;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f32,
+    pub vocab_size: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_tied")]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_ctx")]
+    pub max_position_embeddings: usize,
+}
+
+fn default_eps() -> f32 {
+    1e-6
+}
+fn default_theta() -> f32 {
+    10_000.0
+}
+fn default_tied() -> bool {
+    true
+}
+fn default_ctx() -> usize {
+    4096
+}
+
+pub fn load(
+    cfg: &ModelConfig,
+    w: &WeightLoader,
+    pool: Arc<ThreadPool>,
+) -> Result<Transformer, LoadError> {
+    let c: LlamaConfig = cfg.parse()?;
+    build(cfg, &c, false, w, pool)
+}
+
+/// Builds a dense decoder; `qk_norm` adds Qwen3's per-head q/k RMSNorm.
+pub fn build(
+    cfg: &ModelConfig,
+    c: &LlamaConfig,
+    qk_norm: bool,
+    w: &WeightLoader,
+    pool: Arc<ThreadPool>,
+) -> Result<Transformer, LoadError> {
+    let n_kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
+    let hd = c
+        .head_dim
+        .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+    check_heads(c.hidden_size, c.num_attention_heads, n_kv, hd)?;
+    let h = c.hidden_size;
+    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(Layer {
+            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
+            attn: attention(
+                w,
+                &p,
+                h,
+                c.num_attention_heads,
+                n_kv,
+                hd,
+                qk_norm,
+                c.attention_bias,
+            )?,
+            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            ffn: FeedForward::Dense(dense_mlp(
+                w,
+                &format!("{p}.mlp"),
+                h,
+                c.intermediate_size,
+                c.mlp_bias,
+            )?),
+        });
+    }
+    Ok(Transformer {
+        info: ModelInfo {
+            model_type: cfg.model_type.clone(),
+            vocab_size: c.vocab_size,
+            hidden_size: h,
+            n_layers: c.num_hidden_layers,
+            max_context: c.max_position_embeddings,
+            bytes_per_token: 0,
+        },
+        embed,
+        layers,
+        norm: w.vector("model.norm.weight", h)?,
+        lm_head,
+        eps: c.rms_norm_eps,
+        attn: AttnConfig {
+            n_heads: c.num_attention_heads,
+            n_kv,
+            head_dim: hd,
+            inv_freq: rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
+            rope_traditional: c.rope_traditional,
+            scale: (hd as f32).powf(-0.5),
+        },
+        experts: Box::new(ResidentExperts::new(Vec::new())),
+        pool,
+    })
+}

@@ -1,0 +1,102 @@
+//! Architectures. Each file maps one `model_type`'s config and weight names onto the shared
+//! decoder in [`transformer`]; the table below is the only place that lists them.
+
+pub mod common;
+pub mod llama;
+pub mod qwen3;
+pub mod qwen3_moe;
+pub mod transformer;
+
+use crate::config::ModelConfig;
+use crate::error::LoadError;
+use crate::experts::ExpertWeights;
+use crate::weights::WeightLoader;
+use moestream_kernels::ThreadPool;
+use std::sync::Arc;
+pub use transformer::{ModelInfo, Transformer};
+
+type Loader = fn(&ModelConfig, &WeightLoader, Arc<ThreadPool>) -> Result<Transformer, LoadError>;
+
+/// `model_type` -> loader.
+const ARCHITECTURES: &[(&str, Loader)] = &[
+    ("qwen3_moe", qwen3_moe::load),
+    ("qwen3", qwen3::load),
+    ("llama", llama::load),
+];
+
+pub fn supported() -> String {
+    ARCHITECTURES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Builds the model named by `cfg.model_type` from the weights.
+pub fn build(
+    cfg: &ModelConfig,
+    w: &WeightLoader,
+    pool: Arc<ThreadPool>,
+) -> Result<Transformer, LoadError> {
+    let (_, load) = ARCHITECTURES
+        .iter()
+        .find(|(n, _)| *n == cfg.model_type)
+        .ok_or_else(|| LoadError::UnknownArchitecture(cfg.model_type.clone(), supported()))?;
+    let mut model = load(cfg, w, pool)?;
+    model.info.bytes_per_token = bytes_per_token(&model);
+    Ok(model)
+}
+
+/// The routed experts of the MoE block at `module` (e.g. `model.layers.3.mlp`): MLX's stacked
+/// `switch_mlp.{gate,up,down}_proj`, or Hugging Face's per-expert `experts.{e}.*_proj` (what
+/// mlx-lm's sanitize stacks; here each expert stays a view of its own tensors, no copy).
+pub fn load_experts(
+    w: &WeightLoader,
+    module: &str,
+    n: usize,
+    hidden: usize,
+    inter: usize,
+) -> Result<Vec<ExpertWeights>, LoadError> {
+    let stacked = format!("{module}.switch_mlp");
+    if w.has(&format!("{stacked}.gate_proj")) || !w.has(&format!("{module}.experts.0.gate_proj")) {
+        let gate = w.stacked(&format!("{stacked}.gate_proj"), n, inter, hidden)?;
+        let up = w.stacked(&format!("{stacked}.up_proj"), n, inter, hidden)?;
+        let down = w.stacked(&format!("{stacked}.down_proj"), n, hidden, inter)?;
+        return Ok(gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((gate, up), down)| ExpertWeights { gate, up, down })
+            .collect());
+    }
+    (0..n)
+        .map(|e| {
+            let p = format!("{module}.experts.{e}");
+            Ok(ExpertWeights {
+                gate: w.linear(&format!("{p}.gate_proj"), inter, hidden, false)?,
+                up: w.linear(&format!("{p}.up_proj"), inter, hidden, false)?,
+                down: w.linear(&format!("{p}.down_proj"), hidden, inter, false)?,
+            })
+        })
+        .collect()
+}
+
+/// Weight bytes one decoded token reads: every dense weight, `top_k` experts per MoE layer,
+/// and one embedding row.
+fn bytes_per_token(m: &Transformer) -> usize {
+    use transformer::FeedForward;
+    let mut total = m.head().bytes() + m.norm.bytes.len();
+    for (i, l) in m.layers.iter().enumerate() {
+        let a = &l.attn;
+        total += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+            .iter()
+            .map(|p| p.bytes())
+            .sum::<usize>();
+        total += l.input_norm.bytes.len() + l.post_norm.bytes.len();
+        total += match &l.ffn {
+            FeedForward::Dense(d) => d.gate_proj.bytes() + d.up_proj.bytes() + d.down_proj.bytes(),
+            FeedForward::Moe(moe) => moe.router.bytes() + moe.top_k * m.experts.expert_bytes(i),
+        };
+    }
+    total + m.embed.bytes() / m.info.vocab_size.max(1)
+}

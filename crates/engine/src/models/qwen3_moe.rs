@@ -1,0 +1,171 @@
+//! `qwen3_moe`: Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B.
+//!
+//! GQA attention with per-head q/k RMSNorm and full-head RoPE (`rope_scaling` is ignored, as
+//! in mlx-lm); layer `i` is MoE iff `i` is not in `mlp_only_layers`, `num_experts > 0` and
+//! `(i + 1) % decoder_sparse_step == 0`, else a dense SwiGLU MLP. The router is a softmax over
+//! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
+
+use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq};
+use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
+use crate::config::ModelConfig;
+use crate::error::LoadError;
+use crate::experts::ResidentExperts;
+use crate::weights::WeightLoader;
+use moestream_kernels::router::RouterKind;
+use moestream_kernels::ThreadPool;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Qwen3MoeConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    #[serde(default)]
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    #[serde(default = "one")]
+    pub decoder_sparse_step: usize,
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+    pub moe_intermediate_size: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f32,
+    pub vocab_size: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_ctx")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eps() -> f32 {
+    1e-6
+}
+fn default_theta() -> f32 {
+    1_000_000.0
+}
+fn default_ctx() -> usize {
+    40960
+}
+
+impl Qwen3MoeConfig {
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        !self.mlp_only_layers.contains(&i)
+            && self.num_experts > 0
+            && (i + 1) % self.decoder_sparse_step == 0
+    }
+
+    fn validate(&self) -> Result<(usize, usize), LoadError> {
+        let n_kv = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
+        let hd = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
+        check_heads(self.hidden_size, self.num_attention_heads, n_kv, hd)?;
+        if self.decoder_sparse_step == 0 {
+            return Err(LoadError::Config(
+                "decoder_sparse_step must be at least 1".into(),
+            ));
+        }
+        if self.num_experts > 0
+            && (self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_experts)
+        {
+            return Err(LoadError::Config(format!(
+                "num_experts_per_tok ({}) must be between 1 and num_experts ({})",
+                self.num_experts_per_tok, self.num_experts
+            )));
+        }
+        let any_dense = (0..self.num_hidden_layers).any(|i| !self.is_moe_layer(i));
+        if any_dense && self.intermediate_size == 0 {
+            return Err(LoadError::Config(
+                "a dense layer needs intermediate_size".into(),
+            ));
+        }
+        Ok((n_kv, hd))
+    }
+}
+
+pub fn load(
+    cfg: &ModelConfig,
+    w: &WeightLoader,
+    pool: Arc<ThreadPool>,
+) -> Result<Transformer, LoadError> {
+    let c: Qwen3MoeConfig = cfg.parse()?;
+    let (n_kv, hd) = c.validate()?;
+    let h = c.hidden_size;
+    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    let mut experts = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let (ffn, layer_experts) = if c.is_moe_layer(i) {
+            let m = format!("{p}.mlp");
+            let router = w.linear(&format!("{m}.gate"), c.num_experts, h, false)?;
+            let ex = super::load_experts(w, &m, c.num_experts, h, c.moe_intermediate_size)?;
+            let block = MoeBlock {
+                router,
+                kind: RouterKind::SoftmaxTopK {
+                    norm_topk_prob: c.norm_topk_prob,
+                },
+                n_experts: c.num_experts,
+                top_k: c.num_experts_per_tok,
+                expert_inter: c.moe_intermediate_size,
+            };
+            (FeedForward::Moe(block), Some(ex))
+        } else {
+            (
+                FeedForward::Dense(dense_mlp(
+                    w,
+                    &format!("{p}.mlp"),
+                    h,
+                    c.intermediate_size,
+                    false,
+                )?),
+                None,
+            )
+        };
+        layers.push(Layer {
+            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
+            attn: attention(w, &p, h, c.num_attention_heads, n_kv, hd, true, false)?,
+            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            ffn,
+        });
+        experts.push(layer_experts);
+    }
+    let info = ModelInfo {
+        model_type: cfg.model_type.clone(),
+        vocab_size: c.vocab_size,
+        hidden_size: h,
+        n_layers: c.num_hidden_layers,
+        max_context: c.max_position_embeddings,
+        bytes_per_token: 0,
+    };
+    let attn = AttnConfig {
+        n_heads: c.num_attention_heads,
+        n_kv,
+        head_dim: hd,
+        inv_freq: rope_inv_freq(hd, c.rope_theta, None)?,
+        rope_traditional: false,
+        scale: (hd as f32).powf(-0.5),
+    };
+    Ok(Transformer {
+        info,
+        embed,
+        layers,
+        norm: w.vector("model.norm.weight", h)?,
+        lm_head,
+        eps: c.rms_norm_eps,
+        attn,
+        experts: Box::new(ResidentExperts::new(experts)),
+        pool,
+    })
+}

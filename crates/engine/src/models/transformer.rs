@@ -1,0 +1,370 @@
+//! The pre-norm decoder shared by every architecture here: embed, then per layer
+//! `h = x + attn(norm(x)); x = h + ffn(norm(h))`, then a final norm and the LM head.
+//! Architecture files describe their parts (which attention, dense or MoE feed-forward,
+//! which router) and load the weights; this file runs them.
+
+use crate::cache::{sized, KvCache, Scratch, SeqCache};
+use crate::error::RunError;
+use crate::experts::ExpertStore;
+use crate::weights::{Floats, Linear};
+use moestream_kernels::attention::{attention, AttnShape};
+use moestream_kernels::matmul::{
+    gather_matmul, gather_swiglu, matmul, swiglu, GatherGroup, GatherPair,
+};
+use moestream_kernels::norm::{add_rms_norm, rms_norm, rms_norm_inplace};
+use moestream_kernels::router::{router_topk, RouterKind};
+use moestream_kernels::{rope::rope, simd, ThreadPool};
+use std::sync::Arc;
+
+/// Grouped-query self-attention with optional per-head q/k RMSNorm and RoPE.
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Per-head RMSNorm weights `[head_dim]` (Qwen3).
+    pub q_norm: Option<Floats>,
+    pub k_norm: Option<Floats>,
+}
+
+/// Shapes and RoPE parameters common to all attention layers of a model.
+#[derive(Clone, Debug)]
+pub struct AttnConfig {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    /// Inverse frequencies of the rotated feature pairs (`rot_dims / 2` of them).
+    pub inv_freq: Vec<f32>,
+    pub rope_traditional: bool,
+    pub scale: f32,
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+pub struct DenseMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// Routed experts: the router runs here, the experts' weights come from the expert store.
+pub struct MoeBlock {
+    pub router: Linear,
+    pub kind: RouterKind,
+    pub n_experts: usize,
+    pub top_k: usize,
+    pub expert_inter: usize,
+}
+
+pub enum FeedForward {
+    Dense(DenseMlp),
+    Moe(MoeBlock),
+}
+
+pub struct Layer {
+    pub input_norm: Floats,
+    pub attn: Attention,
+    pub post_norm: Floats,
+    pub ffn: FeedForward,
+}
+
+/// Sizes the rest of the engine needs to know.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub max_context: usize,
+    /// Bytes of weights one decoded token reads (dense weights plus the routed experts it
+    /// uses), for roofline figures.
+    pub bytes_per_token: usize,
+}
+
+pub struct Transformer {
+    pub info: ModelInfo,
+    pub embed: Linear,
+    pub layers: Vec<Layer>,
+    pub norm: Floats,
+    /// `None` when the head is tied to the embedding.
+    pub lm_head: Option<Linear>,
+    pub eps: f32,
+    pub attn: AttnConfig,
+    pub experts: Box<dyn ExpertStore>,
+    pub pool: Arc<ThreadPool>,
+}
+
+impl Transformer {
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache {
+            offset: 0,
+            layers: self
+                .layers
+                .iter()
+                .map(|_| KvCache::new(self.attn.n_kv, self.attn.head_dim))
+                .collect(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Runs `tokens` through the model at positions `cache.offset..`, appends them to the
+    /// cache and writes logits: for the last token (`all_logits == false`, `[vocab]`) or for
+    /// every token (`[tokens.len(), vocab]`).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache,
+        all_logits: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let (l, hsz, vocab) = (tokens.len(), self.info.hidden_size, self.info.vocab_size);
+        if l == 0 {
+            return Err(RunError::EmptyPrompt);
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(RunError::TokenOutOfRange { id, vocab });
+        }
+        let end = cache.offset + l;
+        if end > self.info.max_context {
+            return Err(RunError::ContextFull {
+                len: end,
+                max: self.info.max_context,
+            });
+        }
+        let SeqCache {
+            offset,
+            layers: kv,
+            scratch: s,
+        } = cache;
+        let x = sized(&mut s.x, l * hsz);
+        let embed = self.embed.matrix();
+        for (row, &id) in x.chunks_exact_mut(hsz).zip(tokens) {
+            embed.row_into(id as usize, row);
+        }
+        sized(&mut s.delta, l * hsz).fill(0.0);
+        sized(&mut s.xn, l * hsz);
+        for (li, layer) in self.layers.iter().enumerate() {
+            add_rms_norm(
+                &mut s.x,
+                &s.delta,
+                &layer.input_norm.view(),
+                self.eps,
+                &mut s.xn,
+            );
+            self.attention(&layer.attn, &mut kv[li], *offset, l, s)?;
+            add_rms_norm(
+                &mut s.x,
+                &s.delta,
+                &layer.post_norm.view(),
+                self.eps,
+                &mut s.xn,
+            );
+            match &layer.ffn {
+                FeedForward::Dense(mlp) => self.dense_mlp(mlp, l, s),
+                FeedForward::Moe(moe) => self.moe(moe, li, l, s)?,
+            }
+        }
+        *offset = end;
+        // Final norm only for the rows whose logits are wanted.
+        let first = if all_logits { 0 } else { l - 1 };
+        let rows = l - first;
+        for v in s.x[first * hsz..].iter_mut().zip(&s.delta[first * hsz..]) {
+            *v.0 += v.1;
+        }
+        let normed = sized(&mut s.last_rows, rows * hsz);
+        rms_norm(
+            &s.x[first * hsz..l * hsz],
+            &self.norm.view(),
+            self.eps,
+            normed,
+        );
+        logits.resize(rows * vocab, 0.0);
+        matmul(&self.pool, normed, rows, &self.head().matrix(), logits);
+        add_bias(self.head(), logits);
+        Ok(())
+    }
+
+    /// Attention sub-layer: reads `s.xn`, writes its output projection to `s.delta`.
+    fn attention(
+        &self,
+        a: &Attention,
+        kv: &mut KvCache,
+        offset: usize,
+        l: usize,
+        s: &mut Scratch,
+    ) -> Result<(), RunError> {
+        let c = &self.attn;
+        let (qd, kd) = (c.n_heads * c.head_dim, c.n_kv * c.head_dim);
+        let q = sized(&mut s.q, l * qd);
+        let k = sized(&mut s.k, l * kd);
+        let v = sized(&mut s.v, l * kd);
+        for (proj, out) in [
+            (&a.q_proj, &mut *q),
+            (&a.k_proj, &mut *k),
+            (&a.v_proj, &mut *v),
+        ] {
+            matmul(&self.pool, &s.xn, l, &proj.matrix(), out);
+            add_bias(proj, out);
+        }
+        if let Some(w) = &a.q_norm {
+            rms_norm_inplace(q, &w.view(), self.eps);
+        }
+        if let Some(w) = &a.k_norm {
+            rms_norm_inplace(k, &w.view(), self.eps);
+        }
+        kv.reserve(offset + l, offset);
+        for i in 0..l {
+            let pos = offset + i;
+            rope(
+                &mut q[i * qd..(i + 1) * qd],
+                c.head_dim,
+                pos,
+                &c.inv_freq,
+                c.rope_traditional,
+            );
+            rope(
+                &mut k[i * kd..(i + 1) * kd],
+                c.head_dim,
+                pos,
+                &c.inv_freq,
+                c.rope_traditional,
+            );
+            kv.write(pos, &k[i * kd..(i + 1) * kd], &v[i * kd..(i + 1) * kd]);
+        }
+        let out = sized(&mut s.attn, l * qd);
+        let shape = AttnShape {
+            l,
+            t: offset + l,
+            cap: kv.cap,
+            n_heads: c.n_heads,
+            n_kv: c.n_kv,
+            head_dim: c.head_dim,
+            scale: c.scale,
+        };
+        attention(&self.pool, q, &kv.k, &kv.v, shape, out);
+        let delta = sized(&mut s.delta, l * self.info.hidden_size);
+        matmul(&self.pool, out, l, &a.o_proj.matrix(), delta);
+        add_bias(&a.o_proj, delta);
+        Ok(())
+    }
+
+    fn dense_mlp(&self, m: &DenseMlp, l: usize, s: &mut Scratch) {
+        let h = sized(&mut s.mlp_h, l * m.gate_proj.rows);
+        swiglu(
+            &self.pool,
+            &s.xn,
+            l,
+            &m.gate_proj.matrix(),
+            &m.up_proj.matrix(),
+            h,
+        );
+        let delta = sized(&mut s.delta, l * self.info.hidden_size);
+        matmul(&self.pool, h, l, &m.down_proj.matrix(), delta);
+    }
+
+    /// Routed experts: route every token, group the (token, choice) slots by expert, run one
+    /// gathered SwiGLU and one gathered down projection over all active experts, then
+    /// combine each token's k outputs with its router weights.
+    fn moe(&self, m: &MoeBlock, layer: usize, l: usize, s: &mut Scratch) -> Result<(), RunError> {
+        let (hsz, k, e) = (self.info.hidden_size, m.top_k, m.n_experts);
+        let router = sized(&mut s.router, l * e);
+        matmul(&self.pool, &s.xn, l, &m.router.matrix(), router);
+        s.expert_ids.resize(l * k, 0);
+        sized(&mut s.expert_w, l * k);
+        for t in 0..l {
+            router_topk(
+                &m.kind,
+                &mut router[t * e..(t + 1) * e],
+                None,
+                &mut s.expert_ids[t * k..(t + 1) * k],
+                &mut s.expert_w[t * k..(t + 1) * k],
+            );
+        }
+        // Counting sort of slots (t * k + j) by expert.
+        s.expert_counts.clear();
+        s.expert_counts.resize(e + 1, 0);
+        for &id in &s.expert_ids {
+            s.expert_counts[id as usize + 1] += 1;
+        }
+        for i in 0..e {
+            s.expert_counts[i + 1] += s.expert_counts[i];
+        }
+        s.active_experts.clear();
+        s.active_experts.extend(
+            (0..e as u32)
+                .filter(|&i| s.expert_counts[i as usize + 1] > s.expert_counts[i as usize]),
+        );
+        s.slots_by_expert.resize(l * k, 0);
+        s.tokens_by_expert.resize(l * k, 0);
+        {
+            let mut fill: Vec<u32> = s.expert_counts[..e].to_vec();
+            for (slot, &id) in s.expert_ids.iter().enumerate() {
+                let p = &mut fill[id as usize];
+                s.slots_by_expert[*p as usize] = slot as u32;
+                s.tokens_by_expert[*p as usize] = (slot / k) as u32;
+                *p += 1;
+            }
+        }
+        let h = sized(&mut s.moe_h, l * k * m.expert_inter);
+        let y = sized(&mut s.moe_y, l * k * hsz);
+        let (counts, slots, toks, xn) = (
+            &s.expert_counts,
+            &s.slots_by_expert,
+            &s.tokens_by_expert,
+            &s.xn,
+        );
+        let pool = &self.pool;
+        self.experts
+            .with_experts(layer, &s.active_experts, &mut |mats| {
+                let range =
+                    |id: u32| counts[id as usize] as usize..counts[id as usize + 1] as usize;
+                let pairs: Vec<GatherPair> = s
+                    .active_experts
+                    .iter()
+                    .zip(mats)
+                    .map(|(&id, m)| GatherPair {
+                        gate: m.gate,
+                        up: m.up,
+                        x_rows: &toks[range(id)],
+                        out_rows: &slots[range(id)],
+                    })
+                    .collect();
+                gather_swiglu(pool, xn, &pairs, h);
+                let downs: Vec<GatherGroup> = s
+                    .active_experts
+                    .iter()
+                    .zip(mats)
+                    .map(|(&id, m)| GatherGroup {
+                        w: m.down,
+                        x_rows: &slots[range(id)],
+                        out_rows: &slots[range(id)],
+                    })
+                    .collect();
+                gather_matmul(pool, h, &downs, y);
+            })?;
+        let delta = sized(&mut s.delta, l * hsz);
+        delta.fill(0.0);
+        for t in 0..l {
+            let d = &mut delta[t * hsz..(t + 1) * hsz];
+            for j in 0..k {
+                let slot = t * k + j;
+                simd::axpy(s.expert_w[slot], &y[slot * hsz..(slot + 1) * hsz], d);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add_bias(lin: &Linear, out: &mut [f32]) {
+    if let Some(b) = &lin.bias {
+        let b = b.view();
+        for row in out.chunks_exact_mut(lin.rows) {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v += b.get(i);
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Shared, immutable byte ranges of mapped (or, rarely, copied) weight files.
+
+use std::sync::Arc;
+
+/// What keeps a byte range alive: a file mapping, or an owned, 8-byte aligned copy.
+pub enum Backing {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u64>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// A byte range inside a [`Backing`], cheap to clone and to slice. Construction guarantees
+/// the start is aligned for the element type it will be viewed as.
+#[derive(Clone)]
+pub struct Bytes {
+    backing: Arc<Backing>,
+    start: usize,
+    len: usize,
+}
+
+impl Bytes {
+    pub fn new(backing: Arc<Backing>, start: usize, len: usize) -> Self {
+        assert!(
+            start + len <= backing.bytes().len(),
+            "byte range beyond its backing"
+        );
+        Bytes {
+            backing,
+            start,
+            len,
+        }
+    }
+
+    /// Copies `src` into an owned aligned buffer (for tensors whose file offset is not
+    /// aligned for their dtype, and for tensors built in memory).
+    pub fn copied(src: &[u8]) -> Self {
+        let mut v = vec![0u64; src.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..src.len()].copy_from_slice(src);
+        Bytes::new(Arc::new(Backing::Owned(v)), 0, src.len())
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.backing.bytes()[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-range (used to view one expert of a stacked tensor without copying).
+    pub fn sub(&self, offset: usize, len: usize) -> Bytes {
+        assert!(offset + len <= self.len, "sub-range beyond the tensor");
+        Bytes {
+            backing: Arc::clone(&self.backing),
+            start: self.start + offset,
+            len,
+        }
+    }
+
+    /// Whether the range is mapped from a file (false for in-memory copies).
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.backing, Backing::Mapped(_))
+    }
+}

@@ -1,0 +1,340 @@
+//! Typed weights built from the store, checked against the shapes the architecture expects.
+//!
+//! A module path `p` is quantized when config.json's quantization block names it (an
+//! override), or else when `p.scales` exists; bits and group size are derived from the tensor
+//! shapes (mlx-lm's rule: the top-level bits/group are not consulted), and an override that
+//! disagrees with the shapes is an error.
+
+use super::bytes::Bytes;
+use super::safetensors::{Dtype, Tensor};
+use super::store::WeightStore;
+use crate::config::QuantConfig;
+use crate::error::LoadError;
+use half::{bf16, f16};
+use moestream_kernels::{DenseMatrix, FloatSlice, Matrix, QuantMatrix};
+
+/// A float vector or matrix in its stored dtype.
+#[derive(Clone)]
+pub struct Floats {
+    pub dtype: Dtype,
+    pub bytes: Bytes,
+}
+
+impl Floats {
+    pub fn view(&self) -> FloatSlice<'_> {
+        let b = self.bytes.as_slice();
+        match self.dtype {
+            Dtype::F32 => FloatSlice::F32(bytemuck::cast_slice(b)),
+            Dtype::F16 => FloatSlice::F16(bytemuck::cast_slice::<u8, f16>(b)),
+            Dtype::Bf16 => FloatSlice::Bf16(bytemuck::cast_slice::<u8, bf16>(b)),
+            other => unreachable!("Floats built from non-float dtype {other:?}"),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.view().to_vec()
+    }
+}
+
+/// Storage of a weight matrix `[rows = out, cols = in]`.
+#[derive(Clone)]
+pub enum WeightData {
+    Dense(Floats),
+    Quant {
+        packed: Bytes,
+        scales: Floats,
+        biases: Floats,
+        bits: u32,
+        group_size: usize,
+    },
+}
+
+/// A weight matrix (plus an optional float bias), used as `y = x @ W.T + b`.
+#[derive(Clone)]
+pub struct Linear {
+    pub data: WeightData,
+    pub rows: usize,
+    pub cols: usize,
+    pub bias: Option<Floats>,
+}
+
+impl Linear {
+    pub fn matrix(&self) -> Matrix<'_> {
+        match &self.data {
+            WeightData::Dense(f) => Matrix::Dense(DenseMatrix {
+                data: f.view(),
+                rows: self.rows,
+                cols: self.cols,
+            }),
+            WeightData::Quant {
+                packed,
+                scales,
+                biases,
+                bits,
+                group_size,
+            } => Matrix::Quant(QuantMatrix {
+                packed: bytemuck::cast_slice(packed.as_slice()),
+                scales: scales.view(),
+                biases: biases.view(),
+                rows: self.rows,
+                cols: self.cols,
+                bits: *bits,
+                group_size: *group_size,
+            }),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.data, WeightData::Quant { .. })
+    }
+
+    /// Bytes one full pass over the weights reads.
+    pub fn bytes(&self) -> usize {
+        self.matrix().bytes()
+    }
+
+    /// Splits a stacked `[n, rows, cols]` weight into `n` views (no copy).
+    fn split(&self, n: usize) -> Vec<Linear> {
+        let rows = self.rows / n;
+        let part = |b: &Bytes, i: usize| {
+            let len = b.len() / n;
+            b.sub(i * len, len)
+        };
+        (0..n)
+            .map(|i| {
+                let data = match &self.data {
+                    WeightData::Dense(f) => WeightData::Dense(Floats {
+                        dtype: f.dtype,
+                        bytes: part(&f.bytes, i),
+                    }),
+                    WeightData::Quant {
+                        packed,
+                        scales,
+                        biases,
+                        bits,
+                        group_size,
+                    } => WeightData::Quant {
+                        packed: part(packed, i),
+                        scales: Floats {
+                            dtype: scales.dtype,
+                            bytes: part(&scales.bytes, i),
+                        },
+                        biases: Floats {
+                            dtype: biases.dtype,
+                            bytes: part(&biases.bytes, i),
+                        },
+                        bits: *bits,
+                        group_size: *group_size,
+                    },
+                };
+                let bias = self.bias.as_ref().map(|b| Floats {
+                    dtype: b.dtype,
+                    bytes: part(&b.bytes, i),
+                });
+                Linear {
+                    data,
+                    rows,
+                    cols: self.cols,
+                    bias,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Builds typed weights from a store, checking names, dtypes and shapes.
+pub struct WeightLoader<'a> {
+    pub store: &'a WeightStore,
+    pub quant: &'a QuantConfig,
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub fn new(store: &'a WeightStore, quant: &'a QuantConfig) -> Self {
+        WeightLoader {
+            store,
+            quant,
+            used: Default::default(),
+        }
+    }
+
+    fn tensor(&self, name: &str, needed_by: &str) -> Result<&'a Tensor, LoadError> {
+        let t = self
+            .store
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: name.into(),
+                needed_by: needed_by.into(),
+            })?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(t)
+    }
+
+    fn bad(t: &Tensor, problem: String) -> LoadError {
+        LoadError::BadTensor {
+            tensor: t.name.clone(),
+            file: t.file.as_ref().clone(),
+            problem,
+        }
+    }
+
+    fn floats(&self, t: &Tensor, shape: &[usize]) -> Result<Floats, LoadError> {
+        if !t.dtype.is_float() {
+            return Err(Self::bad(
+                t,
+                format!("dtype {:?}, expected F32, F16 or BF16", t.dtype),
+            ));
+        }
+        if t.shape != shape {
+            return Err(Self::bad(
+                t,
+                format!("shape {:?}, expected {:?}", t.shape, shape),
+            ));
+        }
+        Ok(Floats {
+            dtype: t.dtype,
+            bytes: t.bytes.clone(),
+        })
+    }
+
+    /// A 1-D float parameter `name` of length `n` (norm weights, biases).
+    pub fn vector(&self, name: &str, n: usize) -> Result<Floats, LoadError> {
+        let t = self.tensor(name, name)?;
+        self.floats(t, &[n])
+    }
+
+    /// Whether `module.weight` exists.
+    pub fn has(&self, module: &str) -> bool {
+        self.store.contains(&format!("{module}.weight"))
+    }
+
+    /// The linear layer at `module` with weight `[lead.., out, inp]` (`lead` = `[E]` for
+    /// stacked experts, `[]` otherwise).
+    fn load(
+        &self,
+        module: &str,
+        lead: &[usize],
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear, LoadError> {
+        let wname = format!("{module}.weight");
+        let w = self.tensor(&wname, module)?;
+        let sname = format!("{module}.scales");
+        let n: usize = lead.iter().product();
+        let shape = |last: usize| [lead, &[out, last]].concat();
+        let quantized = match self.quant.overrides.get(module) {
+            Some(None) => false,
+            Some(Some(_)) => true,
+            None => self.store.contains(&sname),
+        };
+        let data = if quantized {
+            if w.dtype != Dtype::U32 {
+                return Err(Self::bad(
+                    w,
+                    format!("dtype {:?}, expected U32 packed quantized weights", w.dtype),
+                ));
+            }
+            let s = self.tensor(&sname, module)?;
+            let b = self.tensor(&format!("{module}.biases"), module)?;
+            let groups = *s.shape.last().unwrap_or(&0);
+            let packed_cols = *w.shape.last().unwrap_or(&0);
+            if groups == 0 || inp % groups != 0 || (packed_cols * 32) % inp != 0 {
+                return Err(Self::bad(
+                    w,
+                    format!(
+                        "shape {:?} with scales {:?} does not fit {inp} input features",
+                        w.shape, s.shape
+                    ),
+                ));
+            }
+            let group_size = inp / groups;
+            let bits = (packed_cols * 32 / inp) as u32;
+            if !moestream_kernels::quant::SUPPORTED_BITS.contains(&bits)
+                || bits == 1 && group_size == 0
+            {
+                return Err(Self::bad(
+                    w,
+                    format!("{bits}-bit quantization is not supported"),
+                ));
+            }
+            if let Some(Some(p)) = self.quant.overrides.get(module) {
+                if p.bits != bits || p.group_size != group_size {
+                    return Err(Self::bad(
+                        w,
+                        format!(
+                        "config says {}-bit group {}, the shapes say {bits}-bit group {group_size}",
+                        p.bits, p.group_size
+                    ),
+                    ));
+                }
+            }
+            if w.shape != shape(packed_cols) || inp * bits as usize % 32 != 0 {
+                return Err(Self::bad(
+                    w,
+                    format!(
+                        "shape {:?}, expected {:?}",
+                        w.shape,
+                        shape(inp * bits as usize / 32)
+                    ),
+                ));
+            }
+            let scales = self.floats(s, &shape(groups))?;
+            let biases = self.floats(b, &shape(groups))?;
+            WeightData::Quant {
+                packed: w.bytes.clone(),
+                scales,
+                biases,
+                bits,
+                group_size,
+            }
+        } else {
+            WeightData::Dense(self.floats(w, &shape(inp))?)
+        };
+        let bias = if bias {
+            let bname = format!("{module}.bias");
+            let t = self.tensor(&bname, module)?;
+            Some(self.floats(t, &[lead, &[out]].concat())?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            data,
+            rows: out * n,
+            cols: inp,
+            bias,
+        })
+    }
+
+    /// A linear layer `[out, inp]`.
+    pub fn linear(
+        &self,
+        module: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear, LoadError> {
+        self.load(module, &[], out, inp, bias)
+    }
+
+    /// Stacked experts `[n, out, inp]` (MLX `switch_mlp.*`), as one view per expert.
+    pub fn stacked(
+        &self,
+        module: &str,
+        n: usize,
+        out: usize,
+        inp: usize,
+    ) -> Result<Vec<Linear>, LoadError> {
+        Ok(self.load(module, &[n], out, inp, false)?.split(n))
+    }
+
+    /// Names in the store that no `linear`/`vector`/`stacked` call used.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        self.store
+            .names()
+            .filter(|n| !used.contains(*n))
+            .cloned()
+            .collect()
+    }
+}
