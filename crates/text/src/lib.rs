@@ -1,15 +1,25 @@
-//! Text layer: tokenizer.json, Hugging Face chat templates, streaming detokenization,
+//! Text layer: `tokenizer.json`, Hugging Face chat templates, streaming detokenization,
 //! stop strings.
+//!
+//! [`TokenizerBundle::from_model_dir`] loads what a model directory provides; the chat
+//! template renders like transformers' `apply_chat_template(..., tokenize=False)`;
+//! [`StreamDecoder`] and [`StopMatcher`] turn generated ids into the text a client sees.
 
+mod bundle;
 pub mod chat_template;
+mod detokenize;
 mod json_file;
+mod stop;
 pub mod tokenizer;
 pub mod tokenizer_config;
 
 #[cfg(test)]
 mod test_util;
 
+pub use bundle::{BundleError, TokenizerBundle};
 pub use chat_template::{ChatTemplate, RenderRequest, TemplateError, TemplateSource};
+pub use detokenize::StreamDecoder;
 pub use json_file::JsonFileError;
+pub use stop::{StopMatcher, StopOutcome};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use tokenizer_config::{TokenizerConfig, TokenizerConfigError};
