@@ -345,6 +345,96 @@ def cases(dirs: dict) -> list:
     return out
 
 
+# --------------------------------------------------------------------------------------
+# Snippets: small templates over one fixed context, one jinja2 feature each, rendered with
+# transformers' `render_jinja_template` (what apply_chat_template calls).
+
+SNIPPET_CONTEXT = {
+    "messages": [
+        {"role": "system", "content": " Sys "},
+        {"role": "user", "content": "Hello, World"},
+        {"role": "assistant", "content": "Hi <b>there</b> & 'you'"},
+    ],
+    "extra": {"d": {"b": 2, "a": 1}, "flag": True, "n": 7, "f": 2.5, "s": "abc", "empty": "",
+              "nested": {"list": [1, "two", None], "t": False}},
+}
+
+SNIPPETS = [
+    # printing values
+    "{{ 1.0 }}|{{ 3 / 1 }}|{{ 7 / 2 }}|{{ 7 // 2 }}|{{ 7 % 3 }}|{{ 2 ** 10 }}|{{ -0.0 }}|{{ 1e20 }}|{{ 0.1 + 0.2 }}",
+    "{{ flag }}|{{ none }}|{{ d }}|{{ nested }}|{{ [1, 'a', none] }}|{{ f }}",
+    "{{ nested.list }}|{{ nested['t'] }}|{{ messages[0] }}",
+    "{{ 'a' ~ 'b' }}|{{ 'n=' ~ n }}|{{ s ~ f }}",
+    "{{ 'x' ~ flag }}|{{ 'x' ~ none }}|{{ 'x' ~ d }}",
+    "{{ 'a' + 'b' }}|{{ [1, 2] + [3] }}|{{ 'ab' * 3 }}|{{ n + f }}",
+    # strings and Python methods
+    "{{ messages[0].content.strip() }}|{{ messages[0].content | trim }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}.",
+    "{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'a\nb\n'.splitlines() }}",
+    "{{ s.upper() }}|{{ 'ABC'.lower() }}|{{ 'hello world'.title() }}|{{ 'hello'.capitalize() }}|{{ s.replace('b', 'X') }}",
+    "{{ s.startswith('a') }}|{{ s.endswith('bc') }}|{{ s.startswith(('x', 'a')) }}|{{ s.find('c') }}|{{ s.count('b') }}",
+    "{{ s[1:] }}|{{ s[:-1] }}|{{ s[::-1] }}|{{ s[0] }}|{{ s[-1] }}|{{ messages[-1].content[:5] }}",
+    "{{ s | upper }}|{{ 'Hello' | lower }}|{{ 'a b' | title }}|{{ 'abc' | capitalize }}|{{ s | replace('a', 'z') }}|{{ s | length }}|{{ 'é😀' | length }}",
+    "{{ '%s-%d' | format('a', 3) }}|{{ '%.2f' | format(3.14159) }}|{{ s | reverse }}|{{ 'a' in s }}|{{ 'z' not in s }}",
+    r"""{{ 'tab\there' }}|{{ "dq'sq" }}|{{ 'caf\u00e9' }}|{{ '\\' }}|{{ "a\nb" }}|{{ 'it\'s' }}""",
+    # lists, dicts, filters
+    "{{ messages | length }}|{{ messages | map(attribute='role') | join(', ') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}",
+    "{{ messages | rejectattr('role', 'eq', 'system') | map(attribute='role') | list }}|{{ messages | first }}",
+    "{{ [3, 1, 2] | sort }}|{{ [1, 2, 3] | sum }}|{{ [1, 5, 3] | max }}|{{ [4, 2] | min }}|{{ [1, 1, 2] | unique | list }}|{{ [1, 2, 3] | reverse | list }}",
+    "{{ [1, 2] | last }}|{{ ['a', 'b'] | join }}|{{ [1, 2] | join('-') }}|{{ [true, none] | join(',') }}",
+    "{{ d | items | list }}|{{ d | dictsort }}|{{ d.keys() | list }}|{{ d.values() | list }}|{{ d.items() | list }}",
+    "{{ d.get('a') }}|{{ d.get('zz') }}|{{ d.get('zz', 'dflt') }}|{{ 'a' in d }}|{{ d['b'] }}|{{ d.a }}",
+    "{{ range(3) | list }}|{% for i in range(2, 8, 2) %}{{ i }}{% endfor %}|{{ dict(x=1, y='z') }}",
+    "{{ 3.7 | int }}|{{ '3' | int + 1 }}|{{ 3 | float }}|{{ 3 | string }}|{{ none | string }}|{{ flag | string }}|{{ 2.50 | round }}",
+    "{{ missing | default('dflt') }}|{{ none | default('dflt') }}|{{ empty | default('dflt', true) }}|{{ missing | length }}",
+    # tests
+    "{{ n is number }}|{{ f is number }}|{{ flag is number }}|{{ n is integer }}|{{ f is float }}|{{ flag is boolean }}|{{ s is string }}",
+    "{{ d is mapping }}|{{ messages is sequence }}|{{ s is sequence }}|{{ d is sequence }}|{{ s is iterable }}|{{ missing is iterable }}|{{ n is iterable }}",
+    "{{ missing is defined }}|{{ missing is undefined }}|{{ none is none }}|{{ nested.list[2] is none }}|{{ n is odd }}|{{ n is even }}|{{ n is divisibleby 7 }}",
+    "{{ flag is true }}|{{ nested.t is false }}|{{ 1 is true }}|{{ s is lower }}|{{ 'ABC' is upper }}|{{ n is eq 7 }}",
+    # control flow
+    "{% for m in messages if m.role != 'system' %}{{ loop.index }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex0 }};{% endfor %}",
+    "{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}{% endif %}{{ m.role }}{% if loop.index == 3 %}{% break %}{% endif %},{% endfor %}",
+    "{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %}|{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %}",
+    "{% for m in messages %}{{ loop.previtem.role if loop.previtem is defined else '-' }}>{{ loop.nextitem.role if loop.nextitem is defined else '-' }} {% endfor %}",
+    "{% set ns = namespace(count=0, seen=[]) %}{% for m in messages %}{% set ns.count = ns.count + 1 %}{% endfor %}{{ ns.count }}",
+    "{% set x = 1 %}{% for m in messages %}{% set x = x + 1 %}{% endfor %}{{ x }}",
+    "{% macro greet(name, greeting='Hi') %}{{ greeting }} {{ name }}{% endmacro %}{{ greet('A') }}/{{ greet('B', greeting='Yo') }}",
+    "{% set block %}captured {{ n }}{% endset %}[{{ block }}]|{% filter upper %}shout{% endfilter %}",
+    "{{ 'yes' if flag else 'no' }}|{{ 'yes' if missing }}|{{ n if n > 5 else 0 }}|{{ not flag }}|{{ flag and n }}|{{ empty or 'alt' }}",
+    "{{ n > 5 and n < 10 }}|{{ n == 7.0 }}|{{ s == 'abc' }}|{{ [1] == [1] }}|{{ d == {'b': 2, 'a': 1} }}|{{ n != 7 }}",
+    # whitespace control
+    "a\n  {% if flag %}\n  b\n  {% endif %}\nc\n",
+    "a  {%- if flag -%}  b  {%- endif -%}  c|{{- ' d ' -}}|  {#- comment -#}  e",
+    "line1\n    {%+ if flag %}kept indent{% endif %}\n{% if flag -%}\n  x\n{%- endif %}\nend",
+    "  {# lstripped comment #}\nvalue: {{ n }}\n\n",
+    # errors
+    "{{ raise_exception('custom ' ~ n) }}",
+    "{{ missing.attr }}",
+    "{{ d.missing.deeper }}",
+    "{{ n | tojson }}{{ missing | tojson }}",
+]
+
+
+def snippet_cases() -> list:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    out = []
+    for i, template in enumerate(SNIPPETS):
+        case = {"name": f"snippet_{i:02d}", "template": template}
+        ctx = json.loads(json.dumps(SNIPPET_CONTEXT))
+        try:
+            rendered, _ = render_jinja_template(
+                conversations=[ctx["messages"]], chat_template=template, **ctx["extra"])
+            case["expected"] = rendered[0]
+        except jinja2.exceptions.TemplateError as err:
+            kind = "raise" if template.startswith("{{ raise_exception") else "error"
+            case["error"] = {"kind": kind, "message": str(err)}
+        except Exception as err:  # a Python error inside a filter (e.g. TypeError in json.dumps)
+            case["error"] = {"kind": "error", "message": f"{type(err).__name__}: {err}"}
+        out.append(case)
+    return out
+
+
 def render(tokenizer_json: Path, model_dir: Path, case: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
@@ -383,13 +473,18 @@ def main() -> None:
     for case in cases(dirs):
         result = render(tokenizer_json, MODELS / case["model_dir"], case)
         rendered.append({**copy.deepcopy(case), **result})
+    snippets = snippet_cases()
     meta = {"transformers": transformers.__version__, "jinja2": jinja2.__version__,
             "tokenizers": tokenizers.__version__}
     (OUT / "cases.json").write_text(
         json.dumps({"generated_by": meta, "cases": rendered}, ensure_ascii=False, indent=1) + "\n",
         encoding="utf-8")
+    (OUT / "snippets.json").write_text(
+        json.dumps({"generated_by": meta, "context": SNIPPET_CONTEXT, "snippets": snippets},
+                   ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     errors = sum("error" in c for c in rendered)
-    print(f"wrote {len(rendered)} cases ({errors} raise) for {len(dirs)} template dirs")
+    print(f"wrote {len(rendered)} cases ({errors} raise) for {len(dirs)} template dirs, "
+          f"{len(snippets)} snippets")
 
 
 if __name__ == "__main__":

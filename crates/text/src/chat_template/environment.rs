@@ -46,6 +46,8 @@ pub fn new_environment() -> Result<Environment<'static>, Error> {
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
     env.add_filter("string", string);
+    env.add_filter("length", length);
+    env.add_filter("count", length);
     env.add_test("sequence", is_sequence);
     env.add_test("iterable", is_iterable);
     Ok(env)
@@ -77,6 +79,19 @@ fn string(value: Value) -> String {
     let mut out = String::new();
     pyrepr::write_str(&mut out, &value);
     out
+}
+
+/// jinja2's `length`: like minijinja's, but an undefined value has length 0.
+fn length(value: Value) -> Result<usize, Error> {
+    if value.is_undefined() {
+        return Ok(0);
+    }
+    value.len().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("object of type {} has no len()", value.kind()),
+        )
+    })
 }
 
 /// jinja2's `sequence` test: anything with a length and indexing, so strings, dicts and
