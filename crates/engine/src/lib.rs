@@ -14,3 +14,8 @@ pub use error::{LoadError, RunError};
 pub mod loader;
 
 pub use loader::{load_model, LoadOptions, LoadProgress, Loaded};
+pub mod generate;
+pub mod pipeline;
+pub mod sampling;
+
+pub use pipeline::{Engine, TextEvent, TextOutcome, TextParams};

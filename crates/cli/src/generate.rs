@@ -1,0 +1,243 @@
+//! `moestream generate`.
+
+use crate::progress::LoadBar;
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moestream_engine::generate::GenerationStats;
+use moestream_engine::sampling::{Sampler, SamplingParams};
+use moestream_engine::{Engine, LoadOptions, TextParams};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The model the repository ships (random weights: its text is noise).
+pub const EMBEDDED_MODEL: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-qwen3-moe");
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model directory (mlx-community or Hugging Face safetensors). Default: the tiny
+    /// random-weight model embedded in the repository.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The prompt (a user message, rendered with the chat template unless --raw).
+    #[arg(
+        long,
+        required_unless_present = "prompt_ids",
+        conflicts_with = "prompt_ids"
+    )]
+    prompt: Option<String>,
+    /// A system message placed before the prompt.
+    #[arg(long, conflicts_with_all = ["raw", "prompt_ids"])]
+    system: Option<String>,
+    /// Tokenize the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Exact prompt token ids, comma separated (no template, no tokenizer).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 disables.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// 1 disables.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text appears (repeatable); the stop text is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print JSON Lines: one object per token, then a summary object.
+    #[arg(long)]
+    json: bool,
+    /// Top log-probabilities per token in --json output.
+    #[arg(long, default_value_t = 0)]
+    logprobs: usize,
+    /// Extra chat template variables as a JSON object, e.g. '{"enable_thinking": false}'.
+    #[arg(long, value_parser = parse_object)]
+    chat_template_args: Option<Map<String, Value>>,
+    /// Kernel threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..Default::default()
+    };
+    if let Err(e) = sampling.validate() {
+        bail!("{e}");
+    }
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => {
+            let d = PathBuf::from(EMBEDDED_MODEL);
+            if !d.is_dir() {
+                bail!(
+                    "no --model given and the embedded model is not at {} (the binary was moved?)",
+                    d.display()
+                );
+            }
+            eprintln!("note: using the embedded tiny model (random weights: its text is noise); pass --model DIR for a real one");
+            d
+        }
+    };
+    let weights_on_disk = dir_weight_bytes(&dir);
+    let warm = match sys::mem_available_bytes() {
+        Some(avail) => weights_on_disk < avail / 2,
+        None => false,
+    };
+    let mut bar = LoadBar::new();
+    let engine = Engine::load(
+        &dir,
+        &LoadOptions {
+            threads: args.threads,
+            warm,
+        },
+        &mut |p| bar.update(p),
+    )
+    .with_context(|| format!("loading {}", dir.display()))?;
+    bar.finish();
+    if !engine.loaded.unused_tensors.is_empty() {
+        let u = &engine.loaded.unused_tensors;
+        eprintln!(
+            "warning: {} tensors in the model files are not used (first: {})",
+            u.len(),
+            u[0]
+        );
+    }
+    let prompt = prompt_ids(&engine, &args)?;
+    let mut cache = engine.model().new_cache();
+    let mut sampler = Sampler::new(sampling);
+    let params = TextParams {
+        max_tokens: args.max_tokens,
+        stop: &args.stop,
+        top_logprobs: args.logprobs,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let outcome = engine
+        .generate_text(&mut cache, &prompt, &mut sampler, &params, &mut |ev| {
+            let r = if args.json {
+                let top: Vec<Value> =
+                    ev.token.top_logprobs.iter().map(|(id, lp)| json!({"id": id, "logprob": lp})).collect();
+                let line = json!({"id": ev.token.id, "text": ev.text, "logprob": ev.token.logprob, "top_logprobs": top});
+                writeln!(out, "{line}")
+            } else {
+                out.write_all(ev.text.as_bytes()).and_then(|_| out.flush())
+            };
+            match r {
+                Ok(()) => true,
+                Err(e) => {
+                    write_error = Some(e);
+                    false
+                }
+            }
+        })
+        .context("generation failed")?;
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing to stdout");
+        }
+        return Ok(());
+    }
+    let rss = sys::peak_rss_bytes();
+    let stats = &outcome.stats;
+    if args.json {
+        let summary = json!({
+            "summary": true,
+            "text": outcome.tail,
+            "prompt_tokens": stats.prompt_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "prefill_tok_s": stats.prefill_tok_s(),
+            "decode_tok_s": stats.decode_tok_s(),
+            "peak_rss_bytes": rss,
+            "finish_reason": stats.finish.map(|f| f.as_str()),
+        });
+        writeln!(out, "{summary}")?;
+    } else {
+        write!(out, "{}", outcome.tail)?;
+        writeln!(out)?;
+        eprintln!("{}", summary_line(stats, rss));
+    }
+    Ok(())
+}
+
+fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {
+    if let Some(ids) = &args.prompt_ids {
+        let vocab = engine.model().info.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("--prompt-ids: token id {bad} is outside the vocabulary (size {vocab})");
+        }
+        return Ok(ids.clone());
+    }
+    let text = args.prompt.as_deref().unwrap_or_default();
+    let ids = if args.raw || engine.text.chat_template.is_none() {
+        if !args.raw {
+            eprintln!("note: the model has no chat template; using the prompt as raw text");
+        }
+        engine.raw_prompt(text)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.push(json!({"role": "user", "content": text}));
+        let extra = args.chat_template_args.clone().unwrap_or_default();
+        engine.chat_prompt(&messages, None, &extra)?
+    };
+    if ids.is_empty() {
+        bail!("the prompt tokenizes to no tokens");
+    }
+    Ok(ids)
+}
+
+fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
+    format!(
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | peak RSS: {} | finish: {}",
+        s.prompt_tokens,
+        s.prefill_tok_s(),
+        s.generated_tokens,
+        s.decode_tok_s(),
+        rss.map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+        s.finish.map_or("?", |f| f.as_str()),
+    )
+}
+
+/// Bytes of `*.safetensors` files in `dir` (0 if unreadable: the loader reports that).
+fn dir_weight_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
