@@ -2,7 +2,21 @@
 //! `apply_chat_template(..., tokenize=False)`.
 //!
 //! The jinja2 dialect is run by minijinja with transformers' settings (see
-//! [`environment`]); the inputs get transformers' normalization (see [`conversation`]).
+//! `environment.rs`); the inputs get transformers' normalization (see `conversation.rs`).
+//! Parity is checked byte for byte against transformers by the fixtures in
+//! `fixtures/chat_templates/`. Known differences, none seen in real chat templates:
+//!
+//! * Python tuples (from `|items`, `|dictsort`) print as lists: `['a', 1]`, not `('a', 1)`.
+//! * `d.items` / `d.keys` / `d.values` / `d.get` without a call, on a dict that has a key
+//!   of that name: jinja2 gives the dict method, minijinja the key's value.
+//! * Python `str` methods are those of minijinja-contrib's `pycompat` (strip, split,
+//!   startswith, replace, format, ...), not all of them.
+//! * Integers wider than 64 bits in the JSON input are read as floats.
+//! * `strftime_now` formats with jiff: `%Z` / `%z` print the local zone, where Python's
+//!   naive `datetime.now()` prints nothing.
+//! * `repr` of a string escapes non-printable characters by the Unicode tables of the
+//!   `unicode_categories` crate, which predate Python's; unassigned code points count as
+//!   printable.
 
 mod conversation;
 mod environment;

@@ -23,3 +23,16 @@ pub use json_file::JsonFileError;
 pub use stop::{StopMatcher, StopOutcome};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use tokenizer_config::{TokenizerConfig, TokenizerConfigError};
+
+#[cfg(test)]
+mod thread_safety {
+    /// The server shares one bundle across request tasks and moves decoders between them.
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::TokenizerBundle>();
+        send_sync::<super::ChatTemplate>();
+        send_sync::<super::StreamDecoder>();
+        send_sync::<super::StopMatcher>();
+    }
+}
