@@ -45,13 +45,16 @@ pub struct TokenizerConfig {
 }
 
 impl TokenizerConfig {
-    /// Reads `tokenizer_config.json` from `dir`; a missing file gives an empty config.
+    /// Reads `tokenizer_config.json` from `dir`; a missing file counts as an empty one.
     pub fn from_model_dir(dir: &Path) -> Result<Self, TokenizerConfigError> {
-        let path = dir.join("tokenizer_config.json");
-        let Some(config) = json_file::read_optional_object(&path)? else {
-            return Ok(Self::default());
+        let config_path = dir.join("tokenizer_config.json");
+        let found = json_file::read_optional_object(&config_path)?;
+        let path = found.is_some().then_some(config_path);
+        let config = found.unwrap_or_default();
+        let mut special = match &path {
+            Some(path) => read_special_tokens(path, &config)?,
+            None => NamedTokens::new(),
         };
-        let mut special = read_special_tokens(&path, &config)?;
 
         // Like transformers: the legacy special_tokens_map.json is only consulted when the
         // config has no `added_tokens_decoder`, and then its entries win.
@@ -76,7 +79,7 @@ impl TokenizerConfig {
             .filter(|v| !v.is_null())
             .cloned();
         Ok(Self {
-            path: Some(path),
+            path,
             special_tokens,
             chat_template,
         })
@@ -191,6 +194,17 @@ mod tests {
             msg.contains("tokenizer_config.json") && msg.contains("eos_token"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn legacy_map_alone_still_gives_tokens() {
+        let dir = TempDir::with_files(&[(
+            "special_tokens_map.json",
+            r#"{"eos_token": {"content": "</s>"}}"#,
+        )]);
+        let config = TokenizerConfig::from_model_dir(dir.path()).expect("config");
+        assert_eq!(config.special_token("eos_token"), Some("</s>"));
+        assert!(config.path.is_none());
     }
 
     #[test]
