@@ -220,7 +220,7 @@ fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {
 
 fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
     format!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | peak RSS: {} | finish: {}",
+        "prefill: {} tokens at {:.1} tok/s | decode: {} tokens at {:.1} tok/s | peak RSS: {} | finish: {}",
         s.prompt_tokens,
         s.prefill_tok_s(),
         s.generated_tokens,
