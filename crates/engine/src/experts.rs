@@ -7,6 +7,7 @@
 use crate::error::RunError;
 use crate::weights::Linear;
 use moestream_kernels::Matrix;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One expert's three projections.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,11 @@ pub trait ExpertStore: Send + Sync {
 
     /// Bytes of one expert's weights in `layer` (for roofline figures).
     fn expert_bytes(&self, layer: usize) -> usize;
+
+    /// How many times each expert of each layer was handed out since load (one count per
+    /// forward call that used it): `usage()[layer][expert]`, empty for dense layers. Shows the
+    /// routing spread (synthetic models must not route everything to a few experts).
+    fn usage(&self) -> Vec<Vec<u64>>;
 }
 
 /// An expert's weights held as views into the mapped files.
@@ -52,11 +58,20 @@ impl ExpertWeights {
 pub struct ResidentExperts {
     /// Indexed by layer; `None` for layers without routed experts.
     layers: Vec<Option<Vec<ExpertWeights>>>,
+    counts: Vec<Vec<AtomicU64>>,
 }
 
 impl ResidentExperts {
     pub fn new(layers: Vec<Option<Vec<ExpertWeights>>>) -> Self {
-        ResidentExperts { layers }
+        let counts = layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map_or(Vec::new(), |e| {
+                    e.iter().map(|_| AtomicU64::new(0)).collect()
+                })
+            })
+            .collect();
+        ResidentExperts { layers, counts }
     }
 }
 
@@ -83,6 +98,9 @@ impl ExpertStore for ResidentExperts {
         }
         let mut mats = Vec::with_capacity(ids.len());
         for &id in ids {
+            if let Some(c) = self.counts[layer].get(id as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             let e = experts.get(id as usize).ok_or_else(|| {
                 RunError::Experts(format!("expert {id} of layer {layer} does not exist"))
             })?;
@@ -98,5 +116,12 @@ impl ExpertStore for ResidentExperts {
             .and_then(Option::as_ref)
             .and_then(|e| e.first())
             .map_or(0, |e| e.gate.bytes() + e.up.bytes() + e.down.bytes())
+    }
+
+    fn usage(&self) -> Vec<Vec<u64>> {
+        self.counts
+            .iter()
+            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .collect()
     }
 }
