@@ -2,6 +2,8 @@
 //! `mx.quantize` / `mx.dequantize` / `mx.quantized_matmul` outputs for every bit width and
 //! group size (see fixtures/quant/README.md).
 
+#![allow(clippy::needless_range_loop)] // (row, column) indices mirror the fixture layout
+
 mod common;
 
 use half::{bf16, f16};

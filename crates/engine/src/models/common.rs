@@ -6,16 +6,28 @@ use crate::error::LoadError;
 use crate::weights::{Linear, WeightLoader};
 use serde_json::Value;
 
+/// Attention head counts and size.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+}
+
+/// The standard attention block at `{prefix}.self_attn`.
 pub fn attention(
     w: &WeightLoader,
     prefix: &str,
     hidden: usize,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
+    heads: Heads,
     qk_norm: bool,
     bias: bool,
 ) -> Result<Attention, LoadError> {
+    let Heads {
+        n_heads,
+        n_kv,
+        head_dim,
+    } = heads;
     let p = |n: &str| format!("{prefix}.self_attn.{n}");
     Ok(Attention {
         q_proj: w.linear(&p("q_proj"), n_heads * head_dim, hidden, bias)?,
@@ -121,23 +133,23 @@ pub fn rope_inv_freq(
 }
 
 /// Checks head counts and sizes shared by all attention configs.
-pub fn check_heads(
-    hidden: usize,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
-) -> Result<(), LoadError> {
+pub fn check_heads(hidden: usize, heads: Heads) -> Result<(), LoadError> {
+    let Heads {
+        n_heads,
+        n_kv,
+        head_dim,
+    } = heads;
     if hidden == 0 || n_heads == 0 || n_kv == 0 || head_dim == 0 {
         return Err(LoadError::Config(
             "hidden_size, head counts and head_dim must be positive".into(),
         ));
     }
-    if n_heads % n_kv != 0 {
+    if !n_heads.is_multiple_of(n_kv) {
         return Err(LoadError::Config(format!(
             "num_attention_heads ({n_heads}) is not a multiple of num_key_value_heads ({n_kv})"
         )));
     }
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(LoadError::Config(format!(
             "head_dim ({head_dim}) must be even for RoPE"
         )));

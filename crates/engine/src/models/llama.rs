@@ -2,7 +2,7 @@
 //! q/k/v/o biases, RoPE with `rope_scaling` (default, linear, llama3), dense SwiGLU MLP.
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
-use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq};
+use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -69,11 +69,15 @@ pub fn build(
     w: &WeightLoader,
     pool: Arc<ThreadPool>,
 ) -> Result<Transformer, LoadError> {
-    let n_kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-    let hd = c
-        .head_dim
-        .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
-    check_heads(c.hidden_size, c.num_attention_heads, n_kv, hd)?;
+    let heads = Heads {
+        n_heads: c.num_attention_heads,
+        n_kv: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+        head_dim: c
+            .head_dim
+            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+    };
+    check_heads(c.hidden_size, heads)?;
+    let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -81,24 +85,15 @@ pub fn build(
         let p = format!("model.layers.{i}");
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: attention(
-                w,
-                &p,
-                h,
-                c.num_attention_heads,
-                n_kv,
-                hd,
-                qk_norm,
-                c.attention_bias,
-            )?,
+            attn: attention(w, &p, h, heads, qk_norm, c.attention_bias)?,
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn: FeedForward::Dense(dense_mlp(
+            ffn: FeedForward::Dense(Box::new(dense_mlp(
                 w,
                 &format!("{p}.mlp"),
                 h,
                 c.intermediate_size,
                 c.mlp_bias,
-            )?),
+            )?)),
         });
     }
     Ok(Transformer {

@@ -5,7 +5,7 @@
 //! `(i + 1) % decoder_sparse_step == 0`, else a dense SwiGLU MLP. The router is a softmax over
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
-use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq};
+use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -62,15 +62,18 @@ impl Qwen3MoeConfig {
     pub fn is_moe_layer(&self, i: usize) -> bool {
         !self.mlp_only_layers.contains(&i)
             && self.num_experts > 0
-            && (i + 1) % self.decoder_sparse_step == 0
+            && (i + 1).is_multiple_of(self.decoder_sparse_step)
     }
 
-    fn validate(&self) -> Result<(usize, usize), LoadError> {
-        let n_kv = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
-        let hd = self
-            .head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
-        check_heads(self.hidden_size, self.num_attention_heads, n_kv, hd)?;
+    fn validate(&self) -> Result<Heads, LoadError> {
+        let heads = Heads {
+            n_heads: self.num_attention_heads,
+            n_kv: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+        };
+        check_heads(self.hidden_size, heads)?;
         if self.decoder_sparse_step == 0 {
             return Err(LoadError::Config(
                 "decoder_sparse_step must be at least 1".into(),
@@ -90,7 +93,7 @@ impl Qwen3MoeConfig {
                 "a dense layer needs intermediate_size".into(),
             ));
         }
-        Ok((n_kv, hd))
+        Ok(heads)
     }
 }
 
@@ -100,7 +103,8 @@ pub fn load(
     pool: Arc<ThreadPool>,
 ) -> Result<Transformer, LoadError> {
     let c: Qwen3MoeConfig = cfg.parse()?;
-    let (n_kv, hd) = c.validate()?;
+    let heads = c.validate()?;
+    let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -123,19 +127,19 @@ pub fn load(
             (FeedForward::Moe(block), Some(ex))
         } else {
             (
-                FeedForward::Dense(dense_mlp(
+                FeedForward::Dense(Box::new(dense_mlp(
                     w,
                     &format!("{p}.mlp"),
                     h,
                     c.intermediate_size,
                     false,
-                )?),
+                )?)),
                 None,
             )
         };
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: attention(w, &p, h, c.num_attention_heads, n_kv, hd, true, false)?,
+            attn: attention(w, &p, h, heads, true, false)?,
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
             ffn,
         });

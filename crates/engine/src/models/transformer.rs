@@ -56,7 +56,7 @@ pub struct MoeBlock {
 }
 
 pub enum FeedForward {
-    Dense(DenseMlp),
+    Dense(Box<DenseMlp>),
     Moe(MoeBlock),
 }
 

@@ -239,7 +239,8 @@ impl<'a> WeightLoader<'a> {
             let b = self.tensor(&format!("{module}.biases"), module)?;
             let groups = *s.shape.last().unwrap_or(&0);
             let packed_cols = *w.shape.last().unwrap_or(&0);
-            if groups == 0 || inp % groups != 0 || (packed_cols * 32) % inp != 0 {
+            if groups == 0 || !inp.is_multiple_of(groups) || !(packed_cols * 32).is_multiple_of(inp)
+            {
                 return Err(Self::bad(
                     w,
                     format!(
@@ -269,7 +270,7 @@ impl<'a> WeightLoader<'a> {
                     ));
                 }
             }
-            if w.shape != shape(packed_cols) || inp * bits as usize % 32 != 0 {
+            if w.shape != shape(packed_cols) || !(inp * bits as usize).is_multiple_of(32) {
                 return Err(Self::bad(
                     w,
                     format!(

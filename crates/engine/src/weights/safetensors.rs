@@ -157,11 +157,11 @@ pub fn read_file(path: &Path) -> Result<BTreeMap<String, Tensor>, LoadError> {
         }
         ranges.push((start, end, name.clone()));
         let abs = header_end + start;
-        let bytes = if abs % dtype.size() == 0 {
+        let bytes = if abs.is_multiple_of(dtype.size()) {
             Bytes::new(Arc::clone(&backing), abs, end - start)
         } else {
             // Misaligned for its dtype (not produced by the usual writers): copy once.
-            Bytes::copied(&Bytes::new(Arc::clone(&backing), abs, end - start).as_slice()[..])
+            Bytes::copied(Bytes::new(Arc::clone(&backing), abs, end - start).as_slice())
         };
         tensors.insert(
             name.clone(),
