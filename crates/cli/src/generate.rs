@@ -7,6 +7,7 @@ use clap::Args;
 use moestream_engine::generate::GenerationStats;
 use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::{Engine, LoadOptions, TextParams};
+use moestream_kernels::qdot::Precision;
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +68,10 @@ pub struct GenerateArgs {
     /// Extra chat template variables as a JSON object, e.g. '{"enable_thinking": false}'.
     #[arg(long, value_parser = parse_object)]
     chat_template_args: Option<Map<String, Value>>,
+    /// f32 activations in quantized matmuls (slower; reproduces mlx's float32 arithmetic).
+    /// The default quantizes activations to int8 where a fast kernel exists.
+    #[arg(long)]
+    exact: bool,
     /// Kernel threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -118,6 +123,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         &LoadOptions {
             threads: args.threads,
             warm,
+            precision: if args.exact {
+                Precision::Exact
+            } else {
+                Precision::Fast
+            },
         },
         &mut |p| bar.update(p),
     )

@@ -123,6 +123,7 @@ fn json_output_reproduces_mlx_lm_greedy_tokens() {
         "--json",
         "--logprobs",
         "3",
+        "--exact",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)

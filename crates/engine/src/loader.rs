@@ -4,6 +4,7 @@ use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::models::{self, Transformer};
 use crate::weights::{WeightLoader, WeightStore};
+use moestream_kernels::qdot::Precision;
 use moestream_kernels::ThreadPool;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Read every weight page before the first token (predictable first-token latency).
     pub warm: bool,
+    /// Arithmetic of the quantized matmuls.
+    pub precision: Precision,
 }
 
 /// A loaded model plus what the loader noticed.
@@ -49,7 +52,8 @@ pub fn load_model(
         None => ThreadPool::with_default_threads(),
     });
     let loader = WeightLoader::new(&store, &config.quant);
-    let model = models::build(&config, &loader, pool)?;
+    let mut model = models::build(&config, &loader, pool)?;
+    model.precision = opts.precision;
     let unused_tensors = loader.unused();
     if opts.warm {
         store.warm(&mut |d, t| progress(LoadProgress::Warming(d, t)));

@@ -5,6 +5,16 @@ mod common;
 
 use common::*;
 use moestream_engine::{load_model, LoadOptions};
+use moestream_kernels::qdot::Precision;
+
+/// mlx-lm's float32 arithmetic: f32 activations throughout.
+fn exact() -> LoadOptions {
+    LoadOptions {
+        threads: Some(2),
+        warm: false,
+        precision: Precision::Exact,
+    }
+}
 
 struct Case {
     name: &'static str,
@@ -111,15 +121,8 @@ fn check(case: &Case) -> Result<(), String> {
         Some(key) => &exp[key],
         None => &exp,
     };
-    let loaded = load_model(
-        &fixture(case.name),
-        &LoadOptions {
-            threads: Some(2),
-            warm: false,
-        },
-        &mut |_| {},
-    )
-    .map_err(|e| format!("{}: load failed: {e}", case.name))?;
+    let loaded = load_model(&fixture(case.name), &exact(), &mut |_| {})
+        .map_err(|e| format!("{}: load failed: {e}", case.name))?;
     let model = &loaded.model;
     let prompt = ids(&exp["prompt_ids"]);
     let mut cache = model.new_cache();
@@ -183,7 +186,7 @@ fn fixtures_match_mlx_lm() {
 fn prefill_equals_token_by_token_decode() {
     let name = "qwen3_moe_q4_g32_f32";
     let exp = expected(name);
-    let loaded = load_model(&fixture(name), &LoadOptions::default(), &mut |_| {}).unwrap();
+    let loaded = load_model(&fixture(name), &exact(), &mut |_| {}).unwrap();
     let m = &loaded.model;
     let prompt = ids(&exp["prompt_ids"]);
     let (mut a, mut b) = (m.new_cache(), m.new_cache());

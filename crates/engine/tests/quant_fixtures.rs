@@ -111,7 +111,14 @@ fn unpacking_and_dequantization_match_mlx_for_every_width() {
             let want = floats(t("qmm")).to_vec();
             let m = x.len() / cols;
             let (mut fast, mut slow) = (vec![0f32; m * rows], vec![0f32; m * rows]);
-            matmul::matmul(&pool, &x, m, &w, &mut fast);
+            matmul::matmul(
+                &pool,
+                moestream_kernels::qdot::Precision::Exact,
+                &x,
+                m,
+                &w,
+                &mut fast,
+            );
             reference::matmul(&x, m, &w, &mut slow);
             for ((a, b), c) in fast.iter().zip(&slow).zip(&want) {
                 assert!(

@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod matrix;
 pub mod norm;
 pub mod pool;
+pub mod qdot;
 pub mod quant;
 pub mod reference;
 pub mod rng;

@@ -8,6 +8,7 @@
 use crate::activation::silu;
 use crate::matrix::{FloatSlice, Matrix};
 use crate::pool::{SharedMut, ThreadPool};
+use crate::qdot::{self, Precision, QuantizedRow};
 use crate::simd::dot;
 use std::cell::RefCell;
 
@@ -32,6 +33,57 @@ pub struct GatherPair<'a> {
 thread_local! {
     static ROW_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ROW_BUF2: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's int8 copies of the activation rows (reused across calls).
+    static QROWS: RefCell<Vec<QuantizedRow>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `w` takes the int8-activation kernel under `p`.
+fn fast(p: Precision, w: &Matrix) -> bool {
+    matches!((p, w), (Precision::Fast, Matrix::Quant(q)) if qdot::supported(q))
+}
+
+/// Runs `f` with `x`'s rows (`cols` each) quantized to int8, if `needed`.
+fn with_quantized<R>(
+    needed: bool,
+    x: &[f32],
+    cols: usize,
+    f: impl FnOnce(&[QuantizedRow]) -> R,
+) -> R {
+    if !needed {
+        return f(&[]);
+    }
+    QROWS.with(|cell| {
+        let mut rows = cell.borrow_mut();
+        let n = x.len() / cols;
+        if rows.len() < n {
+            rows.resize_with(n, QuantizedRow::default);
+        }
+        for (q, xr) in rows.iter_mut().zip(x.chunks_exact(cols)) {
+            q.quantize(xr);
+        }
+        f(&rows[..n])
+    })
+}
+
+/// `dot(W[r], x[xr])` by whichever kernel `w` takes.
+#[inline]
+fn row_dot(
+    w: &Matrix,
+    r: usize,
+    wr: &[f32],
+    q: &[QuantizedRow],
+    x: &[f32],
+    xr: usize,
+    cols: usize,
+) -> f32 {
+    match w {
+        Matrix::Quant(qm) if !q.is_empty() => {
+            let mut o = [0f32];
+            qdot::dot_rows(qm, r, &[&q[xr]], &mut o);
+            o[0]
+        }
+        _ => dot(wr, &x[xr * cols..][..cols]),
+    }
 }
 
 /// Rows per task: enough tasks to balance threads, not so many that dispatch dominates.
@@ -54,7 +106,7 @@ fn row<'b>(w: &'b Matrix, r: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
 }
 
 /// `y[m, rows] = x[m, cols] @ W.T`.
-pub fn matmul(pool: &ThreadPool, x: &[f32], m: usize, w: &Matrix, y: &mut [f32]) {
+pub fn matmul(pool: &ThreadPool, p: Precision, x: &[f32], m: usize, w: &Matrix, y: &mut [f32]) {
     let rows_idx: Vec<u32>;
     let idx: &[u32] = if m <= IDENTITY.len() {
         &IDENTITY[..m]
@@ -64,6 +116,7 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], m: usize, w: &Matrix, y: &mut [f32])
     };
     gather_matmul(
         pool,
+        p,
         x,
         &[GatherGroup {
             w: *w,
@@ -75,7 +128,15 @@ pub fn matmul(pool: &ThreadPool, x: &[f32], m: usize, w: &Matrix, y: &mut [f32])
 }
 
 /// `h[m, rows] = silu(x @ G.T) * (x @ U.T)`, gate and up read in the same pass.
-pub fn swiglu(pool: &ThreadPool, x: &[f32], m: usize, gate: &Matrix, up: &Matrix, h: &mut [f32]) {
+pub fn swiglu(
+    pool: &ThreadPool,
+    p: Precision,
+    x: &[f32],
+    m: usize,
+    gate: &Matrix,
+    up: &Matrix,
+    h: &mut [f32],
+) {
     let rows_idx: Vec<u32>;
     let idx: &[u32] = if m <= IDENTITY.len() {
         &IDENTITY[..m]
@@ -89,7 +150,7 @@ pub fn swiglu(pool: &ThreadPool, x: &[f32], m: usize, gate: &Matrix, up: &Matrix
         x_rows: idx,
         out_rows: idx,
     };
-    gather_swiglu(pool, x, &[pair], h);
+    gather_swiglu(pool, p, x, &[pair], h);
 }
 
 const IDENTITY: [u32; 64] = {
@@ -123,55 +184,88 @@ fn locate(
 }
 
 /// Gathered matmul over expert groups in one dispatch.
-pub fn gather_matmul(pool: &ThreadPool, x: &[f32], groups: &[GatherGroup], out: &mut [f32]) {
+pub fn gather_matmul(
+    pool: &ThreadPool,
+    p: Precision,
+    x: &[f32],
+    groups: &[GatherGroup],
+    out: &mut [f32],
+) {
     let Some(first) = groups.first() else { return };
     let (rows, cols) = (first.w.rows(), first.w.cols());
     let chunk = chunk_rows(pool, rows);
     let tasks: usize = groups.iter().map(|g| g.w.rows().div_ceil(chunk)).sum();
+    let needs_q = groups.iter().any(|g| fast(p, &g.w));
     let out_ptr = SharedMut::new(out);
-    pool.run(tasks, &|task| {
-        let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].w.rows(), chunk);
-        let grp = &groups[gi];
-        ROW_BUF.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            for r in r0..r1 {
-                let wr = row(&grp.w, r, &mut buf);
-                for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
-                    let xv = &x[xr as usize * cols..][..cols];
-                    // SAFETY: (out row, r) pairs are disjoint across tasks: each task owns
-                    // rows r0..r1 of one group, and groups own disjoint out rows.
-                    unsafe { out_ptr.write(or as usize * rows + r, dot(wr, xv)) };
+    with_quantized(needs_q, x, cols, |q| {
+        pool.run(tasks, &|task| {
+            let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].w.rows(), chunk);
+            let grp = &groups[gi];
+            let q = if fast(p, &grp.w) { q } else { &[] };
+            ROW_BUF.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                for r in r0..r1 {
+                    let wr = if q.is_empty() {
+                        row(&grp.w, r, &mut buf)
+                    } else {
+                        &[]
+                    };
+                    for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
+                        let v = row_dot(&grp.w, r, wr, q, x, xr as usize, cols);
+                        // SAFETY: (out row, r) pairs are disjoint across tasks: each task owns
+                        // rows r0..r1 of one group, and groups own disjoint out rows.
+                        unsafe { out_ptr.write(or as usize * rows + r, v) };
+                    }
                 }
-            }
+            });
         });
     });
 }
 
 /// Gathered SwiGLU (gate + up + `silu(g) * u`) over expert groups in one dispatch, with no
 /// fused copy of the weights.
-pub fn gather_swiglu(pool: &ThreadPool, x: &[f32], groups: &[GatherPair], h: &mut [f32]) {
+pub fn gather_swiglu(
+    pool: &ThreadPool,
+    p: Precision,
+    x: &[f32],
+    groups: &[GatherPair],
+    h: &mut [f32],
+) {
     let Some(first) = groups.first() else { return };
     let (rows, cols) = (first.gate.rows(), first.gate.cols());
     let chunk = chunk_rows(pool, rows);
     let tasks: usize = groups.iter().map(|g| g.gate.rows().div_ceil(chunk)).sum();
+    let needs_q = groups.iter().any(|g| fast(p, &g.gate) || fast(p, &g.up));
     let h_ptr = SharedMut::new(h);
-    pool.run(tasks, &|task| {
-        let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].gate.rows(), chunk);
-        let grp = &groups[gi];
-        ROW_BUF.with(|c1| {
-            ROW_BUF2.with(|c2| {
-                let (mut b1, mut b2) = (c1.borrow_mut(), c2.borrow_mut());
-                for r in r0..r1 {
-                    let gr = row(&grp.gate, r, &mut b1);
-                    let ur = row(&grp.up, r, &mut b2);
-                    for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
-                        let xv = &x[xr as usize * cols..][..cols];
-                        let v = silu(dot(gr, xv)) * dot(ur, xv);
-                        // SAFETY: as in gather_matmul.
-                        unsafe { h_ptr.write(or as usize * rows + r, v) };
+    with_quantized(needs_q, x, cols, |q| {
+        pool.run(tasks, &|task| {
+            let (gi, r0, r1) = locate(task, groups.len(), |g| groups[g].gate.rows(), chunk);
+            let grp = &groups[gi];
+            let qg = if fast(p, &grp.gate) { q } else { &[] };
+            let qu = if fast(p, &grp.up) { q } else { &[] };
+            ROW_BUF.with(|c1| {
+                ROW_BUF2.with(|c2| {
+                    let (mut b1, mut b2) = (c1.borrow_mut(), c2.borrow_mut());
+                    for r in r0..r1 {
+                        let gr = if qg.is_empty() {
+                            row(&grp.gate, r, &mut b1)
+                        } else {
+                            &[]
+                        };
+                        let ur = if qu.is_empty() {
+                            row(&grp.up, r, &mut b2)
+                        } else {
+                            &[]
+                        };
+                        for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
+                            let g = row_dot(&grp.gate, r, gr, qg, x, xr as usize, cols);
+                            let u = row_dot(&grp.up, r, ur, qu, x, xr as usize, cols);
+                            // SAFETY: as in gather_matmul.
+                            unsafe { h_ptr.write(or as usize * rows + r, silu(g) * u) };
+                        }
                     }
-                }
-            })
+                })
+            });
         });
     });
 }
@@ -267,7 +361,7 @@ mod tests {
                 for bf in [false, true] {
                     let w = q.view(bf);
                     let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
-                    matmul(&pool, &x, m, &w, &mut a);
+                    matmul(&pool, Precision::Exact, &x, m, &w, &mut a);
                     crate::reference::matmul(&x, m, &w, &mut b);
                     close(&a, &b, 1e-4);
                 }
@@ -291,7 +385,7 @@ mod tests {
         ] {
             let w = Matrix::Dense(DenseMatrix { data, rows, cols });
             let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
-            matmul(&pool, &x, m, &w, &mut a);
+            matmul(&pool, Precision::Exact, &x, m, &w, &mut a);
             crate::reference::matmul(&x, m, &w, &mut b);
             close(&a, &b, 1e-4);
         }
@@ -329,7 +423,7 @@ mod tests {
             })
             .collect();
         let (mut h1, mut h2) = (vec![0f32; 10 * inter], vec![0f32; 10 * inter]);
-        gather_swiglu(&pool, &x, &pairs, &mut h1);
+        gather_swiglu(&pool, Precision::Exact, &x, &pairs, &mut h1);
         crate::reference::gather_swiglu(&x, &pairs, &mut h2);
         close(&h1, &h2, 1e-4);
         let downs: Vec<GatherGroup> = experts
@@ -342,8 +436,27 @@ mod tests {
             })
             .collect();
         let (mut y1, mut y2) = (vec![0f32; 10 * hidden], vec![0f32; 10 * hidden]);
-        gather_matmul(&pool, &h1, &downs, &mut y1);
+        gather_matmul(&pool, Precision::Exact, &h1, &downs, &mut y1);
         crate::reference::gather_matmul(&h1, &downs, &mut y2);
         close(&y1, &y2, 1e-4);
+
+        // The int8-activation path: within int8 rounding of the exact result.
+        let (mut h3, mut y3) = (vec![0f32; 10 * inter], vec![0f32; 10 * hidden]);
+        gather_swiglu(&pool, Precision::Fast, &x, &pairs, &mut h3);
+        gather_matmul(&pool, Precision::Fast, &h1, &downs, &mut y3);
+        let rel = |a: &[f32], b: &[f32]| {
+            let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+            (num / b.iter().map(|y| y * y).sum::<f32>()).sqrt()
+        };
+        assert!(
+            rel(&h3, &h2) < 0.02,
+            "swiglu relative error {}",
+            rel(&h3, &h2)
+        );
+        assert!(
+            rel(&y3, &y2) < 0.02,
+            "down relative error {}",
+            rel(&y3, &y2)
+        );
     }
 }

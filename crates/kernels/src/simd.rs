@@ -40,6 +40,23 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
+/// Whether the int8 dot-product instructions (AVX-512 VNNI with BW) are usable.
+pub fn has_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa() == Isa::Avx512
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512bw")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Dot product of two equal-length f32 slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -120,5 +120,6 @@ pub fn build(
         },
         experts: Box::new(ResidentExperts::new(Vec::new())),
         pool,
+        precision: Default::default(),
     })
 }

@@ -171,5 +171,6 @@ pub fn load(
         attn,
         experts: Box::new(ResidentExperts::new(experts)),
         pool,
+        precision: Default::default(),
     })
 }

@@ -12,6 +12,7 @@ use moestream_kernels::matmul::{
     gather_matmul, gather_swiglu, matmul, swiglu, GatherGroup, GatherPair,
 };
 use moestream_kernels::norm::{add_rms_norm, rms_norm, rms_norm_inplace};
+use moestream_kernels::qdot::Precision;
 use moestream_kernels::router::{router_topk, RouterKind};
 use moestream_kernels::{rope::rope, simd, ThreadPool};
 use std::sync::Arc;
@@ -91,6 +92,9 @@ pub struct Transformer {
     pub attn: AttnConfig,
     pub experts: Box<dyn ExpertStore>,
     pub pool: Arc<ThreadPool>,
+    /// Arithmetic of the quantized matmuls (int8 activations by default; `Exact` for
+    /// comparisons with mlx and for `validate`'s reference).
+    pub precision: Precision,
 }
 
 impl Transformer {
@@ -182,7 +186,14 @@ impl Transformer {
             normed,
         );
         logits.resize(rows * vocab, 0.0);
-        matmul(&self.pool, normed, rows, &self.head().matrix(), logits);
+        matmul(
+            &self.pool,
+            self.precision,
+            normed,
+            rows,
+            &self.head().matrix(),
+            logits,
+        );
         add_bias(self.head(), logits);
         Ok(())
     }
@@ -206,7 +217,7 @@ impl Transformer {
             (&a.k_proj, &mut *k),
             (&a.v_proj, &mut *v),
         ] {
-            matmul(&self.pool, &s.xn, l, &proj.matrix(), out);
+            matmul(&self.pool, self.precision, &s.xn, l, &proj.matrix(), out);
             add_bias(proj, out);
         }
         if let Some(w) = &a.q_norm {
@@ -246,7 +257,14 @@ impl Transformer {
         };
         attention(&self.pool, q, &kv.k, &kv.v, shape, out);
         let delta = sized(&mut s.delta, l * self.info.hidden_size);
-        matmul(&self.pool, out, l, &a.o_proj.matrix(), delta);
+        matmul(
+            &self.pool,
+            self.precision,
+            out,
+            l,
+            &a.o_proj.matrix(),
+            delta,
+        );
         add_bias(&a.o_proj, delta);
         Ok(())
     }
@@ -255,6 +273,7 @@ impl Transformer {
         let h = sized(&mut s.mlp_h, l * m.gate_proj.rows);
         swiglu(
             &self.pool,
+            self.precision,
             &s.xn,
             l,
             &m.gate_proj.matrix(),
@@ -262,7 +281,14 @@ impl Transformer {
             h,
         );
         let delta = sized(&mut s.delta, l * self.info.hidden_size);
-        matmul(&self.pool, h, l, &m.down_proj.matrix(), delta);
+        matmul(
+            &self.pool,
+            self.precision,
+            h,
+            l,
+            &m.down_proj.matrix(),
+            delta,
+        );
     }
 
     /// Routed experts: route every token, group the (token, choice) slots by expert, run one
@@ -271,7 +297,16 @@ impl Transformer {
     fn moe(&self, m: &MoeBlock, layer: usize, l: usize, s: &mut Scratch) -> Result<(), RunError> {
         let (hsz, k, e) = (self.info.hidden_size, m.top_k, m.n_experts);
         let router = sized(&mut s.router, l * e);
-        matmul(&self.pool, &s.xn, l, &m.router.matrix(), router);
+        // The router stays exact: a flipped expert choice changes the output far more than
+        // int8 rounding elsewhere, and the router is a small share of the bytes.
+        matmul(
+            &self.pool,
+            Precision::Exact,
+            &s.xn,
+            l,
+            &m.router.matrix(),
+            router,
+        );
         s.expert_ids.resize(l * k, 0);
         sized(&mut s.expert_w, l * k);
         for t in 0..l {
@@ -332,7 +367,7 @@ impl Transformer {
                         out_rows: &slots[range(id)],
                     })
                     .collect();
-                gather_swiglu(pool, xn, &pairs, h);
+                gather_swiglu(pool, self.precision, xn, &pairs, h);
                 let downs: Vec<GatherGroup> = s
                     .active_experts
                     .iter()
@@ -343,7 +378,7 @@ impl Transformer {
                         out_rows: &slots[range(id)],
                     })
                     .collect();
-                gather_matmul(pool, h, &downs, y);
+                gather_matmul(pool, self.precision, h, &downs, y);
             })?;
         let delta = sized(&mut s.delta, l * hsz);
         delta.fill(0.0);
