@@ -69,6 +69,9 @@ pub struct Scratch {
     pub v: Vec<f32>,
     pub attn: Vec<f32>,
     pub mlp_h: Vec<f32>,
+    pub swiglu_u: Vec<f32>,
+    /// `0..n` (row indices of a dense matmul over a whole batch).
+    pub identity: Vec<u32>,
     pub router: Vec<f32>,
     pub expert_ids: Vec<u32>,
     pub expert_w: Vec<f32>,

@@ -270,6 +270,47 @@ pub fn gather_swiglu(
     });
 }
 
+/// The unfused form of [`gather_swiglu`]: gate and up as two gathered matmuls (two passes
+/// over the activations, an intermediate buffer `u`), then the activation. Kept as the
+/// baseline the fused kernel is benchmarked and validated against.
+pub fn gather_swiglu_unfused(
+    pool: &ThreadPool,
+    p: Precision,
+    x: &[f32],
+    groups: &[GatherPair],
+    h: &mut [f32],
+    u: &mut Vec<f32>,
+) {
+    u.resize(h.len(), 0.0);
+    let gates: Vec<GatherGroup> = groups
+        .iter()
+        .map(|g| GatherGroup {
+            w: g.gate,
+            x_rows: g.x_rows,
+            out_rows: g.out_rows,
+        })
+        .collect();
+    let ups: Vec<GatherGroup> = groups
+        .iter()
+        .map(|g| GatherGroup {
+            w: g.up,
+            x_rows: g.x_rows,
+            out_rows: g.out_rows,
+        })
+        .collect();
+    gather_matmul(pool, p, x, &gates, h);
+    gather_matmul(pool, p, x, &ups, u);
+    let rows = groups.first().map_or(0, |g| g.gate.rows());
+    for grp in groups {
+        for &or in grp.out_rows {
+            let range = or as usize * rows..(or as usize + 1) * rows;
+            for (hv, uv) in h[range.clone()].iter_mut().zip(&u[range]) {
+                *hv = silu(*hv) * uv;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +467,9 @@ mod tests {
         gather_swiglu(&pool, Precision::Exact, &x, &pairs, &mut h1);
         crate::reference::gather_swiglu(&x, &pairs, &mut h2);
         close(&h1, &h2, 1e-4);
+        let (mut h4, mut u) = (vec![0f32; 10 * inter], Vec::new());
+        gather_swiglu_unfused(&pool, Precision::Exact, &x, &pairs, &mut h4, &mut u);
+        close(&h4, &h2, 1e-4);
         let downs: Vec<GatherGroup> = experts
             .iter()
             .zip(&routes)

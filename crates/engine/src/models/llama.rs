@@ -121,5 +121,6 @@ pub fn build(
         experts: Box::new(ResidentExperts::new(Vec::new())),
         pool,
         precision: Default::default(),
+        fused_swiglu: true,
     })
 }

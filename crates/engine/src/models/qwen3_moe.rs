@@ -172,5 +172,6 @@ pub fn load(
         experts: Box::new(ResidentExperts::new(experts)),
         pool,
         precision: Default::default(),
+        fused_swiglu: true,
     })
 }

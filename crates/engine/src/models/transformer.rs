@@ -9,7 +9,7 @@ use crate::experts::ExpertStore;
 use crate::weights::{Floats, Linear};
 use moestream_kernels::attention::{attention, AttnShape};
 use moestream_kernels::matmul::{
-    gather_matmul, gather_swiglu, matmul, swiglu, GatherGroup, GatherPair,
+    gather_matmul, gather_swiglu, gather_swiglu_unfused, matmul, GatherGroup, GatherPair,
 };
 use moestream_kernels::norm::{add_rms_norm, rms_norm, rms_norm_inplace};
 use moestream_kernels::qdot::Precision;
@@ -95,6 +95,9 @@ pub struct Transformer {
     /// Arithmetic of the quantized matmuls (int8 activations by default; `Exact` for
     /// comparisons with mlx and for `validate`'s reference).
     pub precision: Precision,
+    /// gate+up+SwiGLU in one pass (default) or as two matmuls then the activation (the
+    /// baseline `validate` compares against).
+    pub fused_swiglu: bool,
 }
 
 impl Transformer {
@@ -270,16 +273,18 @@ impl Transformer {
     }
 
     fn dense_mlp(&self, m: &DenseMlp, l: usize, s: &mut Scratch) {
+        if s.identity.len() < l {
+            s.identity = (0..l as u32).collect();
+        }
+        let rows = &s.identity[..l];
+        let pair = GatherPair {
+            gate: m.gate_proj.matrix(),
+            up: m.up_proj.matrix(),
+            x_rows: rows,
+            out_rows: rows,
+        };
         let h = sized(&mut s.mlp_h, l * m.gate_proj.rows);
-        swiglu(
-            &self.pool,
-            self.precision,
-            &s.xn,
-            l,
-            &m.gate_proj.matrix(),
-            &m.up_proj.matrix(),
-            h,
-        );
+        self.swiglu(&s.xn, &[pair], h, &mut s.swiglu_u);
         let delta = sized(&mut s.delta, l * self.info.hidden_size);
         matmul(
             &self.pool,
@@ -345,6 +350,7 @@ impl Transformer {
         }
         let h = sized(&mut s.moe_h, l * k * m.expert_inter);
         let y = sized(&mut s.moe_y, l * k * hsz);
+        let u = &mut s.swiglu_u;
         let (counts, slots, toks, xn) = (
             &s.expert_counts,
             &s.slots_by_expert,
@@ -367,7 +373,7 @@ impl Transformer {
                         out_rows: &slots[range(id)],
                     })
                     .collect();
-                gather_swiglu(pool, self.precision, xn, &pairs, h);
+                self.swiglu(xn, &pairs, h, u);
                 let downs: Vec<GatherGroup> = s
                     .active_experts
                     .iter()
@@ -390,6 +396,17 @@ impl Transformer {
             }
         }
         Ok(())
+    }
+}
+
+impl Transformer {
+    /// Gathered SwiGLU, fused or not per [`Transformer::fused_swiglu`].
+    fn swiglu(&self, x: &[f32], pairs: &[GatherPair], h: &mut [f32], u: &mut Vec<f32>) {
+        if self.fused_swiglu {
+            gather_swiglu(&self.pool, self.precision, x, pairs, h);
+        } else {
+            gather_swiglu_unfused(&self.pool, self.precision, x, pairs, h, u);
+        }
     }
 }
 
