@@ -1,27 +1,20 @@
 //! `moestream generate`.
 
-use crate::progress::LoadBar;
+use crate::load::ModelArgs;
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use moestream_engine::generate::GenerationStats;
 use moestream_engine::sampling::{Sampler, SamplingParams};
-use moestream_engine::{Engine, LoadOptions, TextParams};
-use moestream_kernels::qdot::Precision;
+use moestream_engine::{Engine, TextParams};
 use serde_json::{json, Map, Value};
 use std::io::Write;
-use std::path::PathBuf;
 
-/// The model the repository ships (random weights: its text is noise).
-pub const EMBEDDED_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-qwen3-moe");
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model directory (mlx-community or Hugging Face safetensors). Default: the tiny
-    /// random-weight model embedded in the repository.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt (a user message, rendered with the chat template unless --raw).
     #[arg(
         long,
@@ -68,13 +61,6 @@ pub struct GenerateArgs {
     /// Extra chat template variables as a JSON object, e.g. '{"enable_thinking": false}'.
     #[arg(long, value_parser = parse_object)]
     chat_template_args: Option<Map<String, Value>>,
-    /// f32 activations in quantized matmuls (slower; reproduces mlx's float32 arithmetic).
-    /// The default quantizes activations to int8 where a fast kernel exists.
-    #[arg(long)]
-    exact: bool,
-    /// Kernel threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
@@ -98,49 +84,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Err(e) = sampling.validate() {
         bail!("{e}");
     }
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => {
-            let d = PathBuf::from(EMBEDDED_MODEL);
-            if !d.is_dir() {
-                bail!(
-                    "no --model given and the embedded model is not at {} (the binary was moved?)",
-                    d.display()
-                );
-            }
-            eprintln!("note: using the embedded tiny model (random weights: its text is noise); pass --model DIR for a real one");
-            d
-        }
-    };
-    let weights_on_disk = dir_weight_bytes(&dir);
-    let warm = match sys::mem_available_bytes() {
-        Some(avail) => weights_on_disk < avail / 2,
-        None => false,
-    };
-    let mut bar = LoadBar::new();
-    let engine = Engine::load(
-        &dir,
-        &LoadOptions {
-            threads: args.threads,
-            warm,
-            precision: if args.exact {
-                Precision::Exact
-            } else {
-                Precision::Fast
-            },
-        },
-        &mut |p| bar.update(p),
-    )
-    .with_context(|| format!("loading {}", dir.display()))?;
-    bar.finish();
-    if !engine.loaded.unused_tensors.is_empty() {
-        let u = &engine.loaded.unused_tensors;
-        eprintln!(
-            "warning: {} tensors in the model files are not used (first: {})",
-            u.len(),
-            u[0]
-        );
-    }
+    let engine = args.model.load()?;
     let prompt = prompt_ids(&engine, &args)?;
     let mut cache = engine.model().new_cache();
     let mut sampler = Sampler::new(sampling);
@@ -238,16 +182,4 @@ fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
         rss.map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
         s.finish.map_or("?", |f| f.as_str()),
     )
-}
-
-/// Bytes of `*.safetensors` files in `dir` (0 if unreadable: the loader reports that).
-fn dir_weight_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                .sum()
-        })
-        .unwrap_or(0)
 }

@@ -3,9 +3,13 @@
 //!
 //! Exit codes: 0 success, 1 a failure (bad model, failed read, bad prompt), 2 bad usage.
 
+mod bench;
+mod capsule;
 mod generate;
+mod load;
 mod progress;
 mod sys;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,12 +29,22 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (streams to stdout; a summary goes to stderr).
     Generate(generate::GenerateArgs),
+    /// Measure prefill/decode speed, memory bandwidth and the roofline fraction.
+    Bench(bench::BenchArgs),
+    /// Compare the optimized path with the plain reference path, token by token.
+    Validate(validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Validate(args) => match validate::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
     proc_kib("/proc/self/status", "VmHWM:")
 }
 
+/// Total RAM (`MemTotal`).
+pub fn mem_total_bytes() -> Option<u64> {
+    proc_kib("/proc/meminfo", "MemTotal:")
+}
+
 /// Memory the kernel says is available for new allocations (`MemAvailable`).
 pub fn mem_available_bytes() -> Option<u64> {
     proc_kib("/proc/meminfo", "MemAvailable:")

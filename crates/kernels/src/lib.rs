@@ -9,6 +9,7 @@ pub mod activation;
 pub mod attention;
 pub mod matmul;
 pub mod matrix;
+pub mod membw;
 pub mod norm;
 pub mod pool;
 pub mod qdot;

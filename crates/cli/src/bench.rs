@@ -1,0 +1,167 @@
+//! `moestream bench`: prefill and decode speed, time to first token, peak RSS, the machine's
+//! memory bandwidth and decode as a fraction of the bandwidth roofline; writes a capsule.
+
+use crate::capsule;
+use crate::load::ModelArgs;
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moestream_engine::sampling::argmax;
+use moestream_kernels::rng::Rng;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length for the prefill measurement (random token ids, fixed seed).
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens to decode (greedy) after the prompt.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the repro capsule (JSON) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Bytes of the buffer used to measure memory bandwidth.
+    #[arg(long, default_value_t = 1 << 30)]
+    bandwidth_bytes: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen-tokens must be at least 1");
+    }
+    let t_load = Instant::now();
+    let engine = args.model.load()?;
+    let load_secs = t_load.elapsed().as_secs_f64();
+    let model = engine.model();
+    let info = &model.info;
+    if args.prompt_tokens + args.gen_tokens > info.max_context {
+        bail!(
+            "prompt + generated tokens exceed the model's context ({})",
+            info.max_context
+        );
+    }
+    eprintln!("measuring memory bandwidth...");
+    let bandwidth = moestream_kernels::membw::read_bandwidth(&model.pool, args.bandwidth_bytes, 5);
+
+    // Random prompt ids within the tokenizer's range (fixed seed: the same prompt every run).
+    let id_range = engine
+        .text
+        .tokenizer
+        .vocab_size()
+        .min(info.vocab_size)
+        .max(1);
+    let mut rng = Rng::new(1234);
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| rng.below(id_range) as u32)
+        .collect();
+    let usage_before = model.experts.usage();
+
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    eprintln!("prefill: {} tokens...", prompt.len());
+    let t0 = Instant::now();
+    for chunk in prompt.chunks(moestream_engine::generate::PREFILL_CHUNK) {
+        model
+            .forward(chunk, &mut cache, false, &mut logits)
+            .context("prefill")?;
+    }
+    let mut next = argmax(&logits);
+    let ttft = t0.elapsed().as_secs_f64();
+    let usage_mid = model.experts.usage();
+    eprintln!("decode: {} tokens...", args.gen_tokens);
+    let t1 = Instant::now();
+    for _ in 0..args.gen_tokens {
+        model
+            .forward(&[next], &mut cache, false, &mut logits)
+            .context("decode")?;
+        next = argmax(&logits);
+    }
+    let decode_secs = t1.elapsed().as_secs_f64();
+    let usage_after = model.experts.usage();
+
+    let prefill_tok_s = args.prompt_tokens as f64 / ttft;
+    let decode_tok_s = args.gen_tokens as f64 / decode_secs;
+    let roofline_tok_s = bandwidth / info.bytes_per_token as f64;
+    let figures = json!({
+        "load_secs": load_secs,
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "prefill_tok_s": prefill_tok_s,
+        "time_to_first_token_s": ttft,
+        "decode_tok_s": decode_tok_s,
+        "peak_rss_bytes": sys::peak_rss_bytes(),
+        "memory_bandwidth_bytes_s": bandwidth,
+        "weight_bytes_per_token": info.bytes_per_token,
+        "roofline_decode_tok_s": roofline_tok_s,
+        "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
+        "routing_spread": json!({
+            "prefill_distinct_experts_per_layer": distinct(&usage_before, &usage_mid),
+            "decode_distinct_experts_per_layer": distinct(&usage_mid, &usage_after),
+        }),
+    });
+    let capsule = json!({
+        "kind": "moestream bench",
+        "build": capsule::build(),
+        "machine": capsule::machine(),
+        "model": {
+            "dir": args.model.model.as_ref().map(|p| p.display().to_string()),
+            "model_type": info.model_type,
+            "weight_bytes": engine.loaded.weight_bytes,
+            "config": strip_big(&engine.loaded.config.raw),
+        },
+        "flags": {
+            "exact": args.model.exact,
+            "threads": model.pool.threads(),
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+        },
+        "figures": figures,
+    });
+    if let Some(out) = &args.out {
+        capsule::write(out, &capsule)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&capsule)?);
+    } else {
+        println!(
+            "prefill {:.1} tok/s ({} tokens, TTFT {:.2} s) | decode {:.2} tok/s = {:.0}% of the {:.1} tok/s roofline ({:.1} GB/s, {:.2} GB/token) | peak RSS {:.2} GiB",
+            prefill_tok_s,
+            args.prompt_tokens,
+            ttft,
+            decode_tok_s,
+            100.0 * decode_tok_s / roofline_tok_s,
+            roofline_tok_s,
+            bandwidth / 1e9,
+            info.bytes_per_token as f64 / 1e9,
+            sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+        );
+    }
+    Ok(())
+}
+
+/// Distinct experts used per MoE layer between two usage snapshots.
+fn distinct(before: &[Vec<u64>], after: &[Vec<u64>]) -> Vec<usize> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, _)| !b.is_empty())
+        .map(|(b, a)| b.iter().zip(a).filter(|(x, y)| y > x).count())
+        .collect()
+}
+
+/// The config without large fields that say nothing about speed.
+fn strip_big(cfg: &Value) -> Value {
+    let mut c = cfg.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("quantization_config");
+    }
+    c
+}

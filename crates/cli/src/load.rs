@@ -1,0 +1,87 @@
+//! Loading a model for any subcommand: the embedded default, warm-up policy, progress bar.
+
+use crate::progress::LoadBar;
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use moestream_engine::{Engine, LoadOptions};
+use moestream_kernels::qdot::Precision;
+use std::path::{Path, PathBuf};
+
+/// The model the repository ships (random weights: its text is noise).
+pub const EMBEDDED_MODEL: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-qwen3-moe");
+
+/// Flags every model-running subcommand shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory (mlx-community or Hugging Face safetensors). Default: the tiny
+    /// random-weight model embedded in the repository.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// f32 activations in quantized matmuls (slower; reproduces mlx's float32 arithmetic).
+    /// The default quantizes activations to int8 where a fast kernel exists.
+    #[arg(long)]
+    pub exact: bool,
+    /// Kernel threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(d) => Ok(d.clone()),
+            None => {
+                let d = PathBuf::from(EMBEDDED_MODEL);
+                if !d.is_dir() {
+                    bail!("no --model given and the embedded model is not at {} (the binary was moved?)", d.display());
+                }
+                eprintln!("note: using the embedded tiny model (random weights: its text is noise); pass --model DIR for a real one");
+                Ok(d)
+            }
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        if self.exact {
+            Precision::Exact
+        } else {
+            Precision::Fast
+        }
+    }
+
+    /// Loads the model, reading its weights into memory first when they fit comfortably.
+    pub fn load(&self) -> Result<Engine> {
+        let dir = self.dir()?;
+        let weights_on_disk = dir_weight_bytes(&dir);
+        let warm = sys::mem_available_bytes().is_some_and(|avail| weights_on_disk < avail / 2);
+        let mut bar = LoadBar::new();
+        let opts = LoadOptions {
+            threads: self.threads,
+            warm,
+            precision: self.precision(),
+        };
+        let engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
+            .with_context(|| format!("loading {}", dir.display()))?;
+        bar.finish();
+        if let Some(first) = engine.loaded.unused_tensors.first() {
+            eprintln!(
+                "warning: {} tensors in the model files are not used (first: {first})",
+                engine.loaded.unused_tensors.len()
+            );
+        }
+        Ok(engine)
+    }
+}
+
+/// Bytes of `*.safetensors` files in `dir` (0 if unreadable: the loader reports that).
+fn dir_weight_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
