@@ -87,8 +87,8 @@ impl QuantizedRow {
 /// Whether `w` has an int8-activation kernel on this machine.
 pub fn supported(w: &QuantMatrix) -> bool {
     let shape_ok = match w.bits {
-        4 => w.cols % 128 == 0,
-        8 => w.cols % 64 == 0,
+        4 => w.cols.is_multiple_of(128),
+        8 => w.cols.is_multiple_of(64),
         _ => false,
     };
     shape_ok && crate::simd::has_vnni()
