@@ -8,6 +8,7 @@ mod capsule;
 mod generate;
 mod load;
 mod progress;
+mod synth;
 mod sys;
 mod validate;
 
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare the optimized path with the plain reference path, token by token.
     Validate(validate::ValidateArgs),
+    /// Write a random-weight model in the mlx-community format at a real model's shapes.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Validate(args) => match validate::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -17,5 +17,6 @@ pub use loader::{load_model, LoadOptions, LoadProgress, Loaded};
 pub mod generate;
 pub mod pipeline;
 pub mod sampling;
+pub mod synth;
 
 pub use pipeline::{Engine, TextEvent, TextOutcome, TextParams};

@@ -125,7 +125,15 @@ mod tests {
 
     #[test]
     fn chunking_does_not_change_values() {
-        let s = spec("a", Dtype::Bf16, 1000, Fill::Normal { mean: 0.0, std: 1.0 });
+        let s = spec(
+            "a",
+            Dtype::Bf16,
+            1000,
+            Fill::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+        );
         let mut whole = vec![0u8; 2000];
         Filler::new(&s, 7).fill(&mut whole);
         let mut parts = vec![0u8; 2000];
@@ -161,7 +169,12 @@ mod tests {
         // Dequantize a synthetic 4-bit tensor and check mean ~0 and std ~0.05.
         let (rows, cols, g, std) = (64usize, 256usize, 64usize, 0.05f32);
         let w = spec("m.weight", Dtype::U32, rows * cols / 8, Fill::Bits);
-        let s = spec("m.scales", Dtype::F32, rows * cols / g, Fill::Scales { std, bits: 4 });
+        let s = spec(
+            "m.scales",
+            Dtype::F32,
+            rows * cols / g,
+            Fill::Scales { std, bits: 4 },
+        );
         let b = spec(
             "m.biases",
             Dtype::F32,

@@ -62,7 +62,10 @@ pub enum Fill {
     /// Uniformly random bits (packed quantized codes).
     Bits,
     /// Affine scales giving dequantized entries of standard deviation about `std`.
-    Scales { std: f32, bits: u32 },
+    Scales {
+        std: f32,
+        bits: u32,
+    },
     /// The biases that go with the scales of tensor `scales` (regenerated from its seed):
     /// they centre each group on zero, plus a little noise.
     Biases {
@@ -202,7 +205,7 @@ impl Plan {
         self.parameters += (rows * fan_in) as u64;
         let float = self.float.dtype();
         let params = match self.quant {
-            Some(q) if fan_in % q.group_size == 0 => force.unwrap_or(QuantParams {
+            Some(q) if fan_in.is_multiple_of(q.group_size) => force.unwrap_or(QuantParams {
                 group_size: q.group_size,
                 bits: q.bits,
             }),

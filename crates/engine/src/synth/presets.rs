@@ -71,7 +71,11 @@ pub fn find(name: &str) -> Option<&'static Preset> {
 }
 
 pub fn names() -> String {
-    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Fields every Qwen3-MoE config.json carries; the presets differ in sizes only.

@@ -59,7 +59,7 @@ pub fn header(entries: &[Entry<'_>], metadata: &[(&str, &str)]) -> Vec<u8> {
         offset = end;
     }
     let mut h = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn streamed_file_equals_write_file_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("moestream-synth-writer-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("moestream-synth-writer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let a: Vec<u8> = (0..24u8).collect();
         let b: Vec<u8> = (0..6u8).collect();
@@ -149,12 +150,15 @@ mod tests {
             w.write(piece).unwrap();
         }
         w.finish().unwrap();
-        let (r, s) = (std::fs::read(&reference).unwrap(), std::fs::read(&streamed).unwrap());
+        let (r, s) = (
+            std::fs::read(&reference).unwrap(),
+            std::fs::read(&streamed).unwrap(),
+        );
         assert_eq!(r, s);
         assert_eq!(s.len() as u64, file_size(&entries, &meta));
         let back = read_file(&streamed).unwrap();
         assert_eq!(back["a"].shape, vec![2, 3]);
-        assert_eq!(&back["b"].bytes.as_slice()[..], &b[..]);
+        assert_eq!(back["b"].bytes.as_slice(), &b[..]);
         // Short data is an error, not a silently truncated file.
         let w = StreamWriter::create(&streamed, &entries, &meta).unwrap();
         assert!(w.finish().is_err());

@@ -88,7 +88,12 @@ pub fn attention(plan: &mut Plan, layer: &str, d: &AttnDims, qk: QkNorm, gated: 
     plan.linear(&format!("{a}.q_proj"), q_out, d.hidden, READ);
     plan.linear(&format!("{a}.k_proj"), kv_out, d.hidden, READ);
     plan.linear(&format!("{a}.v_proj"), kv_out, d.hidden, READ);
-    plan.linear(&format!("{a}.o_proj"), d.hidden, d.heads * d.head_dim, WRITE);
+    plan.linear(
+        &format!("{a}.o_proj"),
+        d.hidden,
+        d.heads * d.head_dim,
+        WRITE,
+    );
     match qk {
         QkNorm::None => {}
         QkNorm::PerHead => {
