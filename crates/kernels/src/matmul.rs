@@ -65,27 +65,6 @@ fn with_quantized<R>(
     })
 }
 
-/// `dot(W[r], x[xr])` by whichever kernel `w` takes.
-#[inline]
-fn row_dot(
-    w: &Matrix,
-    r: usize,
-    wr: &[f32],
-    q: &[QuantizedRow],
-    x: &[f32],
-    xr: usize,
-    cols: usize,
-) -> f32 {
-    match w {
-        Matrix::Quant(qm) if !q.is_empty() => {
-            let mut o = [0f32];
-            qdot::dot_rows(qm, r, &[&q[xr]], &mut o);
-            o[0]
-        }
-        _ => dot(wr, &x[xr * cols..][..cols]),
-    }
-}
-
 /// Rows per task: enough tasks to balance threads, not so many that dispatch dominates.
 fn chunk_rows(pool: &ThreadPool, rows: usize) -> usize {
     rows.div_ceil(pool.threads() * 4).clamp(8, 256)
@@ -183,6 +162,31 @@ fn locate(
     unreachable!("task index beyond the last group")
 }
 
+/// Row `r` of `w` dotted with activation rows `x_rows` (int8 kernel when `q` holds the
+/// quantized activations, else f32); `write(i, value)` receives each result.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn row_dots(
+    w: &Matrix,
+    r: usize,
+    q: &[QuantizedRow],
+    x: &[f32],
+    cols: usize,
+    x_rows: &[u32],
+    buf: &mut Vec<f32>,
+    mut write: impl FnMut(usize, f32),
+) {
+    match w {
+        Matrix::Quant(qm) if !q.is_empty() => qdot::dot_rows(qm, r, q, x_rows, buf, write),
+        _ => {
+            let wr = row(w, r, buf);
+            for (i, &xr) in x_rows.iter().enumerate() {
+                write(i, dot(wr, &x[xr as usize * cols..][..cols]));
+            }
+        }
+    }
+}
+
 /// Gathered matmul over expert groups in one dispatch.
 pub fn gather_matmul(
     pool: &ThreadPool,
@@ -205,17 +209,11 @@ pub fn gather_matmul(
             ROW_BUF.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 for r in r0..r1 {
-                    let wr = if q.is_empty() {
-                        row(&grp.w, r, &mut buf)
-                    } else {
-                        &[]
-                    };
-                    for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
-                        let v = row_dot(&grp.w, r, wr, q, x, xr as usize, cols);
+                    row_dots(&grp.w, r, q, x, cols, grp.x_rows, &mut buf, |i, v| {
                         // SAFETY: (out row, r) pairs are disjoint across tasks: each task owns
                         // rows r0..r1 of one group, and groups own disjoint out rows.
-                        unsafe { out_ptr.write(or as usize * rows + r, v) };
-                    }
+                        unsafe { out_ptr.write(grp.out_rows[i] as usize * rows + r, v) }
+                    });
                 }
             });
         });
@@ -223,7 +221,8 @@ pub fn gather_matmul(
 }
 
 /// Gathered SwiGLU (gate + up + `silu(g) * u`) over expert groups in one dispatch, with no
-/// fused copy of the weights.
+/// fused copy of the weights: each task reads its gate and up rows once for all the
+/// activation rows routed to the expert.
 pub fn gather_swiglu(
     pool: &ThreadPool,
     p: Precision,
@@ -245,24 +244,27 @@ pub fn gather_swiglu(
             let qu = if fast(p, &grp.up) { q } else { &[] };
             ROW_BUF.with(|c1| {
                 ROW_BUF2.with(|c2| {
-                    let (mut b1, mut b2) = (c1.borrow_mut(), c2.borrow_mut());
+                    let (mut buf, mut gates) = (c1.borrow_mut(), c2.borrow_mut());
+                    let n = grp.x_rows.len();
                     for r in r0..r1 {
-                        let gr = if qg.is_empty() {
-                            row(&grp.gate, r, &mut b1)
-                        } else {
-                            &[]
-                        };
-                        let ur = if qu.is_empty() {
-                            row(&grp.up, r, &mut b2)
-                        } else {
-                            &[]
-                        };
-                        for (&xr, &or) in grp.x_rows.iter().zip(grp.out_rows) {
-                            let g = row_dot(&grp.gate, r, gr, qg, x, xr as usize, cols);
-                            let u = row_dot(&grp.up, r, ur, qu, x, xr as usize, cols);
+                        gates.resize(n, 0.0);
+                        let gates_out = SharedMut::new(&mut gates[..]);
+                        // SAFETY: `gates` is this task's own buffer, written at distinct i.
+                        row_dots(
+                            &grp.gate,
+                            r,
+                            qg,
+                            x,
+                            cols,
+                            grp.x_rows,
+                            &mut buf,
+                            |i, v| unsafe { gates_out.write(i, v) },
+                        );
+                        row_dots(&grp.up, r, qu, x, cols, grp.x_rows, &mut buf, |i, u| {
+                            let v = silu(gates[i]) * u;
                             // SAFETY: as in gather_matmul.
-                            unsafe { h_ptr.write(or as usize * rows + r, silu(g) * u) };
-                        }
+                            unsafe { h_ptr.write(grp.out_rows[i] as usize * rows + r, v) }
+                        });
                     }
                 })
             });

@@ -13,10 +13,13 @@
 //! element, the same order as the bf16 activations mlx itself uses), which is why this path
 //! is [`Precision::Fast`] and the plain f32 path stays available as [`Precision::Exact`].
 
-use crate::matrix::{FloatSlice, QuantMatrix};
+use crate::matrix::QuantMatrix;
 
 /// Activation block length (divides every MLX group size: 32, 64, 128).
 pub const BLOCK: usize = 32;
+
+/// Group sizes whose per-group activation sums are precomputed (`GROUP_SIZES[k] = 32 << k`).
+const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 
 /// Which arithmetic the quantized matmuls use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -29,7 +32,7 @@ pub enum Precision {
     Fast,
 }
 
-/// One activation row quantized to int8 blocks.
+/// One activation row quantized to int8 blocks, with the exact sums the bias terms need.
 #[derive(Clone, Debug, Default)]
 pub struct QuantizedRow {
     /// Values in natural order (for 8-bit weights).
@@ -39,10 +42,11 @@ pub struct QuantizedRow {
     pub nibble_order: Vec<i8>,
     /// Block scales `d_b`.
     pub scale: Vec<f32>,
-    /// Exact f32 sums of each block of `x`.
-    pub sum: Vec<f32>,
-    /// `sum_b - d_b * Σ qx`: what rounding lost of each block's sum (see [`bias_term`]).
-    pub resid: Vec<f32>,
+    /// Per group size (index k for `32 << k`): exact f32 sums of `x` over each group.
+    pub group_sum: [Vec<f32>; 3],
+    /// Per group size: `Σ_{b∈g} (sum_b - d_b Σ qx_b)`, what int8 rounding lost of each
+    /// group's sum (see [`dot_reference`] for how it is used).
+    pub group_resid: [Vec<f32>; 3],
 }
 
 impl QuantizedRow {
@@ -53,20 +57,32 @@ impl QuantizedRow {
         self.natural.resize(n, 0);
         self.nibble_order.resize(n, 0);
         self.scale.resize(n / BLOCK, 0.0);
-        self.sum.resize(n / BLOCK, 0.0);
-        self.resid.resize(n / BLOCK, 0.0);
+        for k in 0..GROUP_SIZES.len() {
+            let groups = n / GROUP_SIZES[k];
+            self.group_sum[k].clear();
+            self.group_sum[k].resize(groups, 0.0);
+            self.group_resid[k].clear();
+            self.group_resid[k].resize(groups, 0.0);
+        }
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             self.scale[b] = d;
-            self.sum[b] = xb.iter().sum();
+            let sum: f32 = xb.iter().sum();
             let mut qsum = 0i32;
             for (q, &v) in self.natural[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xb) {
                 *q = (v * inv).round() as i8;
                 qsum += *q as i32;
             }
-            self.resid[b] = self.sum[b] - d * qsum as f32;
+            let resid = sum - d * qsum as f32;
+            for k in 0..GROUP_SIZES.len() {
+                let g = b * BLOCK / GROUP_SIZES[k];
+                if let Some(s) = self.group_sum[k].get_mut(g) {
+                    *s += sum;
+                    self.group_resid[k][g] += resid;
+                }
+            }
         }
         // Within each chunk of 128 values, even positions first, then odd ones. A tail chunk
         // shorter than 128 (n not a multiple of 128) uses the same rule over its length.
@@ -84,6 +100,10 @@ impl QuantizedRow {
     }
 }
 
+fn group_index(group_size: usize) -> Option<usize> {
+    GROUP_SIZES.iter().position(|&g| g == group_size)
+}
+
 /// Whether `w` has an int8-activation kernel on this machine.
 pub fn supported(w: &QuantMatrix) -> bool {
     let shape_ok = match w.bits {
@@ -91,91 +111,99 @@ pub fn supported(w: &QuantMatrix) -> bool {
         8 => w.cols.is_multiple_of(64),
         _ => false,
     };
-    shape_ok && crate::simd::has_vnni()
+    shape_ok && group_index(w.group_size).is_some() && crate::simd::has_vnni()
 }
 
-/// The exactly computed part of row `r`'s dot product: `Σ_g b_g Σ_{i∈g} x_i`, plus a
-/// centring correction. Writing `q = (q - m) + m` with `m = 2^(bits-1)` (the middle of the
-/// range), the integer part's rounding error is carried by `q - m` (half the magnitude of `q`),
-/// and the `m` part uses the exact block sums: `s_g m Σ_b (sum_b - d_b Σ qx_b)` is the
-/// difference, added here.
-#[inline]
-fn bias_term(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
-    let blocks_per_group = w.group_size / BLOCK;
-    let base = r * w.groups_per_row();
-    let mid = (1u32 << (w.bits - 1)) as f32;
-    let mut acc = 0f32;
-    for (g, (sums, resid)) in x
-        .sum
-        .chunks_exact(blocks_per_group)
-        .zip(x.resid.chunks_exact(blocks_per_group))
-        .enumerate()
-    {
-        acc += w.biases.get(base + g) * sums.iter().sum::<f32>();
-        acc += w.scales.get(base + g) * mid * resid.iter().sum::<f32>();
-    }
-    acc
+/// Row `r`'s parameters widened to f32 once, shared by every activation row it meets:
+/// the scale of every block (`s_g` repeated per block of the group) and the group biases
+/// and scales.
+struct RowParams<'a> {
+    block_scales: &'a [f32],
+    scales: &'a [f32],
+    biases: &'a [f32],
+    /// Index into the activation rows' per-group sums.
+    k: usize,
+    /// `2^(bits-1)`, the middle of the quantized range.
+    mid: f32,
 }
 
-/// Per-block factors `s_g * d_b` of row `r` into `out` (one per activation block).
-#[inline]
-fn block_factors(w: &QuantMatrix, r: usize, x: &QuantizedRow, out: &mut [f32]) {
-    let blocks_per_group = w.group_size / BLOCK;
-    let base = r * w.groups_per_row();
-    match w.scales {
-        FloatSlice::F32(s) => {
-            for (b, o) in out.iter_mut().enumerate() {
-                *o = s[base + b / blocks_per_group] * x.scale[b];
-            }
+impl<'a> RowParams<'a> {
+    fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>) -> Self {
+        let (groups, blocks) = (w.groups_per_row(), w.cols / BLOCK);
+        if scratch.len() < 2 * groups + blocks {
+            scratch.resize(2 * groups + blocks, 0.0);
         }
-        _ => {
-            for (b, o) in out.iter_mut().enumerate() {
-                *o = w.scales.get(base + b / blocks_per_group) * x.scale[b];
-            }
+        let (scales, rest) = scratch.split_at_mut(groups);
+        let (biases, rest) = rest.split_at_mut(groups);
+        let block_scales = &mut rest[..blocks];
+        w.scales.read_into(r * groups, scales);
+        w.biases.read_into(r * groups, biases);
+        let bpg = w.group_size / BLOCK;
+        for (b, v) in block_scales.iter_mut().enumerate() {
+            *v = scales[b / bpg];
+        }
+        RowParams {
+            block_scales,
+            scales,
+            biases,
+            k: group_index(w.group_size).expect("supported() checked the group size"),
+            mid: (1u32 << (w.bits - 1)) as f32,
         }
     }
+
+    /// The exactly computed part of the dot product with `x`:
+    /// `Σ_g b_g Σ_{i∈g} x_i` plus a centring correction. Writing `q = (q - m) + m` with
+    /// `m = 2^(bits-1)`, the integer product's rounding error is carried by `q - m` (half
+    /// the magnitude of `q`), and the `m` part uses the exact group sums instead:
+    /// `s_g m (Σx - Σ d_b qx)` is the difference, added here.
+    #[inline]
+    fn exact_part(&self, x: &QuantizedRow) -> f32 {
+        crate::simd::dot(self.biases, &x.group_sum[self.k])
+            + self.mid * crate::simd::dot(self.scales, &x.group_resid[self.k])
+    }
 }
 
-/// Scalar reference: row `r` of `w` dotted with the quantized row, by the formula above.
+/// Scalar reference: row `r` of `w` dotted with the quantized row:
+/// `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i + exact_part`.
 pub fn dot_reference(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
     let row = w.packed_row(r);
-    let mut factors = vec![0f32; w.cols / BLOCK];
-    block_factors(w, r, x, &mut factors);
+    let mut scratch = Vec::new();
+    let params = RowParams::new(w, r, &mut scratch);
     let mut acc = 0f32;
-    for (b, f) in factors.iter().enumerate() {
+    for (b, s) in params.block_scales.iter().enumerate() {
         let mut isum = 0i32;
         for i in b * BLOCK..(b + 1) * BLOCK {
             isum += crate::quant::get_q(row, w.bits, i) as i32 * x.natural[i] as i32;
         }
-        acc += f * isum as f32;
+        acc += s * x.scale[b] * isum as f32;
     }
-    acc + bias_term(w, r, x)
+    acc + params.exact_part(x)
 }
 
-/// Most activation blocks a row may have (cols up to 32768).
-const MAX_BLOCKS: usize = 1024;
-
-/// Row `r` of `w` dotted with each quantized row in `xs`, written to `out[i]`.
-/// Requires [`supported`]`(w)`.
-pub fn dot_rows(w: &QuantMatrix, r: usize, xs: &[&QuantizedRow], out: &mut [f32]) {
-    let nb = w.cols / BLOCK;
-    assert!(
-        nb <= MAX_BLOCKS,
-        "row of {} values is too long for the int8 kernel",
-        w.cols
-    );
-    let mut factors = [0f32; MAX_BLOCKS];
+/// Row `r` of `w` dotted with the quantized rows `q[x_rows[i]]`; `write(i, value)` receives
+/// each result. The row's parameters are widened once for all of them into `scratch` (the
+/// caller's reusable buffer). Requires [`supported`]`(w)`.
+#[inline]
+pub fn dot_rows(
+    w: &QuantMatrix,
+    r: usize,
+    q: &[QuantizedRow],
+    x_rows: &[u32],
+    scratch: &mut Vec<f32>,
+    mut write: impl FnMut(usize, f32),
+) {
+    let params = RowParams::new(w, r, scratch);
     let row = w.packed_row(r);
-    for (x, o) in xs.iter().zip(out.iter_mut()) {
-        block_factors(w, r, x, &mut factors[..nb]);
+    for (i, &xr) in x_rows.iter().enumerate() {
+        let x = &q[xr as usize];
         // SAFETY: `supported` checked the CPU features and shapes.
         let main = unsafe {
             match w.bits {
-                4 => x86::dot_q4(row, &x.nibble_order, &factors[..nb]),
-                _ => x86::dot_q8(row, &x.natural, &factors[..nb]),
+                4 => x86::dot_q4(row, &x.nibble_order, params.block_scales, &x.scale),
+                _ => x86::dot_q8(row, &x.natural, params.block_scales, &x.scale),
             }
         };
-        *o = main + bias_term(w, r, x);
+        write(i, main + params.exact_part(x));
     }
 }
 
@@ -183,19 +211,19 @@ pub fn dot_rows(w: &QuantMatrix, r: usize, xs: &[&QuantizedRow], out: &mut [f32]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Factors of 4 consecutive blocks spread over 16 lanes, 4 lanes each (the lane layout
-    /// `vpdpbusd` leaves for 4-bit chunks: lanes 4j..4j+3 hold block j).
+    /// `s[b] * d[b]` for 4 consecutive blocks spread over 16 lanes, 4 lanes each (the lane
+    /// layout `vpdpbusd` leaves for 4-bit chunks: lanes 4j..4j+3 hold block j).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn spread4(f: *const f32) -> __m512 {
-        let v = _mm512_castps128_ps512(_mm_loadu_ps(f));
+    unsafe fn factors4(s: *const f32, d: *const f32) -> __m512 {
+        let v = _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps(s), _mm_loadu_ps(d)));
         let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         _mm512_permutexvar_ps(idx, v)
     }
 
     /// 4-bit row (`cols % 128 == 0`) against nibble-ordered int8 activations.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q4(row: &[u32], qx: &[i8], factors: &[f32]) -> f32 {
+    pub unsafe fn dot_q4(row: &[u32], qx: &[i8], s: &[f32], d: &[f32]) -> f32 {
         let chunks = qx.len() / 128;
         let pw = row.as_ptr() as *const u8;
         let px = qx.as_ptr();
@@ -203,7 +231,25 @@ mod x86 {
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
         let mut c = 0;
-        while c < chunks {
+        while c + 2 <= chunks {
+            for (k, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+                let cc = c + k;
+                let packed = _mm512_loadu_si512(pw.add(cc * 64) as *const _);
+                let lo = _mm512_and_si512(packed, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+                let xe = _mm512_loadu_si512(px.add(cc * 128) as *const _);
+                let xo = _mm512_loadu_si512(px.add(cc * 128 + 64) as *const _);
+                let isum = _mm512_dpbusd_epi32(
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe),
+                    hi,
+                    xo,
+                );
+                let f = factors4(s.as_ptr().add(cc * 4), d.as_ptr().add(cc * 4));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
+            }
+            c += 2;
+        }
+        if c < chunks {
             let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
             let lo = _mm512_and_si512(packed, mask);
             let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
@@ -211,13 +257,8 @@ mod x86 {
             let xo = _mm512_loadu_si512(px.add(c * 128 + 64) as *const _);
             let isum =
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-            let f = spread4(factors.as_ptr().add(c * 4));
-            if c & 1 == 0 {
-                acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc0);
-            } else {
-                acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc1);
-            }
-            c += 1;
+            let f = factors4(s.as_ptr().add(c * 4), d.as_ptr().add(c * 4));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc0);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
@@ -225,19 +266,21 @@ mod x86 {
     /// 8-bit row (`cols % 64 == 0`) against natural-order int8 activations: 64 values per
     /// step, lanes 8j..8j+7 hold block j.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q8(row: &[u32], qx: &[i8], factors: &[f32]) -> f32 {
+    pub unsafe fn dot_q8(row: &[u32], qx: &[i8], s: &[f32], d: &[f32]) -> f32 {
         let steps = qx.len() / 64;
         let pw = row.as_ptr() as *const u8;
         let px = qx.as_ptr();
         let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = _mm512_setzero_ps();
-        for s in 0..steps {
-            let w = _mm512_loadu_si512(pw.add(s * 64) as *const _);
-            let x = _mm512_loadu_si512(px.add(s * 64) as *const _);
+        for st in 0..steps {
+            let w = _mm512_loadu_si512(pw.add(st * 64) as *const _);
+            let x = _mm512_loadu_si512(px.add(st * 64) as *const _);
             let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            let f2 = _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(
-                factors.as_ptr().add(2 * s) as *const f64,
-            )));
+            let sd = [
+                *s.get_unchecked(2 * st) * *d.get_unchecked(2 * st),
+                *s.get_unchecked(2 * st + 1) * *d.get_unchecked(2 * st + 1),
+            ];
+            let f2 = _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(sd.as_ptr() as *const f64)));
             let f = _mm512_permutexvar_ps(idx, f2);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc);
         }
@@ -248,6 +291,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::FloatSlice;
     use crate::quant::quantize_row;
     use crate::rng::Rng;
 
@@ -296,9 +340,10 @@ mod tests {
                 let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
                 let mut qx = QuantizedRow::default();
                 qx.quantize(&x);
+                let q = [qx.clone()];
                 for r in 0..rows {
                     let mut fast = [0f32];
-                    dot_rows(&w, r, &[&qx], &mut fast);
+                    dot_rows(&w, r, &q, &[0], &mut Vec::new(), |i, v| fast[i] = v);
                     let want = dot_reference(&w, r, &qx);
                     assert!(
                         (fast[0] - want).abs() <= 1e-4 * (1.0 + want.abs()),
