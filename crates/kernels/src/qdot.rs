@@ -57,12 +57,15 @@ impl QuantizedRow {
         self.natural.resize(n, 0);
         self.nibble_order.resize(n, 0);
         self.scale.resize(n / BLOCK, 0.0);
-        for k in 0..GROUP_SIZES.len() {
-            let groups = n / GROUP_SIZES[k];
-            self.group_sum[k].clear();
-            self.group_sum[k].resize(groups, 0.0);
-            self.group_resid[k].clear();
-            self.group_resid[k].resize(groups, 0.0);
+        for ((g, sums), resids) in GROUP_SIZES
+            .iter()
+            .zip(&mut self.group_sum)
+            .zip(&mut self.group_resid)
+        {
+            sums.clear();
+            sums.resize(n / g, 0.0);
+            resids.clear();
+            resids.resize(n / g, 0.0);
         }
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -76,11 +79,15 @@ impl QuantizedRow {
                 qsum += *q as i32;
             }
             let resid = sum - d * qsum as f32;
-            for k in 0..GROUP_SIZES.len() {
-                let g = b * BLOCK / GROUP_SIZES[k];
-                if let Some(s) = self.group_sum[k].get_mut(g) {
+            for ((gs, sums), resids) in GROUP_SIZES
+                .iter()
+                .zip(&mut self.group_sum)
+                .zip(&mut self.group_resid)
+            {
+                let g = b * BLOCK / gs;
+                if let (Some(s), Some(r)) = (sums.get_mut(g), resids.get_mut(g)) {
                     *s += sum;
-                    self.group_resid[k][g] += resid;
+                    *r += resid;
                 }
             }
         }
