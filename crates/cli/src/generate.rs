@@ -10,7 +10,6 @@ use moestream_engine::{Engine, TextParams};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
-
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
