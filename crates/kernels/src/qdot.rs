@@ -146,8 +146,8 @@ impl<'a> RowParams<'a> {
         w.scales.read_into(r * groups, scales);
         w.biases.read_into(r * groups, biases);
         let bpg = w.group_size / BLOCK;
-        for (b, v) in block_scales.iter_mut().enumerate() {
-            *v = scales[b / bpg];
+        for (blocks, &s) in block_scales.chunks_exact_mut(bpg).zip(scales.iter()) {
+            blocks.fill(s);
         }
         RowParams {
             block_scales,
