@@ -23,90 +23,177 @@ pub fn tensor_seed(seed: u64, name: &str) -> u64 {
 pub struct Filler {
     fill: Fill,
     dtype: Dtype,
-    rng: Rng,
-    /// For biases: replays the scales tensor's stream so each bias matches its scale.
-    scales_rng: Option<Rng>,
+    own: Draws,
+    /// For biases: the scales tensor's draws, replayed so each bias matches its scale
+    /// (unused by other fills).
+    replay: Draws,
 }
 
 impl Filler {
     pub fn new(spec: &TensorSpec, seed: u64) -> Self {
-        let scales_rng = match &spec.fill {
-            Fill::Biases { scales, .. } => Some(Rng::new(tensor_seed(seed, scales))),
-            _ => None,
+        let replay = match &spec.fill {
+            Fill::Biases { scales, .. } => tensor_seed(seed, scales),
+            _ => seed,
         };
         Filler {
             fill: spec.fill.clone(),
             dtype: spec.dtype,
-            rng: Rng::new(tensor_seed(seed, &spec.name)),
-            scales_rng,
+            own: Draws::new(tensor_seed(seed, &spec.name)),
+            replay: Draws::new(replay),
         }
     }
 
     /// Fills `out` (a whole number of elements) with the next values of the tensor.
     pub fn fill(&mut self, out: &mut [u8]) {
-        if self.fill == Fill::Bits {
-            for chunk in out.chunks_mut(8) {
-                let word = self.rng.next_u64().to_le_bytes();
-                chunk.copy_from_slice(&word[..chunk.len()]);
+        let Filler {
+            fill,
+            dtype,
+            own,
+            replay,
+        } = self;
+        match *fill {
+            Fill::Bits => fill_bits(&mut own.rng, out),
+            Fill::Scales { std, bits } => {
+                let scale = ScaleDraw::new(std, bits);
+                write_floats(*dtype, out, || scale.draw(own));
             }
-            return;
-        }
-        let size = self.dtype.size();
-        for elem in out.chunks_exact_mut(size) {
-            let v = self.next_value();
-            encode(self.dtype, v, elem);
-        }
-    }
-
-    fn next_value(&mut self) -> f32 {
-        match self.fill {
-            // Packed codes are written as whole words by `fill` and never get here.
-            Fill::Bits => 0.0,
-            Fill::Scales { std, bits } => scale_sample(&mut self.rng, std, bits),
             Fill::Biases { std, bits, .. } => {
-                let rng = self.scales_rng.as_mut().unwrap_or(&mut self.rng);
-                let s = scale_sample(rng, std, bits);
+                let scale = ScaleDraw::new(std, bits);
                 // Codes are uniform on 0..=2^bits-1: -s*mid makes each group's mean zero.
                 let mid = ((1u32 << bits) - 1) as f32 / 2.0;
-                -s * mid + 0.125 * std * fast_normal(&mut self.rng)
+                let noise = 0.125 * std;
+                write_floats(*dtype, out, || {
+                    -scale.draw(replay) * mid + noise * own.normal()
+                });
             }
-            Fill::Normal { mean, std } => mean + std * fast_normal(&mut self.rng),
-            Fill::Uniform { lo, hi } => lo + (hi - lo) * self.rng.uniform() as f32,
-            Fill::LnUniform { lo, hi } => (lo + (hi - lo) * self.rng.uniform() as f32).ln(),
+            Fill::Normal { mean, std } => {
+                write_floats(*dtype, out, || mean + std * own.normal());
+            }
+            Fill::Uniform { lo, hi } => {
+                write_floats(*dtype, out, || lo + (hi - lo) * own.unit());
+            }
+            Fill::LnUniform { lo, hi } => {
+                write_floats(*dtype, out, || (lo + (hi - lo) * own.unit()).ln());
+            }
         }
     }
 }
 
-/// One affine scale: random sign (mlx's quantizer makes about half the scales negative) and a
-/// magnitude of `std / std(codes)` within +-25%, so dequantized entries have std ~`std`.
-fn scale_sample(rng: &mut Rng, std: f32, bits: u32) -> f32 {
-    let levels = (1u64 << bits) as f32;
-    // Std of a code uniform on 0..levels-1.
-    let code_std = ((levels * levels - 1.0) / 12.0).sqrt();
-    let r = rng.next_u64();
-    let sign = if r & 1 == 0 { 1.0 } else { -1.0 };
-    let jitter = 0.75 + 0.5 * ((r >> 11) as f32 * (1.0 / (1u64 << 53) as f32));
-    sign * jitter * std / code_std
+/// Random words, little-endian; whole 8-byte stores for speed, a final partial word for an
+/// odd number of u32 codes.
+fn fill_bits(rng: &mut Rng, out: &mut [u8]) {
+    let mut words = out.chunks_exact_mut(8);
+    for w in &mut words {
+        w.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    let rest = words.into_remainder();
+    if !rest.is_empty() {
+        let w = rng.next_u64().to_le_bytes();
+        rest.copy_from_slice(&w[..rest.len()]);
+    }
 }
 
-/// An approximately standard normal value: the centred sum of four 16-bit uniforms from one
-/// 64-bit draw (Irwin-Hall), about 10x cheaper than Box-Muller. Tails stop at +-3.5 sigma,
-/// which random weights do not need.
-fn fast_normal(rng: &mut Rng) -> f32 {
-    let r = rng.next_u64();
-    let sum = (r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48);
-    // Mean of each term is 32767.5, variance 65536^2/12: the sum has variance 65536^2/3.
-    (sum as f32 - 131_070.0) * (3f32.sqrt() / 65_536.0)
-}
-
-fn encode(dtype: Dtype, v: f32, out: &mut [u8]) {
+/// Encodes values from `next` into `out` as `dtype`, one loop per dtype so each inlines.
+fn write_floats(dtype: Dtype, out: &mut [u8], mut next: impl FnMut() -> f32) {
     match dtype {
-        Dtype::Bf16 => out.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-        Dtype::F16 => out.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-        Dtype::F32 => out.copy_from_slice(&v.to_le_bytes()),
-        Dtype::F64 => out.copy_from_slice(&(v as f64).to_le_bytes()),
-        // Integer tensors other than packed codes are not planned; write zeros.
+        Dtype::Bf16 => {
+            for e in out.chunks_exact_mut(2) {
+                e.copy_from_slice(&bf16_bits(next()).to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            for e in out.chunks_exact_mut(2) {
+                e.copy_from_slice(&half::f16::from_f32(next()).to_le_bytes());
+            }
+        }
+        Dtype::F32 => {
+            for e in out.chunks_exact_mut(4) {
+                e.copy_from_slice(&next().to_le_bytes());
+            }
+        }
+        // Float tensors are only ever planned as bf16/f16/f32.
         _ => out.fill(0),
+    }
+}
+
+/// bfloat16 bits of a finite `v`, rounded to nearest even without branches (`half`'s
+/// conversion branches on the rounding bit, which mispredicts on random data and made
+/// generation 2x slower).
+fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let lsb = (x >> 16) & 1;
+    (x.wrapping_add(0x7fff + lsb) >> 16) as u16
+}
+
+/// 16-bit random values, four per 64-bit draw: a float parameter rarely needs more, and a
+/// draw costs more than everything else done per value.
+struct Draws {
+    rng: Rng,
+    word: u64,
+    left: u32,
+}
+
+impl Draws {
+    fn new(seed: u64) -> Self {
+        Draws {
+            rng: Rng::new(seed),
+            word: 0,
+            left: 0,
+        }
+    }
+
+    fn u16(&mut self) -> u32 {
+        if self.left == 0 {
+            self.word = self.rng.next_u64();
+            self.left = 4;
+        }
+        let v = (self.word & 0xffff) as u32;
+        self.word >>= 16;
+        self.left -= 1;
+        v
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        self.u16() as f32 * (1.0 / 65_536.0)
+    }
+
+    /// Approximately standard normal: the centred sum of four uniform bytes (Irwin-Hall),
+    /// much cheaper than Box-Muller. 1021 levels with tails at +-3.5 sigma are plenty for
+    /// random weights.
+    fn normal(&mut self) -> f32 {
+        let x = self.u16() | (self.u16() << 16);
+        // Byte sums without unpacking: pairs first, then the two pair sums.
+        let pairs = (x & 0x00ff_00ff) + ((x >> 8) & 0x00ff_00ff);
+        let sum = (pairs & 0xffff) + (pairs >> 16);
+        // Each byte has mean 127.5 and variance (256^2 - 1) / 12; four of them, std ~147.8.
+        const STD: f32 = 147.801_2;
+        (sum as f32 - 510.0) * (1.0 / STD)
+    }
+}
+
+/// Draws affine scales: random sign (mlx's quantizer makes about half the scales negative)
+/// and a magnitude of `std / std(codes)` within +-25%, so dequantized entries have std
+/// ~`std`.
+struct ScaleDraw {
+    base: f32,
+}
+
+impl ScaleDraw {
+    fn new(std: f32, bits: u32) -> Self {
+        let levels = (1u64 << bits) as f32;
+        // Std of a code uniform on 0..levels-1.
+        let code_std = ((levels * levels - 1.0) / 12.0).sqrt();
+        ScaleDraw {
+            base: std / code_std,
+        }
+    }
+
+    fn draw(&self, d: &mut Draws) -> f32 {
+        let r = d.u16();
+        let jitter = 0.75 + 0.5 * ((r >> 1) as f32 * (1.0 / 32_768.0));
+        // The sign from the low bit, without a branch (it would mispredict half the time).
+        f32::from_bits((jitter * self.base).to_bits() ^ ((r & 1) << 31))
     }
 }
 
@@ -154,10 +241,24 @@ mod tests {
     }
 
     #[test]
+    fn bf16_rounding_matches_half() {
+        let mut d = Draws::new(9);
+        for i in 0..100_000 {
+            let v = d.normal() * 10f32.powi(i % 12 - 6);
+            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
+        }
+        // Exact ties (round to even: down, then up) and edge values.
+        let ties = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000)];
+        for v in [0.0f32, -0.0, 1.0, f32::MAX / 2.0].into_iter().chain(ties) {
+            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
+        }
+    }
+
+    #[test]
     fn normal_has_requested_moments() {
-        let mut rng = Rng::new(3);
+        let mut d = Draws::new(3);
         let n = 200_000;
-        let xs: Vec<f32> = (0..n).map(|_| fast_normal(&mut rng)).collect();
+        let xs: Vec<f32> = (0..n).map(|_| d.normal()).collect();
         let mean = xs.iter().sum::<f32>() / n as f32;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n as f32;
         assert!(mean.abs() < 0.01, "mean {mean}");

@@ -21,6 +21,7 @@ mod config_json;
 mod disk;
 mod error;
 mod fill;
+mod overlap;
 mod plan;
 mod presets;
 mod shards;
@@ -239,10 +240,9 @@ pub fn write(
     let mut files = assets::write(out, &readme)?;
     let total = model.tensor_bytes();
     let mut done = 0u64;
-    let mut buf = vec![0u8; CHUNK];
     for shard in &model.shards {
         let path = out.join(&shard.file);
-        write_shard(model, shard, &path, &mut buf, &mut |n| {
+        write_shard(model, shard, &path, &mut |n| {
             done += n;
             progress(done, total);
         })?;
@@ -259,29 +259,40 @@ pub fn write(
     Ok(SynthReport { files, bytes: need })
 }
 
-/// Streams one shard: header, then each tensor generated chunk by chunk into `buf`.
+/// Streams one shard: header, then each tensor generated chunk by chunk on a helper
+/// thread while this one writes.
 fn write_shard(
     model: &SynthModel,
     shard: &Shard,
     path: &Path,
-    buf: &mut [u8],
     advanced: &mut dyn FnMut(u64),
 ) -> Result<(), SynthError> {
     let io = |e: std::io::Error| SynthError::io(path, e);
     let tensors = &model.plan.tensors;
     let entries = shards::entries(tensors, &shard.tensors);
     let mut w = StreamWriter::create(path, &entries, shards::METADATA).map_err(io)?;
-    for &i in &shard.tensors {
-        let t = &tensors[i];
-        let mut filler = Filler::new(t, model.seed);
-        let mut left = t.bytes();
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            filler.fill(&mut buf[..n]);
-            w.write(&buf[..n]).map_err(io)?;
-            left -= n as u64;
-            advanced(n as u64);
+    let mut order = shard.tensors.iter().map(|&i| &tensors[i]);
+    // The tensor being generated and its bytes still to come; each chunk holds bytes of
+    // one tensor only.
+    let mut current: Option<(Filler, u64)> = None;
+    let produce = |buf: &mut [u8]| loop {
+        match &mut current {
+            Some((filler, left)) if *left > 0 => {
+                let n = (*left).min(buf.len() as u64) as usize;
+                filler.fill(&mut buf[..n]);
+                *left -= n as u64;
+                return Some(n);
+            }
+            _ => {
+                let t = order.next()?;
+                current = Some((Filler::new(t, model.seed), t.bytes()));
+            }
         }
-    }
+    };
+    overlap::overlapped(CHUNK, produce, |data| {
+        w.write(data).map_err(io)?;
+        advanced(data.len() as u64);
+        Ok(())
+    })?;
     w.finish().map_err(io)
 }
