@@ -3,6 +3,7 @@
 use crate::progress::LoadBar;
 use crate::sys;
 use anyhow::{bail, Context, Result};
+use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::{Engine, LoadOptions};
 use moestream_kernels::qdot::Precision;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,16 @@ pub struct ModelArgs {
     /// Kernel threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Keep dense weights resident and read routed experts from disk on demand, through a
+    /// per-layer slot cache (for models larger than RAM).
+    #[arg(long)]
+    pub stream_experts: bool,
+    /// Expert slots per MoE layer when streaming.
+    #[arg(long, default_value_t = StreamOptions::default().cache_slots, requires = "stream_experts")]
+    pub cache_slots: usize,
+    /// Expert reads in flight at once when streaming.
+    #[arg(long, default_value_t = StreamOptions::default().io_depth, requires = "stream_experts")]
+    pub io_depth: usize,
 }
 
 impl ModelArgs {
@@ -54,12 +65,23 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Engine> {
         let dir = self.dir()?;
         let weights_on_disk = dir_weight_bytes(&dir);
-        let warm = sys::mem_available_bytes().is_some_and(|avail| weights_on_disk < avail / 2);
+        // Reading every page up front only pays when everything fits; a streamed model's
+        // experts must not be read through the mapping at all.
+        let warm = !self.stream_experts
+            && sys::mem_available_bytes().is_some_and(|avail| weights_on_disk < avail / 2);
+        let stream = self.stream_experts.then_some(StreamOptions {
+            cache_slots: self.cache_slots,
+            io_depth: self.io_depth,
+        });
+        if self.cache_slots == 0 || self.io_depth == 0 {
+            bail!("--cache-slots and --io-depth must be at least 1");
+        }
         let mut bar = LoadBar::new();
         let opts = LoadOptions {
             threads: self.threads,
             warm,
             precision: self.precision(),
+            stream,
         };
         let engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
             .with_context(|| format!("loading {}", dir.display()))?;

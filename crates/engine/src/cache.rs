@@ -80,6 +80,7 @@ pub struct Scratch {
     pub slots_by_expert: Vec<u32>,
     pub tokens_by_expert: Vec<u32>,
     pub expert_counts: Vec<u32>,
+    pub expert_fill: Vec<u32>,
     pub active_experts: Vec<u32>,
     pub last_rows: Vec<f32>,
 }

@@ -2,6 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
+use crate::experts::streamed::StreamOptions;
 use crate::models::{self, Transformer};
 use crate::weights::{WeightLoader, WeightStore};
 use moestream_kernels::qdot::Precision;
@@ -26,6 +27,8 @@ pub struct LoadOptions {
     pub warm: bool,
     /// Arithmetic of the quantized matmuls.
     pub precision: Precision,
+    /// Stream routed experts from disk instead of keeping them mapped.
+    pub stream: Option<StreamOptions>,
 }
 
 /// A loaded model plus what the loader noticed.
@@ -51,8 +54,12 @@ pub fn load_model(
         Some(n) => ThreadPool::new(n),
         None => ThreadPool::with_default_threads(),
     });
-    let loader = WeightLoader::new(&store, &config.quant);
-    let mut model = models::build(&config, &loader, pool)?;
+    let loader = WeightLoader::new(&store, &config.quant).owning_dense(opts.stream.is_some());
+    let ctx = models::BuildContext {
+        pool,
+        stream: opts.stream,
+    };
+    let mut model = models::build(&config, &loader, &ctx)?;
     model.precision = opts.precision;
     let unused_tensors = loader.unused();
     if opts.warm {

@@ -13,6 +13,7 @@ fn exact() -> LoadOptions {
         threads: Some(2),
         warm: false,
         precision: Precision::Exact,
+        stream: None,
     }
 }
 

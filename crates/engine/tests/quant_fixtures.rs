@@ -7,14 +7,21 @@
 mod common;
 
 use half::{bf16, f16};
+use moestream_engine::weights::bytes::Bytes;
 use moestream_engine::weights::safetensors::{read_file, Dtype, Tensor};
 use moestream_kernels::quant::{get_q, quantize_row};
 use moestream_kernels::{matmul, reference, FloatSlice, Matrix, QuantMatrix, ThreadPool};
 use std::collections::BTreeMap;
 
+/// The fixture's tensors, copied to aligned memory (mlx writes unpadded headers, so the
+/// mapped data may be misaligned for typed views).
 fn cases() -> BTreeMap<String, Tensor> {
-    read_file(&common::repo_root().join("fixtures/quant/quant_cases.safetensors"))
-        .expect("quant fixture loads")
+    let mut all = read_file(&common::repo_root().join("fixtures/quant/quant_cases.safetensors"))
+        .expect("quant fixture loads");
+    for t in all.values_mut() {
+        t.bytes = Bytes::copied(t.bytes.as_slice());
+    }
+    all
 }
 
 fn floats(t: &Tensor) -> FloatSlice<'_> {

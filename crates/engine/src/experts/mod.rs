@@ -2,12 +2,55 @@
 //!
 //! Model code asks for the experts a layer's tokens were routed to and receives matrices the
 //! gathered kernels consume; it never knows whether they are resident (views into the
-//! mapped files) or, later, streamed from disk into slots.
+//! mapped files) or streamed from disk into slots.
+
+pub mod io;
+pub mod streamed;
 
 use crate::error::RunError;
 use crate::weights::Linear;
 use moestream_kernels::Matrix;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of a streamed store: what was served from slots, what was read, and how long
+/// the forward pass waited for reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_read: u64,
+    pub read_secs: f64,
+}
+
+impl StoreStats {
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+
+    /// Read bandwidth while reading (bytes over the time spent waiting for reads).
+    pub fn read_bandwidth(&self) -> f64 {
+        if self.read_secs > 0.0 {
+            self.bytes_read as f64 / self.read_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Counters accumulated between `earlier` and `self`.
+    pub fn since(&self, earlier: &StoreStats) -> StoreStats {
+        StoreStats {
+            hits: self.hits - earlier.hits,
+            misses: self.misses - earlier.misses,
+            bytes_read: self.bytes_read - earlier.bytes_read,
+            read_secs: self.read_secs - earlier.read_secs,
+        }
+    }
+}
 
 /// One expert's three projections.
 #[derive(Clone, Copy, Debug)]
@@ -18,14 +61,20 @@ pub struct ExpertMats<'a> {
 }
 
 pub trait ExpertStore: Send + Sync {
-    /// Makes experts `ids` (distinct) of MoE layer `layer` available and calls `f` with their
-    /// matrices, in the order of `ids`.
+    /// Makes experts `ids` (distinct) of MoE layer `layer` available and calls
+    /// `f(batch, mats)` with their matrices (`mats[i]` is expert `batch[i]`). A store with
+    /// fewer slots than `ids` calls `f` several times with consecutive sub-slices of `ids`.
     fn with_experts(
         &self,
         layer: usize,
         ids: &[u32],
-        f: &mut dyn FnMut(&[ExpertMats<'_>]),
+        f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
     ) -> Result<(), RunError>;
+
+    /// Streaming counters (zero for resident stores).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 
     /// Bytes of one expert's weights in `layer` (for roofline figures).
     fn expert_bytes(&self, layer: usize) -> usize;
@@ -83,7 +132,7 @@ impl ExpertStore for ResidentExperts {
         &self,
         layer: usize,
         ids: &[u32],
-        f: &mut dyn FnMut(&[ExpertMats<'_>]),
+        f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
     ) -> Result<(), RunError> {
         let experts = self
             .layers
@@ -106,7 +155,7 @@ impl ExpertStore for ResidentExperts {
             })?;
             mats.push(e.mats());
         }
-        f(&mats);
+        f(ids, &mats);
         Ok(())
     }
 

@@ -4,11 +4,10 @@
 
 use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
+use super::BuildContext;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::experts::ResidentExperts;
 use crate::weights::WeightLoader;
-use moestream_kernels::ThreadPool;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -55,10 +54,10 @@ fn default_ctx() -> usize {
 pub fn load(
     cfg: &ModelConfig,
     w: &WeightLoader,
-    pool: Arc<ThreadPool>,
+    ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
     let c: LlamaConfig = cfg.parse()?;
-    build(cfg, &c, false, w, pool)
+    build(cfg, &c, false, w, ctx)
 }
 
 /// Builds a dense decoder; `qk_norm` adds Qwen3's per-head q/k RMSNorm.
@@ -67,7 +66,7 @@ pub fn build(
     c: &LlamaConfig,
     qk_norm: bool,
     w: &WeightLoader,
-    pool: Arc<ThreadPool>,
+    ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
     let heads = Heads {
         n_heads: c.num_attention_heads,
@@ -118,8 +117,8 @@ pub fn build(
             rope_traditional: c.rope_traditional,
             scale: (hd as f32).powf(-0.5),
         },
-        experts: Box::new(ResidentExperts::new(Vec::new())),
-        pool,
+        experts: ctx.expert_store(Vec::new()),
+        pool: Arc::clone(&ctx.pool),
         precision: Default::default(),
         fused_swiglu: true,
     })

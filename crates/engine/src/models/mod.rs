@@ -9,13 +9,31 @@ pub mod transformer;
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::experts::ExpertWeights;
+use crate::experts::streamed::{StreamOptions, StreamedExperts};
+use crate::experts::{ExpertStore, ExpertWeights, ResidentExperts};
 use crate::weights::WeightLoader;
 use moestream_kernels::ThreadPool;
 use std::sync::Arc;
 pub use transformer::{ModelInfo, Transformer};
 
-type Loader = fn(&ModelConfig, &WeightLoader, Arc<ThreadPool>) -> Result<Transformer, LoadError>;
+/// What an architecture loader needs besides config and weights.
+pub struct BuildContext {
+    pub pool: Arc<ThreadPool>,
+    /// Stream routed experts from disk (`None`: keep them resident in the mapping).
+    pub stream: Option<StreamOptions>,
+}
+
+impl BuildContext {
+    /// The expert store for the routed experts of every layer (`None` for dense layers).
+    pub fn expert_store(&self, experts: Vec<Option<Vec<ExpertWeights>>>) -> Box<dyn ExpertStore> {
+        match self.stream {
+            Some(opts) => Box::new(StreamedExperts::new(experts, opts)),
+            None => Box::new(ResidentExperts::new(experts)),
+        }
+    }
+}
+
+type Loader = fn(&ModelConfig, &WeightLoader, &BuildContext) -> Result<Transformer, LoadError>;
 
 /// `model_type` -> loader.
 const ARCHITECTURES: &[(&str, Loader)] = &[
@@ -36,13 +54,13 @@ pub fn supported() -> String {
 pub fn build(
     cfg: &ModelConfig,
     w: &WeightLoader,
-    pool: Arc<ThreadPool>,
+    ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
     let (_, load) = ARCHITECTURES
         .iter()
         .find(|(n, _)| *n == cfg.model_type)
         .ok_or_else(|| LoadError::UnknownArchitecture(cfg.model_type.clone(), supported()))?;
-    let mut model = load(cfg, w, pool)?;
+    let mut model = load(cfg, w, ctx)?;
     model.info.bytes_per_token = bytes_per_token(&model);
     Ok(model)
 }
@@ -51,6 +69,16 @@ pub fn build(
 /// `switch_mlp.{gate,up,down}_proj`, or Hugging Face's per-expert `experts.{e}.*_proj` (what
 /// mlx-lm's sanitize stacks; here each expert stays a view of its own tensors, no copy).
 pub fn load_experts(
+    w: &WeightLoader,
+    module: &str,
+    n: usize,
+    hidden: usize,
+    inter: usize,
+) -> Result<Vec<ExpertWeights>, LoadError> {
+    w.experts(|| experts_at(w, module, n, hidden, inter))
+}
+
+fn experts_at(
     w: &WeightLoader,
     module: &str,
     n: usize,

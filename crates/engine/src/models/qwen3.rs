@@ -3,16 +3,15 @@
 
 use super::llama::{build, LlamaConfig};
 use super::transformer::Transformer;
+use super::BuildContext;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
-use moestream_kernels::ThreadPool;
-use std::sync::Arc;
 
 pub fn load(
     cfg: &ModelConfig,
     w: &WeightLoader,
-    pool: Arc<ThreadPool>,
+    ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
     let mut c: LlamaConfig = cfg.parse()?;
     // Qwen3 configs omit these when false; llama's defaults differ.
@@ -25,5 +24,5 @@ pub fn load(
         .get("attention_bias")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    build(cfg, &c, true, w, pool)
+    build(cfg, &c, true, w, ctx)
 }

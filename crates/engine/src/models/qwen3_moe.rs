@@ -7,12 +7,11 @@
 
 use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
+use super::BuildContext;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::experts::ResidentExperts;
 use crate::weights::WeightLoader;
 use moestream_kernels::router::RouterKind;
-use moestream_kernels::ThreadPool;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -100,7 +99,7 @@ impl Qwen3MoeConfig {
 pub fn load(
     cfg: &ModelConfig,
     w: &WeightLoader,
-    pool: Arc<ThreadPool>,
+    ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
     let c: Qwen3MoeConfig = cfg.parse()?;
     let heads = c.validate()?;
@@ -169,8 +168,8 @@ pub fn load(
         lm_head,
         eps: c.rms_norm_eps,
         attn,
-        experts: Box::new(ResidentExperts::new(experts)),
-        pool,
+        experts: ctx.expert_store(experts),
+        pool: Arc::clone(&ctx.pool),
         precision: Default::default(),
         fused_swiglu: true,
     })

@@ -340,9 +340,10 @@ impl Transformer {
         s.slots_by_expert.resize(l * k, 0);
         s.tokens_by_expert.resize(l * k, 0);
         {
-            let mut fill: Vec<u32> = s.expert_counts[..e].to_vec();
+            s.expert_fill.clear();
+            s.expert_fill.extend_from_slice(&s.expert_counts[..e]);
             for (slot, &id) in s.expert_ids.iter().enumerate() {
-                let p = &mut fill[id as usize];
+                let p = &mut s.expert_fill[id as usize];
                 s.slots_by_expert[*p as usize] = slot as u32;
                 s.tokens_by_expert[*p as usize] = (slot / k) as u32;
                 *p += 1;
@@ -359,11 +360,10 @@ impl Transformer {
         );
         let pool = &self.pool;
         self.experts
-            .with_experts(layer, &s.active_experts, &mut |mats| {
+            .with_experts(layer, &s.active_experts, &mut |batch, mats| {
                 let range =
                     |id: u32| counts[id as usize] as usize..counts[id as usize + 1] as usize;
-                let pairs: Vec<GatherPair> = s
-                    .active_experts
+                let pairs: Vec<GatherPair> = batch
                     .iter()
                     .zip(mats)
                     .map(|(&id, m)| GatherPair {
@@ -374,8 +374,7 @@ impl Transformer {
                     })
                     .collect();
                 self.swiglu(xn, &pairs, h, u);
-                let downs: Vec<GatherGroup> = s
-                    .active_experts
+                let downs: Vec<GatherGroup> = batch
                     .iter()
                     .zip(mats)
                     .map(|(&id, m)| GatherGroup {

@@ -1,20 +1,39 @@
 //! Shared, immutable byte ranges of mapped (or, rarely, copied) weight files.
 
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-/// What keeps a byte range alive: a file mapping, or an owned, 8-byte aligned copy.
+/// What keeps a byte range alive: a file mapping (with the open file, so ranges can also be
+/// read with positional reads instead of through the mapping), or an owned, 8-byte aligned
+/// copy.
 pub enum Backing {
-    Mapped(memmap2::Mmap),
+    Mapped {
+        map: memmap2::Mmap,
+        file: std::fs::File,
+        path: PathBuf,
+    },
     Owned(Vec<u64>),
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
+            Backing::Mapped { map, .. } => map,
             Backing::Owned(v) => bytemuck::cast_slice(v),
         }
     }
+}
+
+/// A failed positional read, with where it was.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {len} bytes at offset {offset} of {path}: {source}")]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: usize,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// A byte range inside a [`Backing`], cheap to clone and to slice. Construction guarantees
@@ -55,6 +74,11 @@ impl Bytes {
         self.len
     }
 
+    /// Offset of the range in its backing (for a mapped file: the file offset).
+    pub fn offset(&self) -> usize {
+        self.start
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -71,6 +95,28 @@ impl Bytes {
 
     /// Whether the range is mapped from a file (false for in-memory copies).
     pub fn is_mapped(&self) -> bool {
-        matches!(*self.backing, Backing::Mapped(_))
+        matches!(*self.backing, Backing::Mapped { .. })
+    }
+
+    /// Reads the range from its file with positional reads into `dst` (`dst.len() ==
+    /// self.len()`), bypassing the mapping: the expert store's miss path. A short read (the
+    /// file was truncated under us) is an error naming the file and offset. In-memory ranges
+    /// are copied.
+    pub fn read_into(&self, dst: &mut [u8]) -> Result<(), ReadError> {
+        assert_eq!(dst.len(), self.len, "destination size");
+        match &*self.backing {
+            Backing::Mapped { file, path, .. } => file
+                .read_exact_at(dst, self.start as u64)
+                .map_err(|source| ReadError {
+                    path: path.clone(),
+                    offset: self.start as u64,
+                    len: self.len,
+                    source,
+                }),
+            Backing::Owned(_) => {
+                dst.copy_from_slice(self.as_slice());
+                Ok(())
+            }
+        }
     }
 }

@@ -84,6 +84,53 @@ impl Linear {
         }
     }
 
+    /// The byte ranges holding the weight: `[data]`, or `[packed, scales, biases]`.
+    pub fn parts(&self) -> Vec<&Bytes> {
+        match &self.data {
+            WeightData::Dense(f) => vec![&f.bytes],
+            WeightData::Quant {
+                packed,
+                scales,
+                biases,
+                ..
+            } => vec![packed, &scales.bytes, &biases.bytes],
+        }
+    }
+
+    /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
+    /// slot). Each part must be aligned for its element type.
+    pub fn matrix_over<'a>(&self, parts: &[&'a [u8]]) -> Matrix<'a> {
+        fn floats<'b>(dtype: Dtype, b: &'b [u8]) -> FloatSlice<'b> {
+            match dtype {
+                Dtype::F32 => FloatSlice::F32(bytemuck::cast_slice(b)),
+                Dtype::F16 => FloatSlice::F16(bytemuck::cast_slice::<u8, f16>(b)),
+                _ => FloatSlice::Bf16(bytemuck::cast_slice::<u8, bf16>(b)),
+            }
+        }
+        match &self.data {
+            WeightData::Dense(f) => Matrix::Dense(DenseMatrix {
+                data: floats(f.dtype, parts[0]),
+                rows: self.rows,
+                cols: self.cols,
+            }),
+            WeightData::Quant {
+                scales,
+                biases,
+                bits,
+                group_size,
+                ..
+            } => Matrix::Quant(QuantMatrix {
+                packed: bytemuck::cast_slice(parts[0]),
+                scales: floats(scales.dtype, parts[1]),
+                biases: floats(biases.dtype, parts[2]),
+                rows: self.rows,
+                cols: self.cols,
+                bits: *bits,
+                group_size: *group_size,
+            }),
+        }
+    }
+
     pub fn is_quantized(&self) -> bool {
         matches!(self.data, WeightData::Quant { .. })
     }
@@ -147,6 +194,11 @@ pub struct WeightLoader<'a> {
     pub store: &'a WeightStore,
     pub quant: &'a QuantConfig,
     used: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    /// Copy dense (non-expert) weights into memory instead of viewing the mapping: with
+    /// streamed experts the dense weights must stay resident whatever happens to the files.
+    own_dense: bool,
+    /// Set while loading routed experts (never copied: the expert store reads them).
+    in_experts: std::cell::Cell<bool>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -155,6 +207,37 @@ impl<'a> WeightLoader<'a> {
             store,
             quant,
             used: Default::default(),
+            own_dense: false,
+            in_experts: Default::default(),
+        }
+    }
+
+    /// Copies dense weights into memory (see the field).
+    pub fn owning_dense(mut self, own: bool) -> Self {
+        self.own_dense = own;
+        self
+    }
+
+    /// Runs `f` with expert loading marked (its weights stay views of the files).
+    pub fn experts<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.in_experts.set(true);
+        let out = f();
+        self.in_experts.set(false);
+        out
+    }
+
+    /// The tensor's bytes as this loader keeps them: a view of the mapping, or a resident,
+    /// aligned copy. Copied: dense weights when experts are streamed (they must stay resident
+    /// whatever happens to the files), and any range misaligned for its element size (mlx's
+    /// unpadded headers) that will be viewed as typed data. Streamed experts are never viewed
+    /// through the mapping (they are read into aligned slots), so they are never copied.
+    fn keep(&self, b: &Bytes, align: usize) -> Bytes {
+        let streamed_expert = self.own_dense && self.in_experts.get();
+        let dense_to_own = self.own_dense && !self.in_experts.get();
+        if !streamed_expert && (dense_to_own || !b.offset().is_multiple_of(align)) {
+            Bytes::copied(b.as_slice())
+        } else {
+            b.clone()
         }
     }
 
@@ -193,7 +276,7 @@ impl<'a> WeightLoader<'a> {
         }
         Ok(Floats {
             dtype: t.dtype,
-            bytes: t.bytes.clone(),
+            bytes: self.keep(&t.bytes, t.dtype.size()),
         })
     }
 
@@ -283,7 +366,7 @@ impl<'a> WeightLoader<'a> {
             let scales = self.floats(s, &shape(groups))?;
             let biases = self.floats(b, &shape(groups))?;
             WeightData::Quant {
-                packed: w.bytes.clone(),
+                packed: self.keep(&w.bytes, 4),
                 scales,
                 biases,
                 bits,

@@ -110,7 +110,11 @@ pub fn read_file(path: &Path) -> Result<BTreeMap<String, Tensor>, LoadError> {
         serde_json::from_slice(&map[8..header_end])
             .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
     let data_len = map.len() - header_end;
-    let backing = Arc::new(Backing::Mapped(map));
+    let backing = Arc::new(Backing::Mapped {
+        map,
+        file,
+        path: path.to_path_buf(),
+    });
     let file_name = Arc::new(path.to_path_buf());
     let mut tensors = BTreeMap::new();
     let mut ranges = Vec::with_capacity(header.len());
@@ -156,13 +160,10 @@ pub fn read_file(path: &Path) -> Result<BTreeMap<String, Tensor>, LoadError> {
             });
         }
         ranges.push((start, end, name.clone()));
-        let abs = header_end + start;
-        let bytes = if abs.is_multiple_of(dtype.size()) {
-            Bytes::new(Arc::clone(&backing), abs, end - start)
-        } else {
-            // Misaligned for its dtype (not produced by the usual writers): copy once.
-            Bytes::copied(Bytes::new(Arc::clone(&backing), abs, end - start).as_slice())
-        };
+        // mlx writes headers without padding, so a tensor's data may be misaligned for its
+        // dtype; the range is kept as is and the weight loader copies it when (and only when)
+        // it needs a typed view of it.
+        let bytes = Bytes::new(Arc::clone(&backing), header_end + start, end - start);
         tensors.insert(
             name.clone(),
             Tensor {

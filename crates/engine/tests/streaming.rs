@@ -1,0 +1,140 @@
+//! `--stream-experts`: the streamed expert store gives exactly the resident path's tokens
+//! (including when a layer needs more experts than it has slots), counts hits and misses, and
+//! a failed read fails that call with the file named, after which the next call works again.
+
+mod common;
+
+use common::*;
+use moestream_engine::experts::streamed::StreamOptions;
+use moestream_engine::{load_model, LoadOptions, Loaded};
+use moestream_kernels::qdot::Precision;
+use std::path::Path;
+
+fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {
+    let opts = LoadOptions {
+        threads: Some(2),
+        warm: false,
+        precision: Precision::Exact,
+        stream,
+    };
+    load_model(dir, &opts, &mut |_| {}).expect("fixture loads")
+}
+
+/// Prefill the fixture prompt, then 16 greedy tokens: (ids, last logits).
+fn greedy(m: &Loaded, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
+    let model = &m.model;
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    model
+        .forward(prompt, &mut cache, false, &mut logits)
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        let id = argmax(&logits);
+        ids.push(id);
+        model
+            .forward(&[id], &mut cache, false, &mut logits)
+            .unwrap();
+    }
+    (ids, logits)
+}
+
+#[test]
+fn streamed_equals_resident_for_every_slot_count() {
+    for name in [
+        "qwen3_moe_q4_g64_f32",
+        "qwen3_moe_q4_g64_bf16",
+        "qwen3_moe_hf_f32",
+        "qwen3_moe_sparse_step2_f32",
+    ] {
+        let dir = fixture(name);
+        let prompt = ids(&expected(name)["prompt_ids"]);
+        let (want_ids, want_logits) = greedy(&load(&dir, None), &prompt);
+        // 2 slots < top-k 4: every call is served in batches; 16 slots: all experts fit.
+        for slots in [2, 5, 16] {
+            let streamed = load(
+                &dir,
+                Some(StreamOptions {
+                    cache_slots: slots,
+                    io_depth: 4,
+                }),
+            );
+            let (got_ids, got_logits) = greedy(&streamed, &prompt);
+            assert_eq!(got_ids, want_ids, "{name} with {slots} slots");
+            assert_eq!(
+                got_logits, want_logits,
+                "{name} with {slots} slots: logits must be bit-identical"
+            );
+            let st = streamed.model.experts.stats();
+            assert!(
+                st.misses > 0 && st.bytes_read > 0,
+                "{name}: reads were counted: {st:?}"
+            );
+            if slots == 16 {
+                // Every expert fits: after the first reads everything is a hit.
+                assert!(
+                    st.misses <= 16 * 2,
+                    "{name}: at most one miss per expert per layer: {st:?}"
+                );
+                assert!(st.hits > st.misses);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failed_read_names_the_file_and_the_next_call_works() {
+    let src = fixture("qwen3_moe_q4_g64_f32");
+    let dir = std::env::temp_dir().join(format!("moestream-stream-fail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let weights = dir.join("model.safetensors");
+    let full = std::fs::read(&weights).unwrap();
+    let _ = full.len();
+    let m = load(
+        &dir,
+        Some(StreamOptions {
+            cache_slots: 2,
+            io_depth: 2,
+        }),
+    );
+    let prompt = ids(&expected("qwen3_moe_q4_g64_f32")["prompt_ids"]);
+
+    // Truncate the file under the loaded model at the first expert tensor: every expert
+    // read now comes up short. (With streaming, dense weights were copied at load, so the
+    // mapping is never touched and nothing else can fault.)
+    let first_expert = moestream_engine::weights::safetensors::read_file(&weights)
+        .unwrap()
+        .values()
+        .filter(|t| t.name.contains("switch_mlp"))
+        .map(|t| t.bytes.offset())
+        .min()
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(first_expert as u64)
+        .unwrap();
+    let mut cache = m.model.new_cache();
+    let mut logits = Vec::new();
+    let err = m.model.forward(&prompt, &mut cache, false, &mut logits);
+    let msg = err
+        .expect_err("a short read must fail the call")
+        .to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("offset"),
+        "{msg}"
+    );
+
+    // Put the file back: the next call succeeds with the right tokens.
+    std::fs::write(&weights, &full).unwrap();
+    let (got, _) = greedy(&m, &prompt);
+    let (want, _) = greedy(&load(&fixture("qwen3_moe_q4_g64_f32"), None), &prompt);
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
