@@ -76,6 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut next = argmax(&logits);
     let ttft = t0.elapsed().as_secs_f64();
     let usage_mid = model.experts.usage();
+    let io_mid = model.experts.stats();
     eprintln!("decode: {} tokens...", args.gen_tokens);
     let t1 = Instant::now();
     for _ in 0..args.gen_tokens {
@@ -86,6 +87,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     let usage_after = model.experts.usage();
+    let io = model.experts.stats().since(&io_mid);
 
     let prefill_tok_s = args.prompt_tokens as f64 / ttft;
     let decode_tok_s = args.gen_tokens as f64 / decode_secs;
@@ -102,6 +104,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "weight_bytes_per_token": info.bytes_per_token,
         "roofline_decode_tok_s": roofline_tok_s,
         "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
+        "experts_streamed": args.model.stream_experts,
+        "decode_expert_hit_rate": io.hit_rate(),
+        "decode_expert_bytes_read_per_token": io.bytes_read as f64 / args.gen_tokens as f64,
+        "decode_expert_read_bandwidth_bytes_s": io.read_bandwidth(),
+        "decode_io_stall_s_per_token": io.read_secs / args.gen_tokens as f64,
         "routing_spread": json!({
             "prefill_distinct_experts_per_layer": distinct(&usage_before, &usage_mid),
             "decode_distinct_experts_per_layer": distinct(&usage_mid, &usage_after),
@@ -119,6 +126,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
         "flags": {
             "exact": args.model.exact,
+            "stream_experts": args.model.stream_experts,
+            "cache_slots": args.model.stream_experts.then_some(args.model.cache_slots),
+            "io_depth": args.model.stream_experts.then_some(args.model.io_depth),
             "threads": model.pool.threads(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
@@ -143,6 +153,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             info.bytes_per_token as f64 / 1e9,
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
         );
+        if args.model.stream_experts {
+            println!(
+                "experts (decode): hit rate {:.1}% | {:.1} MB read per token at {:.2} GB/s | I/O stall {:.1} ms per token",
+                100.0 * io.hit_rate(),
+                io.bytes_read as f64 / args.gen_tokens as f64 / 1e6,
+                io.read_bandwidth() / 1e9,
+                1e3 * io.read_secs / args.gen_tokens as f64,
+            );
+        }
     }
     Ok(())
 }

@@ -132,14 +132,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "decode_tok_s": stats.decode_tok_s(),
             "peak_rss_bytes": rss,
             "finish_reason": stats.finish.map(|f| f.as_str()),
+            "experts": experts_json(&engine),
         });
         writeln!(out, "{summary}")?;
     } else {
         write!(out, "{}", outcome.tail)?;
         writeln!(out)?;
         eprintln!("{}", summary_line(stats, rss));
+        if args.model.stream_experts {
+            let io = engine.model().experts.stats();
+            eprintln!(
+                "experts: hit rate {:.1}% | {:.1} MB read at {:.2} GB/s | stalled {:.2} s on reads",
+                100.0 * io.hit_rate(),
+                io.bytes_read as f64 / 1e6,
+                io.read_bandwidth() / 1e9,
+                io.read_secs
+            );
+        }
     }
     Ok(())
+}
+
+/// Streaming counters for the JSON summary (`null` when experts are resident).
+fn experts_json(engine: &Engine) -> Value {
+    let io = engine.model().experts.stats();
+    if io.hits + io.misses == 0 {
+        return Value::Null;
+    }
+    json!({"hits": io.hits, "misses": io.misses, "hit_rate": io.hit_rate(), "bytes_read": io.bytes_read,
+           "read_bandwidth_bytes_s": io.read_bandwidth(), "read_stall_s": io.read_secs})
 }
 
 fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {
