@@ -168,6 +168,21 @@ impl<'a> RowParams<'a> {
         crate::simd::dot(self.biases, &x.group_sum[self.k])
             + self.mid * crate::simd::dot(self.scales, &x.group_resid[self.k])
     }
+
+    /// [`RowParams::exact_part`] in one AVX-512 pass (the hot path).
+    #[inline]
+    fn exact_part_fast(&self, x: &QuantizedRow) -> f32 {
+        // SAFETY: only reached after `supported` (AVX-512 present); equal lengths.
+        unsafe {
+            x86::dot2(
+                self.biases,
+                &x.group_sum[self.k],
+                self.scales,
+                &x.group_resid[self.k],
+                self.mid,
+            )
+        }
+    }
 }
 
 /// Scalar reference: row `r` of `w` dotted with the quantized row:
@@ -201,7 +216,28 @@ pub fn dot_rows(
 ) {
     let params = RowParams::new(w, r, scratch);
     let row = w.packed_row(r);
-    for (i, &xr) in x_rows.iter().enumerate() {
+    // 4-bit rows meet activation rows two at a time: the nibbles are unpacked once per pair.
+    let mut first = 0;
+    if w.bits == 4 {
+        while first + 2 <= x_rows.len() {
+            let (xa, xb) = (&q[x_rows[first] as usize], &q[x_rows[first + 1] as usize]);
+            // SAFETY: `supported` checked the CPU features and shapes.
+            let (a, b) = unsafe {
+                x86::dot_q4_pair(
+                    row,
+                    &xa.nibble_order,
+                    &xb.nibble_order,
+                    params.block_scales,
+                    &xa.scale,
+                    &xb.scale,
+                )
+            };
+            write(first, a + params.exact_part_fast(xa));
+            write(first + 1, b + params.exact_part_fast(xb));
+            first += 2;
+        }
+    }
+    for (i, &xr) in x_rows.iter().enumerate().skip(first) {
         let x = &q[xr as usize];
         // SAFETY: `supported` checked the CPU features and shapes.
         let main = unsafe {
@@ -210,7 +246,7 @@ pub fn dot_rows(
                 _ => x86::dot_q8(row, &x.natural, params.block_scales, &x.scale),
             }
         };
-        write(i, main + params.exact_part(x));
+        write(i, main + params.exact_part_fast(x));
     }
 }
 
@@ -268,6 +304,72 @@ mod x86 {
             acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc0);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// [`dot_q4`] for two activation rows at once, sharing the unpacked nibbles and the
+    /// spread row scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_q4_pair(
+        row: &[u32],
+        qa: &[i8],
+        qb: &[i8],
+        s: &[f32],
+        da: &[f32],
+        db: &[f32],
+    ) -> (f32, f32) {
+        let chunks = qa.len() / 128;
+        let pw = row.as_ptr() as *const u8;
+        let mask = _mm512_set1_epi8(0x0F);
+        let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let spread =
+            |p: *const f32| _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(p)));
+        let (mut acc_a, mut acc_b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for c in 0..chunks {
+            let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
+            let lo = _mm512_and_si512(packed, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+            let sv = spread(s.as_ptr().add(c * 4));
+            for (q, d, acc) in [(qa, da, &mut acc_a), (qb, db, &mut acc_b)] {
+                let px = q.as_ptr().add(c * 128);
+                let xe = _mm512_loadu_si512(px as *const _);
+                let xo = _mm512_loadu_si512(px.add(64) as *const _);
+                let isum = _mm512_dpbusd_epi32(
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe),
+                    hi,
+                    xo,
+                );
+                let f = _mm512_mul_ps(sv, spread(d.as_ptr().add(c * 4)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
+            }
+        }
+        (_mm512_reduce_add_ps(acc_a), _mm512_reduce_add_ps(acc_b))
+    }
+
+    /// `dot(a1, b1) + m * dot(a2, b2)` over equal-length slices (the exact part).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot2(a1: &[f32], b1: &[f32], a2: &[f32], b2: &[f32], m: f32) -> f32 {
+        let n = a1.len();
+        let (mut s1, mut s2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            let k: __mmask16 = if n - i >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << (n - i)) - 1) as u16
+            };
+            s1 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(k, a1.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, b1.as_ptr().add(i)),
+                s1,
+            );
+            s2 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(k, a2.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, b2.as_ptr().add(i)),
+                s2,
+            );
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_fmadd_ps(s2, _mm512_set1_ps(m), s1))
     }
 
     /// 8-bit row (`cols % 64 == 0`) against natural-order int8 activations: 64 values per
@@ -347,10 +449,16 @@ mod tests {
                 let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
                 let mut qx = QuantizedRow::default();
                 qx.quantize(&x);
-                let q = [qx.clone()];
+                // Three copies: the pair kernel serves the first two, the single one the third.
+                let q = [qx.clone(), qx.clone(), qx.clone()];
                 for r in 0..rows {
-                    let mut fast = [0f32];
-                    dot_rows(&w, r, &q, &[0], &mut Vec::new(), |i, v| fast[i] = v);
+                    let mut three = [0f32; 3];
+                    dot_rows(&w, r, &q, &[0, 1, 2], &mut Vec::new(), |i, v| three[i] = v);
+                    assert!(
+                        three[0] == three[1]
+                            && (three[0] - three[2]).abs() <= 1e-5 * (1.0 + three[0].abs())
+                    );
+                    let fast = [three[0]];
                     let want = dot_reference(&w, r, &qx);
                     assert!(
                         (fast[0] - want).abs() <= 1e-4 * (1.0 + want.abs()),
