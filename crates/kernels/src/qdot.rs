@@ -216,26 +216,12 @@ pub fn dot_rows(
 ) {
     let params = RowParams::new(w, r, scratch);
     let row = w.packed_row(r);
-    // 4-bit rows meet activation rows two at a time: the nibbles are unpacked once per pair.
+    // 4-bit rows meet activation rows in tiles of 4 (then 2): the nibbles are unpacked once
+    // per tile.
     let mut first = 0;
     if w.bits == 4 {
-        while first + 2 <= x_rows.len() {
-            let (xa, xb) = (&q[x_rows[first] as usize], &q[x_rows[first + 1] as usize]);
-            // SAFETY: `supported` checked the CPU features and shapes.
-            let (a, b) = unsafe {
-                x86::dot_q4_pair(
-                    row,
-                    &xa.nibble_order,
-                    &xb.nibble_order,
-                    params.block_scales,
-                    &xa.scale,
-                    &xb.scale,
-                )
-            };
-            write(first, a + params.exact_part_fast(xa));
-            write(first + 1, b + params.exact_part_fast(xb));
-            first += 2;
-        }
+        first = tiles::<4, _>(row, q, x_rows, first, &params, &mut write);
+        first = tiles::<2, _>(row, q, x_rows, first, &params, &mut write);
     }
     for (i, &xr) in x_rows.iter().enumerate().skip(first) {
         let x = &q[xr as usize];
@@ -248,6 +234,36 @@ pub fn dot_rows(
         };
         write(i, main + params.exact_part_fast(x));
     }
+}
+
+/// Serves `x_rows[first..]` in tiles of `N` with [`x86::dot_q4_tile`]; returns the first
+/// index not served.
+#[inline]
+fn tiles<const N: usize, W: FnMut(usize, f32)>(
+    row: &[u32],
+    q: &[QuantizedRow],
+    x_rows: &[u32],
+    mut first: usize,
+    params: &RowParams,
+    write: &mut W,
+) -> usize {
+    while first + N <= x_rows.len() {
+        let xs: [&QuantizedRow; N] = std::array::from_fn(|t| &q[x_rows[first + t] as usize]);
+        // SAFETY: callers checked `supported` (CPU features and shapes).
+        let dots = unsafe {
+            x86::dot_q4_tile::<N>(
+                row,
+                std::array::from_fn(|t| xs[t].nibble_order.as_slice()),
+                params.block_scales,
+                std::array::from_fn(|t| xs[t].scale.as_slice()),
+            )
+        };
+        for t in 0..N {
+            write(first + t, dots[t] + params.exact_part_fast(xs[t]));
+        }
+        first += N;
+    }
+    first
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,31 +322,29 @@ mod x86 {
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
 
-    /// [`dot_q4`] for two activation rows at once, sharing the unpacked nibbles and the
-    /// spread row scales.
+    /// [`dot_q4`] for `N` activation rows at once, sharing the unpacked nibbles and the
+    /// spread row scales (a row-by-tokens tile: the prefill shape).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q4_pair(
+    pub unsafe fn dot_q4_tile<const N: usize>(
         row: &[u32],
-        qa: &[i8],
-        qb: &[i8],
+        q: [&[i8]; N],
         s: &[f32],
-        da: &[f32],
-        db: &[f32],
-    ) -> (f32, f32) {
-        let chunks = qa.len() / 128;
+        d: [&[f32]; N],
+    ) -> [f32; N] {
+        let chunks = q[0].len() / 128;
         let pw = row.as_ptr() as *const u8;
         let mask = _mm512_set1_epi8(0x0F);
         let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         let spread =
             |p: *const f32| _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(p)));
-        let (mut acc_a, mut acc_b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut acc = [_mm512_setzero_ps(); N];
         for c in 0..chunks {
             let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
             let lo = _mm512_and_si512(packed, mask);
             let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
             let sv = spread(s.as_ptr().add(c * 4));
-            for (q, d, acc) in [(qa, da, &mut acc_a), (qb, db, &mut acc_b)] {
-                let px = q.as_ptr().add(c * 128);
+            for t in 0..N {
+                let px = q[t].as_ptr().add(c * 128);
                 let xe = _mm512_loadu_si512(px as *const _);
                 let xo = _mm512_loadu_si512(px.add(64) as *const _);
                 let isum = _mm512_dpbusd_epi32(
@@ -338,11 +352,15 @@ mod x86 {
                     hi,
                     xo,
                 );
-                let f = _mm512_mul_ps(sv, spread(d.as_ptr().add(c * 4)));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
+                let f = _mm512_mul_ps(sv, spread(d[t].as_ptr().add(c * 4)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc[t]);
             }
         }
-        (_mm512_reduce_add_ps(acc_a), _mm512_reduce_add_ps(acc_b))
+        let mut out = [0f32; N];
+        for t in 0..N {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+        }
+        out
     }
 
     /// `dot(a1, b1) + m * dot(a2, b2)` over equal-length slices (the exact part).
