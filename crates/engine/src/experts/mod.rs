@@ -85,6 +85,40 @@ pub trait ExpertStore: Send + Sync {
     fn usage(&self) -> Vec<Vec<u64>>;
 }
 
+/// Per-layer, per-expert use counts (the routing spread), shared by every store.
+pub struct UsageCounters(Vec<Vec<AtomicU64>>);
+
+impl UsageCounters {
+    /// Zeroed counters shaped like `layers` (empty for dense layers).
+    pub fn new(layers: &[Option<Vec<ExpertWeights>>]) -> Self {
+        UsageCounters(
+            layers
+                .iter()
+                .map(|l| {
+                    l.as_ref().map_or(Vec::new(), |e| {
+                        e.iter().map(|_| AtomicU64::new(0)).collect()
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn count(&self, layer: usize, ids: &[u32]) {
+        for &id in ids {
+            if let Some(c) = self.0.get(layer).and_then(|l| l.get(id as usize)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Vec<u64>> {
+        self.0
+            .iter()
+            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .collect()
+    }
+}
+
 /// An expert's weights held as views into the mapped files.
 #[derive(Clone)]
 pub struct ExpertWeights {
@@ -107,19 +141,12 @@ impl ExpertWeights {
 pub struct ResidentExperts {
     /// Indexed by layer; `None` for layers without routed experts.
     layers: Vec<Option<Vec<ExpertWeights>>>,
-    counts: Vec<Vec<AtomicU64>>,
+    counts: UsageCounters,
 }
 
 impl ResidentExperts {
     pub fn new(layers: Vec<Option<Vec<ExpertWeights>>>) -> Self {
-        let counts = layers
-            .iter()
-            .map(|l| {
-                l.as_ref().map_or(Vec::new(), |e| {
-                    e.iter().map(|_| AtomicU64::new(0)).collect()
-                })
-            })
-            .collect();
+        let counts = UsageCounters::new(&layers);
         ResidentExperts { layers, counts }
     }
 }
@@ -139,6 +166,7 @@ impl ExpertStore for ResidentExperts {
             .get(layer)
             .and_then(Option::as_ref)
             .ok_or_else(|| RunError::Experts(format!("layer {layer} has no routed experts")))?;
+        self.counts.count(layer, ids);
         if ids.len() > MAX_EXPERTS {
             return Err(RunError::Experts(format!(
                 "{} experts requested at once",
@@ -147,9 +175,6 @@ impl ExpertStore for ResidentExperts {
         }
         let mut mats = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some(c) = self.counts[layer].get(id as usize) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
             let e = experts.get(id as usize).ok_or_else(|| {
                 RunError::Experts(format!("expert {id} of layer {layer} does not exist"))
             })?;
@@ -168,9 +193,6 @@ impl ExpertStore for ResidentExperts {
     }
 
     fn usage(&self) -> Vec<Vec<u64>> {
-        self.counts
-            .iter()
-            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
-            .collect()
+        self.counts.snapshot()
     }
 }

@@ -7,7 +7,7 @@
 //! repacking; the slot then serves as the expert's matrices for the gathered kernels.
 
 use super::io::{IoPool, ReadJob};
-use super::{ExpertMats, ExpertStore, ExpertWeights, StoreStats};
+use super::{ExpertMats, ExpertStore, ExpertWeights, StoreStats, UsageCounters};
 use crate::error::RunError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -87,21 +87,14 @@ pub struct StreamedExperts {
     misses: AtomicU64,
     bytes_read: AtomicU64,
     read_nanos: AtomicU64,
-    usage: Vec<Vec<AtomicU64>>,
+    usage: UsageCounters,
 }
 
 impl StreamedExperts {
     /// Takes the experts' metadata (views into the mapped files, which this store never
     /// touches through the mapping) and allocates the slots.
     pub fn new(layers: Vec<Option<Vec<ExpertWeights>>>, options: StreamOptions) -> Self {
-        let usage = layers
-            .iter()
-            .map(|l| {
-                l.as_ref().map_or(Vec::new(), |e| {
-                    e.iter().map(|_| AtomicU64::new(0)).collect()
-                })
-            })
-            .collect();
+        let usage = UsageCounters::new(&layers);
         let layers = layers
             .into_iter()
             .map(|l| {
@@ -166,9 +159,7 @@ impl ExpertStore for StreamedExperts {
                 "expert {bad} of layer {layer} does not exist"
             )));
         }
-        for &id in ids {
-            self.usage[layer][id as usize].fetch_add(1, Ordering::Relaxed);
-        }
+        self.usage.count(layer, ids);
         let mut slots = l.slots.lock().unwrap_or_else(|e| e.into_inner());
         let n_slots = slots.owner.len();
         for batch in ids.chunks(n_slots) {
@@ -212,10 +203,7 @@ impl ExpertStore for StreamedExperts {
     }
 
     fn usage(&self) -> Vec<Vec<u64>> {
-        self.usage
-            .iter()
-            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
-            .collect()
+        self.usage.snapshot()
     }
 
     fn stats(&self) -> StoreStats {

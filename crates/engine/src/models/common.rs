@@ -132,8 +132,27 @@ pub fn rope_inv_freq(
     }
 }
 
+impl Heads {
+    /// Head counts from config fields, with the usual defaults (`num_key_value_heads` =
+    /// `num_attention_heads`, `head_dim` = `hidden_size / num_attention_heads`), checked.
+    pub fn resolve(
+        hidden: usize,
+        n_heads: usize,
+        n_kv: Option<usize>,
+        head_dim: Option<usize>,
+    ) -> Result<Heads, LoadError> {
+        let heads = Heads {
+            n_heads,
+            n_kv: n_kv.unwrap_or(n_heads),
+            head_dim: head_dim.unwrap_or(hidden / n_heads.max(1)),
+        };
+        check_heads(hidden, heads)?;
+        Ok(heads)
+    }
+}
+
 /// Checks head counts and sizes shared by all attention configs.
-pub fn check_heads(hidden: usize, heads: Heads) -> Result<(), LoadError> {
+fn check_heads(hidden: usize, heads: Heads) -> Result<(), LoadError> {
     let Heads {
         n_heads,
         n_kv,

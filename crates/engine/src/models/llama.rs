@@ -2,7 +2,7 @@
 //! q/k/v/o biases, RoPE with `rope_scaling` (default, linear, llama3), dense SwiGLU MLP.
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
-use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
+use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
 use super::BuildContext;
 use crate::config::ModelConfig;
@@ -68,14 +68,12 @@ pub fn build(
     w: &WeightLoader,
     ctx: &BuildContext,
 ) -> Result<Transformer, LoadError> {
-    let heads = Heads {
-        n_heads: c.num_attention_heads,
-        n_kv: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c
-            .head_dim
-            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
-    };
-    check_heads(c.hidden_size, heads)?;
+    let heads = Heads::resolve(
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    )?;
     let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;

@@ -5,7 +5,7 @@
 //! `(i + 1) % decoder_sparse_step == 0`, else a dense SwiGLU MLP. The router is a softmax over
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
-use super::common::{attention, check_heads, dense_mlp, embed_and_head, rope_inv_freq, Heads};
+use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
 use super::BuildContext;
 use crate::config::ModelConfig;
@@ -65,14 +65,12 @@ impl Qwen3MoeConfig {
     }
 
     fn validate(&self) -> Result<Heads, LoadError> {
-        let heads = Heads {
-            n_heads: self.num_attention_heads,
-            n_kv: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
-        };
-        check_heads(self.hidden_size, heads)?;
+        let heads = Heads::resolve(
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )?;
         if self.decoder_sparse_step == 0 {
             return Err(LoadError::Config(
                 "decoder_sparse_step must be at least 1".into(),
