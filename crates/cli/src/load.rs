@@ -33,6 +33,10 @@ pub struct ModelArgs {
     /// Expert slots per MoE layer when streaming.
     #[arg(long, default_value_t = StreamOptions::default().cache_slots, requires = "stream_experts")]
     pub cache_slots: usize,
+    /// Cap on what the engine holds when streaming (resident dense weights + expert slots +
+    /// a KV reserve), e.g. 8G or 1500M; slots are reduced to fit. Default: 60% of RAM.
+    #[arg(long, value_parser = parse_size, requires = "stream_experts")]
+    pub memory_budget: Option<u64>,
     /// Expert reads in flight at once when streaming.
     #[arg(long, default_value_t = StreamOptions::default().io_depth, requires = "stream_experts")]
     pub io_depth: usize,
@@ -69,9 +73,15 @@ impl ModelArgs {
         // experts must not be read through the mapping at all.
         let warm = !self.stream_experts
             && sys::mem_available_bytes().is_some_and(|avail| weights_on_disk < avail / 2);
+        let (budget, budget_note) = match (self.memory_budget, sys::mem_total_bytes()) {
+            (Some(b), _) => (Some(b), "given"),
+            (None, Some(total)) => (Some(total / 10 * 6), "default: 60% of RAM"),
+            (None, None) => (None, "none: RAM size unknown"),
+        };
         let stream = self.stream_experts.then_some(StreamOptions {
             cache_slots: self.cache_slots,
             io_depth: self.io_depth,
+            memory_budget: budget,
         });
         if self.cache_slots == 0 || self.io_depth == 0 {
             bail!("--cache-slots and --io-depth must be at least 1");
@@ -86,6 +96,23 @@ impl ModelArgs {
         let engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
             .with_context(|| format!("loading {}", dir.display()))?;
         bar.finish();
+        if let Some(p) = engine.loaded.budget_plan {
+            let gb = |b: u64| b as f64 / 1e9;
+            eprintln!(
+                "streaming experts: memory budget {} ({budget_note}): dense {:.2} GB + KV reserve {:.2} GB + {} slots/layer x {:.2} GB = {:.2} GB{}",
+                p.budget.map_or("none".into(), |b| format!("{:.2} GB", gb(b))),
+                gb(p.dense_bytes),
+                gb(p.kv_reserve),
+                p.slots,
+                gb(p.bytes_per_slot),
+                gb(p.total()),
+                if p.slots < p.slots_requested {
+                    format!(" (slots lowered from {} to fit)", p.slots_requested)
+                } else {
+                    String::new()
+                }
+            );
+        }
         if let Some(first) = engine.loaded.unused_tensors.first() {
             eprintln!(
                 "warning: {} tensors in the model files are not used (first: {first})",
@@ -94,6 +121,26 @@ impl ModelArgs {
         }
         Ok(engine)
     }
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024; `B`/`iB` allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 8G, 1500M or 1073741824"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("{s:?} must be a positive size"));
+    }
+    Ok((v * mult as f64) as u64)
 }
 
 /// Bytes of `*.safetensors` files in `dir` (0 if unreadable: the loader reports that).

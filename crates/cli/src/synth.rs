@@ -37,7 +37,8 @@ pub struct SynthArgs {
     /// Seed of the random weights (the same seed writes the same bytes).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Overwrite a directory that already holds a model (config.json).
+    /// Overwrite a directory that already holds a model (config.json); its weight files
+    /// (model*.safetensors, the index) are replaced.
     #[arg(long)]
     force: bool,
     /// List the presets with their sizes for these options; write nothing.

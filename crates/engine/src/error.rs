@@ -47,6 +47,8 @@ pub enum LoadError {
     },
     #[error("config.json: {0}")]
     Config(String),
+    #[error("{0}")]
+    Budget(String),
     #[error(
         "config.json names architecture {0:?}, which moestream does not support (supported: {1})"
     )]

@@ -2,7 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::experts::streamed::StreamOptions;
+use crate::experts::streamed::{BudgetPlan, StreamOptions};
 use crate::models::{self, Transformer};
 use crate::weights::{WeightLoader, WeightStore};
 use moestream_kernels::qdot::Precision;
@@ -38,6 +38,8 @@ pub struct Loaded {
     /// Tensors in the files that the architecture does not use (reported, not fatal).
     pub unused_tensors: Vec<String>,
     pub weight_bytes: usize,
+    /// With streaming: how the memory budget was spent.
+    pub budget_plan: Option<BudgetPlan>,
 }
 
 pub fn load_model(
@@ -58,8 +60,10 @@ pub fn load_model(
     let ctx = models::BuildContext {
         pool,
         stream: opts.stream,
+        plan: Default::default(),
     };
     let mut model = models::build(&config, &loader, &ctx)?;
+    let budget_plan = *ctx.plan.lock().unwrap_or_else(|e| e.into_inner());
     model.precision = opts.precision;
     let unused_tensors = loader.unused();
     if opts.warm {
@@ -70,5 +74,6 @@ pub fn load_model(
         config,
         unused_tensors,
         weight_bytes: store.total_bytes(),
+        budget_plan,
     })
 }

@@ -22,6 +22,9 @@ pub struct StreamOptions {
     pub cache_slots: usize,
     /// Reads in flight at once.
     pub io_depth: usize,
+    /// Cap on what the engine holds (resident dense weights + slots + a KV reserve); the
+    /// slot count is lowered to fit. `None`: no cap.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for StreamOptions {
@@ -29,7 +32,61 @@ impl Default for StreamOptions {
         StreamOptions {
             cache_slots: 32,
             io_depth: 16,
+            memory_budget: None,
         }
+    }
+}
+
+/// How the memory budget was spent (reported at load).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BudgetPlan {
+    pub budget: Option<u64>,
+    pub dense_bytes: u64,
+    pub kv_reserve: u64,
+    pub bytes_per_slot: u64,
+    pub slots_requested: usize,
+    pub slots: usize,
+}
+
+impl BudgetPlan {
+    /// What the engine holds at most under this plan.
+    pub fn total(&self) -> u64 {
+        self.dense_bytes + self.kv_reserve + self.slots as u64 * self.bytes_per_slot
+    }
+}
+
+impl StreamOptions {
+    /// Fits the slot count into the budget: `dense + kv + slots * (one slot in every MoE
+    /// layer) <= budget`. Fails when not even one slot per layer fits.
+    pub fn plan(
+        &self,
+        dense_bytes: u64,
+        kv_reserve: u64,
+        bytes_per_slot: u64,
+    ) -> Result<BudgetPlan, String> {
+        let mut plan = BudgetPlan {
+            budget: self.memory_budget,
+            dense_bytes,
+            kv_reserve,
+            bytes_per_slot,
+            slots_requested: self.cache_slots,
+            slots: self.cache_slots,
+        };
+        if let Some(budget) = self.memory_budget {
+            let left = budget.saturating_sub(dense_bytes + kv_reserve);
+            let fit = (left / bytes_per_slot.max(1)) as usize;
+            if fit == 0 {
+                return Err(format!(
+                    "memory budget {:.2} GB is too small: dense weights {:.2} GB + KV reserve {:.2} GB + one expert slot per layer {:.2} GB",
+                    budget as f64 / 1e9,
+                    dense_bytes as f64 / 1e9,
+                    kv_reserve as f64 / 1e9,
+                    bytes_per_slot as f64 / 1e9
+                ));
+            }
+            plan.slots = self.cache_slots.min(fit);
+        }
+        Ok(plan)
     }
 }
 
@@ -130,6 +187,16 @@ impl StreamedExperts {
 
     pub fn options(&self) -> StreamOptions {
         self.options
+    }
+
+    /// Bytes of one slot in every MoE layer.
+    pub fn bytes_per_slot(layers: &[Option<Vec<ExpertWeights>>]) -> u64 {
+        layers
+            .iter()
+            .flatten()
+            .filter_map(|e| e.first())
+            .map(|e| SlotLayout::of(e).slot_bytes as u64)
+            .sum()
     }
 
     /// Bytes of slot memory across all layers.

@@ -115,7 +115,7 @@ pub fn build(
             rope_traditional: c.rope_traditional,
             scale: (hd as f32).powf(-0.5),
         },
-        experts: ctx.expert_store(Vec::new()),
+        experts: ctx.expert_store(Vec::new(), w, 0)?,
         pool: Arc::clone(&ctx.pool),
         precision: Default::default(),
         fused_swiglu: true,

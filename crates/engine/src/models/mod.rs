@@ -9,7 +9,7 @@ pub mod transformer;
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::experts::streamed::{StreamOptions, StreamedExperts};
+use crate::experts::streamed::{BudgetPlan, StreamOptions, StreamedExperts};
 use crate::experts::{ExpertStore, ExpertWeights, ResidentExperts};
 use crate::weights::WeightLoader;
 use moestream_kernels::ThreadPool;
@@ -21,15 +21,49 @@ pub struct BuildContext {
     pub pool: Arc<ThreadPool>,
     /// Stream routed experts from disk (`None`: keep them resident in the mapping).
     pub stream: Option<StreamOptions>,
+    /// How streaming spent the memory budget (set by `expert_store`).
+    pub plan: std::sync::Mutex<Option<BudgetPlan>>,
 }
+
+/// Bytes of KV cache per token: keys and values, f32, every layer.
+pub fn kv_bytes_per_token(layers: usize, n_kv: usize, head_dim: usize) -> u64 {
+    (2 * layers * n_kv * head_dim * 4) as u64
+}
+
+/// Tokens of KV cache the memory budget reserves room for.
+pub const KV_RESERVE_TOKENS: u64 = 8192;
 
 impl BuildContext {
     /// The expert store for the routed experts of every layer (`None` for dense layers).
-    pub fn expert_store(&self, experts: Vec<Option<Vec<ExpertWeights>>>) -> Box<dyn ExpertStore> {
-        match self.stream {
-            Some(opts) => Box::new(StreamedExperts::new(experts, opts)),
+    /// Streaming fits its slots into the memory budget, counting the dense weights `w` has
+    /// made resident and a KV reserve of `kv_bytes_per_token` x [`KV_RESERVE_TOKENS`].
+    pub fn expert_store(
+        &self,
+        experts: Vec<Option<Vec<ExpertWeights>>>,
+        w: &WeightLoader,
+        kv_bytes_per_token: u64,
+    ) -> Result<Box<dyn ExpertStore>, LoadError> {
+        Ok(match self.stream {
+            Some(opts) => {
+                let per_slot = StreamedExperts::bytes_per_slot(&experts);
+                let plan = opts
+                    .plan(
+                        w.owned_bytes() as u64,
+                        kv_bytes_per_token * KV_RESERVE_TOKENS,
+                        per_slot,
+                    )
+                    .map_err(LoadError::Budget)?;
+                *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan);
+                Box::new(StreamedExperts::new(
+                    experts,
+                    StreamOptions {
+                        cache_slots: plan.slots,
+                        ..opts
+                    },
+                ))
+            }
             None => Box::new(ResidentExperts::new(experts)),
-        }
+        })
     }
 }
 

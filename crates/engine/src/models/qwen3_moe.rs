@@ -7,7 +7,7 @@
 
 use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
 use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
-use super::BuildContext;
+use super::{kv_bytes_per_token, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
@@ -166,7 +166,11 @@ pub fn load(
         lm_head,
         eps: c.rms_norm_eps,
         attn,
-        experts: ctx.expert_store(experts),
+        experts: ctx.expert_store(
+            experts,
+            w,
+            kv_bytes_per_token(c.num_hidden_layers, n_kv, hd),
+        )?,
         pool: Arc::clone(&ctx.pool),
         precision: Default::default(),
         fused_swiglu: true,

@@ -199,6 +199,8 @@ pub struct WeightLoader<'a> {
     own_dense: bool,
     /// Set while loading routed experts (never copied: the expert store reads them).
     in_experts: std::cell::Cell<bool>,
+    /// Bytes copied into memory so far.
+    owned: std::cell::Cell<usize>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -209,6 +211,7 @@ impl<'a> WeightLoader<'a> {
             used: Default::default(),
             own_dense: false,
             in_experts: Default::default(),
+            owned: Default::default(),
         }
     }
 
@@ -216,6 +219,11 @@ impl<'a> WeightLoader<'a> {
     pub fn owning_dense(mut self, own: bool) -> Self {
         self.own_dense = own;
         self
+    }
+
+    /// Bytes this loader has copied into memory (resident dense weights).
+    pub fn owned_bytes(&self) -> usize {
+        self.owned.get()
     }
 
     /// Runs `f` with expert loading marked (its weights stay views of the files).
@@ -235,6 +243,7 @@ impl<'a> WeightLoader<'a> {
         let streamed_expert = self.own_dense && self.in_experts.get();
         let dense_to_own = self.own_dense && !self.in_experts.get();
         if !streamed_expert && (dense_to_own || !b.offset().is_multiple_of(align)) {
+            self.owned.set(self.owned.get() + b.len());
             Bytes::copied(b.as_slice())
         } else {
             b.clone()
