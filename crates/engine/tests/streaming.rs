@@ -57,6 +57,7 @@ fn streamed_equals_resident_for_every_slot_count() {
                 Some(StreamOptions {
                     cache_slots: slots,
                     io_depth: 4,
+                    ..Default::default()
                 }),
             );
             let (got_ids, got_logits) = greedy(&streamed, &prompt);
@@ -100,6 +101,7 @@ fn a_failed_read_names_the_file_and_the_next_call_works() {
         Some(StreamOptions {
             cache_slots: 2,
             io_depth: 2,
+            ..Default::default()
         }),
     );
     let prompt = ids(&expected("qwen3_moe_q4_g64_f32")["prompt_ids"]);

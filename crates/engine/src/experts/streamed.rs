@@ -363,3 +363,30 @@ impl StreamedExperts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_lowers_slots_or_refuses() {
+        let opts = StreamOptions {
+            cache_slots: 32,
+            io_depth: 4,
+            memory_budget: Some(1_000),
+        };
+        // 1000 - 300 dense - 100 KV = 600 left: 6 slots of 100 bytes.
+        let plan = opts.plan(300, 100, 100).unwrap();
+        assert_eq!((plan.slots, plan.slots_requested), (6, 32));
+        assert!(plan.total() <= 1_000);
+        assert!(
+            opts.plan(950, 100, 100).is_err(),
+            "no room for one slot per layer"
+        );
+        let unlimited = StreamOptions {
+            memory_budget: None,
+            ..opts
+        };
+        assert_eq!(unlimited.plan(10_000, 0, 100).unwrap().slots, 32);
+    }
+}
