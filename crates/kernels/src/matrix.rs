@@ -56,11 +56,7 @@ impl<'a> FloatSlice<'a> {
             }
             // bf16 is the top half of an f32: widening is a shift (vectorizes; no
             // special cases for NaN or subnormals are needed).
-            FloatSlice::Bf16(s) => {
-                for (o, v) in out.iter_mut().zip(&s[start..]) {
-                    *o = f32::from_bits((v.to_bits() as u32) << 16);
-                }
-            }
+            FloatSlice::Bf16(s) => crate::simd::widen_bf16(&s[start..start + out.len()], out),
         }
     }
 

@@ -42,6 +42,9 @@ pub struct QuantizedRow {
     pub nibble_order: Vec<i8>,
     /// Block scales `d_b`.
     pub scale: Vec<f32>,
+    /// Block scales laid out as the 4-bit kernel's lanes: per 128-value chunk, 16 lanes where
+    /// lanes 4j..4j+3 hold `d` of the chunk's block j.
+    pub d_spread: Vec<f32>,
     /// Per group size (index k for `32 << k`): exact f32 sums of `x` over each group.
     pub group_sum: [Vec<f32>; 3],
     /// Per group size: `Σ_{b∈g} (sum_b - d_b Σ qx_b)`, what int8 rounding lost of each
@@ -91,6 +94,9 @@ impl QuantizedRow {
                 }
             }
         }
+        self.d_spread.clear();
+        self.d_spread
+            .extend(self.scale.iter().flat_map(|&d| [d; 4]));
         // Within each chunk of 128 values, even positions first, then odd ones. A tail chunk
         // shorter than 128 (n not a multiple of 128) uses the same rule over its length.
         for (src, dst) in self
@@ -121,12 +127,18 @@ pub fn supported(w: &QuantMatrix) -> bool {
     shape_ok && group_index(w.group_size).is_some() && crate::simd::has_vnni()
 }
 
+/// Padding after a row's scales, so 16-wide windows never read past them.
+const SCALE_PAD: usize = 16;
+
 /// Row `r`'s parameters widened to f32 once, shared by every activation row it meets:
 /// the scale of every block (`s_g` repeated per block of the group) and the group biases
 /// and scales.
 struct RowParams<'a> {
     block_scales: &'a [f32],
+    /// Group scales plus [`SCALE_PAD`] padding values.
     scales: &'a [f32],
+    groups: usize,
+    group_size: usize,
     biases: &'a [f32],
     /// Index into the activation rows' per-group sums.
     k: usize,
@@ -135,15 +147,22 @@ struct RowParams<'a> {
 }
 
 impl<'a> RowParams<'a> {
-    fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>) -> Self {
-        let (groups, blocks) = (w.groups_per_row(), w.cols / BLOCK);
-        if scratch.len() < 2 * groups + blocks {
-            scratch.resize(2 * groups + blocks, 0.0);
+    /// Widens row `r`'s scales and biases into `scratch`. The scales are followed by 16
+    /// padding values (the 4-bit kernel loads 16-wide windows of them); per-block scales are
+    /// filled only for the kernels that use them (8-bit, and the reference).
+    fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>, with_block_scales: bool) -> Self {
+        let (groups, blocks) = (
+            w.groups_per_row(),
+            if with_block_scales { w.cols / BLOCK } else { 0 },
+        );
+        let need = groups + SCALE_PAD + groups + blocks;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
         }
-        let (scales, rest) = scratch.split_at_mut(groups);
+        let (scales, rest) = scratch.split_at_mut(groups + SCALE_PAD);
         let (biases, rest) = rest.split_at_mut(groups);
         let block_scales = &mut rest[..blocks];
-        w.scales.read_into(r * groups, scales);
+        w.scales.read_into(r * groups, &mut scales[..groups]);
         w.biases.read_into(r * groups, biases);
         let bpg = w.group_size / BLOCK;
         for (blocks, &s) in block_scales.chunks_exact_mut(bpg).zip(scales.iter()) {
@@ -152,6 +171,8 @@ impl<'a> RowParams<'a> {
         RowParams {
             block_scales,
             scales,
+            groups,
+            group_size: w.group_size,
             biases,
             k: group_index(w.group_size).expect("supported() checked the group size"),
             mid: (1u32 << (w.bits - 1)) as f32,
@@ -166,7 +187,7 @@ impl<'a> RowParams<'a> {
     #[inline]
     fn exact_part(&self, x: &QuantizedRow) -> f32 {
         crate::simd::dot(self.biases, &x.group_sum[self.k])
-            + self.mid * crate::simd::dot(self.scales, &x.group_resid[self.k])
+            + self.mid * crate::simd::dot(&self.scales[..self.groups], &x.group_resid[self.k])
     }
 
     /// [`RowParams::exact_part`] in one AVX-512 pass (the hot path).
@@ -190,7 +211,7 @@ impl<'a> RowParams<'a> {
 pub fn dot_reference(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
     let row = w.packed_row(r);
     let mut scratch = Vec::new();
-    let params = RowParams::new(w, r, &mut scratch);
+    let params = RowParams::new(w, r, &mut scratch, true);
     let mut acc = 0f32;
     for (b, s) in params.block_scales.iter().enumerate() {
         let mut isum = 0i32;
@@ -214,7 +235,7 @@ pub fn dot_rows(
     scratch: &mut Vec<f32>,
     mut write: impl FnMut(usize, f32),
 ) {
-    let params = RowParams::new(w, r, scratch);
+    let params = RowParams::new(w, r, scratch, w.bits != 4);
     let row = w.packed_row(r);
     // 4-bit rows meet activation rows in tiles of 4 (then 2): the nibbles are unpacked once
     // per tile.
@@ -228,7 +249,13 @@ pub fn dot_rows(
         // SAFETY: `supported` checked the CPU features and shapes.
         let main = unsafe {
             match w.bits {
-                4 => x86::dot_q4(row, &x.nibble_order, params.block_scales, &x.scale),
+                4 => x86::dot_q4_tile::<1>(
+                    row,
+                    [&x.nibble_order],
+                    params.scales,
+                    params.group_size,
+                    [&x.d_spread],
+                )[0],
                 _ => x86::dot_q8(row, &x.natural, params.block_scales, &x.scale),
             }
         };
@@ -254,8 +281,9 @@ fn tiles<const N: usize, W: FnMut(usize, f32)>(
             x86::dot_q4_tile::<N>(
                 row,
                 std::array::from_fn(|t| xs[t].nibble_order.as_slice()),
-                params.block_scales,
-                std::array::from_fn(|t| xs[t].scale.as_slice()),
+                params.scales,
+                params.group_size,
+                std::array::from_fn(|t| xs[t].d_spread.as_slice()),
             )
         };
         for t in 0..N {
@@ -270,79 +298,39 @@ fn tiles<const N: usize, W: FnMut(usize, f32)>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// `s[b] * d[b]` for 4 consecutive blocks spread over 16 lanes, 4 lanes each (the lane
-    /// layout `vpdpbusd` leaves for 4-bit chunks: lanes 4j..4j+3 hold block j).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn factors4(s: *const f32, d: *const f32) -> __m512 {
-        let v = _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps(s), _mm_loadu_ps(d)));
-        let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        _mm512_permutexvar_ps(idx, v)
-    }
-
-    /// 4-bit row (`cols % 128 == 0`) against nibble-ordered int8 activations.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q4(row: &[u32], qx: &[i8], s: &[f32], d: &[f32]) -> f32 {
-        let chunks = qx.len() / 128;
-        let pw = row.as_ptr() as *const u8;
-        let px = qx.as_ptr();
-        let mask = _mm512_set1_epi8(0x0F);
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        let mut c = 0;
-        while c + 2 <= chunks {
-            for (k, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
-                let cc = c + k;
-                let packed = _mm512_loadu_si512(pw.add(cc * 64) as *const _);
-                let lo = _mm512_and_si512(packed, mask);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
-                let xe = _mm512_loadu_si512(px.add(cc * 128) as *const _);
-                let xo = _mm512_loadu_si512(px.add(cc * 128 + 64) as *const _);
-                let isum = _mm512_dpbusd_epi32(
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe),
-                    hi,
-                    xo,
-                );
-                let f = factors4(s.as_ptr().add(cc * 4), d.as_ptr().add(cc * 4));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
-            }
-            c += 2;
-        }
-        if c < chunks {
-            let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
-            let lo = _mm512_and_si512(packed, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
-            let xe = _mm512_loadu_si512(px.add(c * 128) as *const _);
-            let xo = _mm512_loadu_si512(px.add(c * 128 + 64) as *const _);
-            let isum =
-                _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-            let f = factors4(s.as_ptr().add(c * 4), d.as_ptr().add(c * 4));
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc0);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
-    }
-
-    /// [`dot_q4`] for `N` activation rows at once, sharing the unpacked nibbles and the
-    /// spread row scales (a row-by-tokens tile: the prefill shape).
+    /// 4-bit row (`cols % 128 == 0`) against `N` nibble-ordered int8 activation rows at once
+    /// (one for decode, a tile for prefill), sharing the unpacked nibbles and the row's scale
+    /// lanes. After the two `vpdpbusd`, lanes 4j..4j+3 of a chunk hold block j's integer
+    /// sums; each lane is scaled by its group's scale (`scales`, 16-wide windows picked by a
+    /// permutation that depends only on the group size) times its block's `d` (`d_spread`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dot_q4_tile<const N: usize>(
         row: &[u32],
         q: [&[i8]; N],
-        s: &[f32],
-        d: [&[f32]; N],
+        scales: &[f32],
+        group_size: usize,
+        d_spread: [&[f32]; N],
     ) -> [f32; N] {
         let chunks = q[0].len() / 128;
         let pw = row.as_ptr() as *const u8;
         let mask = _mm512_set1_epi8(0x0F);
-        let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        let spread =
-            |p: *const f32| _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(p)));
+        // Lane l covers block l/4 of the chunk, i.e. group (l/4 * 32) / group_size of the window
+        // that starts at the chunk's first group.
+        let idx = match group_size {
+            32 => _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+            64 => _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+            _ => _mm512_setzero_si512(),
+        };
+        let groups_per_chunk = 128 / group_size;
         let mut acc = [_mm512_setzero_ps(); N];
         for c in 0..chunks {
             let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
             let lo = _mm512_and_si512(packed, mask);
             let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
-            let sv = spread(s.as_ptr().add(c * 4));
+            let sv = _mm512_permutexvar_ps(
+                idx,
+                _mm512_loadu_ps(scales.as_ptr().add(c * groups_per_chunk)),
+            );
             for t in 0..N {
                 let px = q[t].as_ptr().add(c * 128);
                 let xe = _mm512_loadu_si512(px as *const _);
@@ -352,7 +340,7 @@ mod x86 {
                     hi,
                     xo,
                 );
-                let f = _mm512_mul_ps(sv, spread(d[t].as_ptr().add(c * 4)));
+                let f = _mm512_mul_ps(sv, _mm512_loadu_ps(d_spread[t].as_ptr().add(c * 16)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc[t]);
             }
         }

@@ -88,6 +88,21 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Widens bf16 values to f32 (`dst.len() == src.len()`): bf16 is the top half of an f32,
+/// so this is a shift, 16 values per AVX-512 step.
+#[inline]
+pub fn widen_bf16(src: &[half::bf16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F is present; lengths are equal.
+        return unsafe { x86::widen_bf16_avx512(src, dst) };
+    }
+    for (o, v) in dst.iter_mut().zip(src) {
+        *o = f32::from_bits((v.to_bits() as u32) << 16);
+    }
+}
+
 /// Portable dot product with four independent accumulators.
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 4];
@@ -167,6 +182,23 @@ mod x86 {
         s
     }
 
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn widen_bf16_avx512(src: &[half::bf16], dst: &mut [f32]) {
+        let n = src.len();
+        let (ps, pd) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm256_loadu_si256(ps.add(i) as *const __m256i);
+            let wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16);
+            _mm512_storeu_ps(pd.add(i), _mm512_castsi512_ps(wide));
+            i += 16;
+        }
+        while i < n {
+            *pd.add(i) = f32::from_bits((*ps.add(i) as u32) << 16);
+            i += 1;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len();
@@ -204,6 +236,13 @@ mod tests {
             assert!((dot_scalar(&a, &b) as f64 - exact).abs() < 1e-4 * (n as f64 + 1.0));
             let mut y1 = b.clone();
             let mut y2 = b.clone();
+            let bf: Vec<half::bf16> = a.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let mut wide = vec![0f32; n];
+            widen_bf16(&bf, &mut wide);
+            assert!(
+                wide.iter().zip(&bf).all(|(w, b)| *w == b.to_f32()),
+                "bf16 widening, n {n}"
+            );
             axpy(0.37, &a, &mut y1);
             for (yi, xi) in y2.iter_mut().zip(&a) {
                 *yi += 0.37 * xi;
