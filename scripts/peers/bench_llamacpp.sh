@@ -5,7 +5,9 @@
 #
 # Runs: llama-bench -m MODEL -t $THREADS -p 512 -n 128 -r $REPS -o json -v [extra]
 # and prints pp512 / tg128 tok/s (mean +- stddev over the repetitions), one line per test,
-# plus what llama.cpp reports about the CPU and its weight buffers.
+# plus what llama.cpp reports about the CPU and its weight buffers, the memory bandwidth
+# measured before and after, and how much CPU the rest of the machine took during the run
+# (a WARNING when it is not negligible: on 2 cores that ruins the figures).
 #
 # Useful extra args (llama-bench takes comma lists and runs every combination):
 #   --repack 0          no Q4_0 -> interleaved repacking at load (default is 1)
@@ -14,12 +16,13 @@
 #
 # Environment:
 #   THREADS (default 2), REPS (default 3), PROMPT (default 512), GEN (default 128)
+#   WAIT_QUIET          seconds to wait at most for an idle machine before starting
 #   LLAMA_BENCH         path to llama-bench (default: built/found by build_llamacpp.sh)
 #   MOESTREAM_PEERS_DIR where raw results go, under results/ (default: $HOME/.cache/moestream-peers)
 set -euo pipefail
 
 if [[ $# -lt 1 || ! -f "$1" ]]; then
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^set -e/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 MODEL="$1"
@@ -39,6 +42,19 @@ stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 json="$RESULTS/llama-bench-$stamp.json"
 log="$RESULTS/llama-bench-$stamp.log"
 
+# WAIT_QUIET=N: first wait up to N seconds for 10 quiet seconds (the rest of the machine
+# using under 5% of one core), so that the run starts on an idle machine.
+if [[ -n "${WAIT_QUIET:-}" ]]; then
+    busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+    hz="$(getconf CLK_TCK)"
+    deadline=$(( $(date +%s) + WAIT_QUIET ))
+    while :; do
+        b0="$(busy)"; sleep 10; b1="$(busy)"
+        if (( (b1 - b0) * 100 < 5 * 10 * hz )); then echo "quiet:   yes ($(date +%T))"; break; fi
+        if (( $(date +%s) >= deadline )); then echo "quiet:   gave up waiting after ${WAIT_QUIET} s"; break; fi
+    done
+fi
+
 echo "model:   $MODEL ($(stat -c %s "$MODEL") bytes)"
 echo "cpu:     $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"
@@ -49,12 +65,39 @@ MEMBW="$(dirname "$BENCH")/membw"
 bw_before=""
 [[ -x "$MEMBW" ]] && bw_before="$(OMP_NUM_THREADS="$THREADS" "$MEMBW" | grep -o '[0-9.]* GB/s' | cut -d' ' -f1)"
 
-"$BENCH" -m "$MODEL" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r "$REPS" -o json -v "$@" \
-    >"$json" 2>"$log" || { tail -n 30 "$log" >&2; exit 1; }
+# Run it, and count the CPU time the rest of the machine used meanwhile (from /proc/stat,
+# minus llama-bench's own): its 2 OpenMP threads spin at every barrier, so anything else
+# running on a 2-core machine ruins the figures.
+stats="$RESULTS/llama-bench-$stamp.cpu"
+python3 - "$stats" "$json" "$log" "$BENCH" -m "$MODEL" -t "$THREADS" -p "$PROMPT" -n "$GEN" \
+    -r "$REPS" -o json -v "$@" <<'EOF' || { tail -n 30 "$log" >&2; exit 1; }
+import os, resource, subprocess, sys, time
+stats, out, err, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+hz = os.sysconf("SC_CLK_TCK")
+def cpu():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz  # busy, steal
+b0, s0 = cpu()
+t0 = time.time()
+with open(out, "wb") as o, open(err, "wb") as e:
+    rc = subprocess.call(cmd, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+b1, s1 = cpu()
+t1 = time.time()
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+own = ru.ru_utime + ru.ru_stime
+with open(stats, "w") as f:
+    f.write(f"{t1 - t0:.1f} {own:.1f} {max(0.0, b1 - b0 - own):.1f} {s1 - s0:.1f}\n")
+sys.exit(rc)
+EOF
+read -r run_wall run_own run_others run_steal <"$stats"
 
 bw_after=""
 [[ -x "$MEMBW" ]] && bw_after="$(OMP_NUM_THREADS="$THREADS" "$MEMBW" | grep -o '[0-9.]* GB/s' | cut -d' ' -f1)"
 
+echo "run:     ${run_wall} s wall; llama-bench used ${run_own} CPU-s, everything else ${run_others} CPU-s, hypervisor steal ${run_steal} s"
+if awk -v o="$run_others" -v w="$run_wall" 'BEGIN { exit !(o > 1 && o > 0.05 * w) }'; then
+    echo "WARNING: other processes used ${run_others} CPU-s during the ${run_wall} s run: the figures below are not clean"
+fi
 echo "raw:     $json"
 echo "log:     $log"
 echo
@@ -104,12 +147,13 @@ print(f"build {first.get('build_commit')} ({first.get('build_number')}), "
 print(f"model_type {first.get('model_type')!r}, size {first.get('model_size')} B, "
       f"params {first.get('model_n_params')}")
 print()
-print(f"{'test':>8} {'threads':>7} {'repack':>6} {'load':>6} {'fa':>4} {'tok/s':>9} {'stddev':>7}")
+print(f"{'test':>8} {'threads':>7} {'repack':>6} {'load':>6} {'fa':>4} {'tok/s':>9} {'stddev':>7}  samples")
 for r in runs:
     test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
     print(f"{test:>8} {r['n_threads']:>7} {str(r.get('repack', '?')):>6} "
           f"{str(r.get('load_mode', r.get('use_mmap', '?'))):>6} "
-          f"{str(r.get('flash_attn', '?')):>4} {r['avg_ts']:>9.2f} {r['stddev_ts']:>7.2f}")
+          f"{str(r.get('flash_attn', '?')):>4} {r['avg_ts']:>9.2f} {r['stddev_ts']:>7.2f}  "
+          + " ".join(f"{x:.2f}" for x in r.get("samples_ts", [])))
 print()
 bpt = decode_bytes_per_token(sys.argv[2])
 if bws:

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Write a GGUF file shaped like Qwen3-30B-A3B ("qwen3moe"), with random Q4_0 weights.
 
-For benchmarking llama.cpp against moestream on the same shapes; the output is
-meaningless text. Needs the `gguf` package (pinned in build_llamacpp.sh's venv) and numpy:
+For benchmarking llama.cpp against moestream on the same shapes; the model's text is
+noise. Needs the `gguf` package (pinned in build_llamacpp.sh's venv) and numpy:
 
-    python make_gguf_qwen3moe.py /tmp/peers/qwen3-30b-a3b-q4_0.gguf
-    python make_gguf_qwen3moe.py --layers 2 /tmp/peers/tiny.gguf   # quick loader check
+    python make_gguf_qwen3moe.py qwen3-30b-a3b-q4_0.gguf
+    python make_gguf_qwen3moe.py --layers 2 tiny.gguf # quick loader check
 
 What is written, following llama.cpp's qwen3moe loader (src/models/qwen3moe.cpp) and what
 convert_hf_to_gguf.py + `llama-quantize --pure Q4_0` would produce for the real model:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure how a qwen3moe GGUF routes a batch of random tokens, layer by layer.
 
-    python routing_spread.py /tmp/peers/qwen3-30b-a3b-q4_0.gguf [--tokens 64] [--layers N]
+    python routing_spread.py qwen3-30b-a3b-q4_0.gguf [--tokens 64] [--layers N]
 
 A plain numpy forward pass (float32, dequantizing Q4_0 as ggml does, only the experts that
 are hit) over --tokens random ordinary token ids as one causal sequence. Per layer it prints
