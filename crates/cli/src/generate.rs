@@ -86,7 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let engine = args.model.load()?;
     let prompt = prompt_ids(&engine, &args)?;
     let mut cache = engine.model().new_cache();
-    let mut sampler = Sampler::new(sampling);
+    let sampler = Sampler::new(sampling);
     let params = TextParams {
         max_tokens: args.max_tokens,
         stop: &args.stop,
@@ -96,7 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut out = stdout.lock();
     let mut write_error = None;
     let outcome = engine
-        .generate_text(&mut cache, &prompt, &mut sampler, &params, &mut |ev| {
+        .generate_text(&mut cache, &prompt, sampler, &params, &mut |ev| {
             let r = if args.json {
                 let top: Vec<Value> =
                     ev.token.top_logprobs.iter().map(|(id, lp)| json!({"id": id, "logprob": lp})).collect();

@@ -83,6 +83,8 @@ pub struct Scratch {
     pub expert_fill: Vec<u32>,
     pub active_experts: Vec<u32>,
     pub last_rows: Vec<f32>,
+    /// Rows whose logits a batched call wants.
+    pub wanted_rows: Vec<usize>,
 }
 
 /// Resizes `v` to `n` without shrinking its capacity.

@@ -85,61 +85,149 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
+/// The per-sequence half of generation: given the logits after the latest token, pick the
+/// next token and decide whether to go on. The model calls stay with the caller, so the same
+/// logic serves one sequence ([`generate`]) and a batch of them (the server's scheduler).
+pub struct TokenLoop {
+    sampler: Sampler,
+    history: Vec<u32>,
+    prompt_len: usize,
+    max_tokens: usize,
+    eos_ids: Vec<u32>,
+    top_logprobs: usize,
+    processed: Vec<f32>,
+    started: Instant,
+    decode_started: Option<Instant>,
+    pub stats: GenerationStats,
+}
+
+/// What [`TokenLoop::next`] decided.
+#[derive(Clone, Debug)]
+pub enum Next {
+    /// A new token (to report, then to feed to the model unless the loop is finished).
+    Token(TokenEvent),
+    /// Generation is over (an EOS token, which is not reported, or `max_tokens`).
+    Done(FinishReason),
+}
+
+impl TokenLoop {
+    /// Starts timing now: prefill is everything until the first call to [`TokenLoop::next`].
+    pub fn new(prompt: &[u32], sampler: Sampler, params: &GenerateParams) -> Self {
+        TokenLoop {
+            sampler,
+            history: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            max_tokens: params.max_tokens,
+            eos_ids: params.eos_ids.to_vec(),
+            top_logprobs: params.top_logprobs,
+            processed: Vec::new(),
+            started: Instant::now(),
+            decode_started: None,
+            stats: GenerationStats {
+                prompt_tokens: prompt.len(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn last_token(&self) -> u32 {
+        *self.history.last().expect("a loop always has its prompt")
+    }
+
+    /// Tokens of prompt and generation so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.history
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.stats.finish.is_some()
+    }
+
+    /// Picks the token after `logits` (`[vocab]`, the model's output for the last token).
+    pub fn next(&mut self, logits: &[f32]) -> Next {
+        if self.decode_started.is_none() {
+            self.stats.prefill_secs = self.started.elapsed().as_secs_f64();
+            self.decode_started = Some(Instant::now());
+        }
+        if let Some(f) = self.stats.finish {
+            return Next::Done(f);
+        }
+        if self.stats.generated_tokens >= self.max_tokens {
+            return Next::Done(self.finish(FinishReason::Length));
+        }
+        self.processed.clear();
+        self.processed.extend_from_slice(logits);
+        let generated = &self.history[self.prompt_len..];
+        self.sampler
+            .process(&mut self.processed, &self.history, generated);
+        let id = self.sampler.sample(&self.processed);
+        if self.eos_ids.contains(&id) {
+            return Next::Done(self.finish(FinishReason::Stop));
+        }
+        let (logprob, top_logprobs) = logprobs(logits, id, self.top_logprobs);
+        self.stats.generated_tokens += 1;
+        self.history.push(id);
+        if self.stats.generated_tokens >= self.max_tokens {
+            self.finish(FinishReason::Length);
+        }
+        Next::Token(TokenEvent {
+            id,
+            logprob,
+            top_logprobs,
+        })
+    }
+
+    /// Ends the loop (a stop string, a cancelled consumer, or the natural end). The first
+    /// reason is kept, except that a stop string completed by the last allowed token reports
+    /// `Stop` rather than `Length`.
+    pub fn finish(&mut self, reason: FinishReason) -> FinishReason {
+        let replace = match self.stats.finish {
+            None => true,
+            Some(FinishReason::Length) => reason == FinishReason::Stop,
+            Some(_) => false,
+        };
+        if replace {
+            self.stats.finish = Some(reason);
+            if let Some(t) = self.decode_started {
+                self.stats.decode_secs = t.elapsed().as_secs_f64();
+            }
+        }
+        self.stats.finish.unwrap_or(reason)
+    }
+}
+
 /// Generates after `prompt` (appended to whatever `cache` already holds), calling `on_token`
 /// for each new token. EOS tokens end generation and are not reported.
 pub fn generate(
     model: &Transformer,
     cache: &mut SeqCache,
     prompt: &[u32],
-    sampler: &mut Sampler,
+    sampler: Sampler,
     params: &GenerateParams,
     on_token: &mut dyn FnMut(&TokenEvent) -> Flow,
 ) -> Result<GenerationStats, RunError> {
     if prompt.is_empty() {
         return Err(RunError::EmptyPrompt);
     }
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        ..Default::default()
-    };
     let mut logits = Vec::with_capacity(model.info.vocab_size);
-    let mut processed = Vec::with_capacity(model.info.vocab_size);
-    let mut history: Vec<u32> = prompt.to_vec();
-    let t0 = Instant::now();
+    let mut lp = TokenLoop::new(prompt, sampler, params);
     for chunk in prompt.chunks(PREFILL_CHUNK) {
         model.forward(chunk, cache, false, &mut logits)?;
     }
-    stats.prefill_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let finish = loop {
-        if stats.generated_tokens >= params.max_tokens {
-            break FinishReason::Length;
-        }
-        processed.clear();
-        processed.extend_from_slice(&logits);
-        sampler.process(&mut processed, &history, &history[prompt.len()..]);
-        let id = sampler.sample(&processed);
-        if params.eos_ids.contains(&id) {
-            break FinishReason::Stop;
-        }
-        let (logprob, top) = logprobs(&logits, id, params.top_logprobs);
-        stats.generated_tokens += 1;
-        history.push(id);
-        match on_token(&TokenEvent {
-            id,
-            logprob,
-            top_logprobs: top,
-        }) {
+    while let Next::Token(tok) = lp.next(&logits) {
+        match on_token(&tok) {
             Flow::Continue => {}
-            Flow::Stop => break FinishReason::Stop,
-            Flow::Cancel => break FinishReason::Cancelled,
+            Flow::Stop => {
+                lp.finish(FinishReason::Stop);
+            }
+            Flow::Cancel => {
+                lp.finish(FinishReason::Cancelled);
+            }
         }
-        if stats.generated_tokens >= params.max_tokens {
-            break FinishReason::Length;
+        if lp.is_finished() {
+            break;
         }
-        model.forward(&[id], cache, false, &mut logits)?;
-    };
-    stats.decode_secs = t1.elapsed().as_secs_f64();
-    stats.finish = Some(finish);
-    Ok(stats)
+        model.forward(&[tok.id], cache, false, &mut logits)?;
+    }
+    Ok(lp.stats)
 }

@@ -19,4 +19,4 @@ pub mod pipeline;
 pub mod sampling;
 pub mod synth;
 
-pub use pipeline::{Engine, TextEvent, TextOutcome, TextParams};
+pub use pipeline::{Engine, TextEvent, TextLoop, TextOutcome, TextParams, TextStep};

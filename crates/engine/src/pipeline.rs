@@ -3,11 +3,13 @@
 
 use crate::cache::SeqCache;
 use crate::error::{LoadError, RunError};
-use crate::generate::{generate, Flow, GenerateParams, GenerationStats, TokenEvent};
+use crate::generate::{
+    FinishReason, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop, PREFILL_CHUNK,
+};
 use crate::loader::{load_model, LoadOptions, LoadProgress, Loaded};
 use crate::models::Transformer;
 use crate::sampling::Sampler;
-use moestream_text::{RenderRequest, StopMatcher, TokenizerBundle};
+use moestream_text::{RenderRequest, StopMatcher, StreamDecoder, TokenizerBundle};
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -97,58 +99,123 @@ impl Engine {
             .map_err(|e| RunError::Text(e.to_string()))
     }
 
-    /// Generates after `prompt`, streaming text through `on_event` (return `false` to cancel).
-    pub fn generate_text(
-        &self,
-        cache: &mut SeqCache,
-        prompt: &[u32],
-        sampler: &mut Sampler,
-        params: &TextParams,
-        on_event: &mut dyn FnMut(TextEvent) -> bool,
-    ) -> Result<TextOutcome, RunError> {
-        let mut decoder = self.text.stream_decoder().with_prompt_context(prompt);
-        let mut stops = StopMatcher::new(params.stop.iter().filter(|s| !s.is_empty()));
+    /// Starts the text-level loop of one sequence (sampling, detokenization, stop strings).
+    pub fn text_loop(&self, prompt: &[u32], sampler: Sampler, params: &TextParams) -> TextLoop {
         let eos = self.eos_ids();
         let gp = GenerateParams {
             max_tokens: params.max_tokens,
             eos_ids: &eos,
             top_logprobs: params.top_logprobs,
         };
-        let mut text_error = None;
-        let stats = generate(self.model(), cache, prompt, sampler, &gp, &mut |tok| {
-            let delta = match decoder.push(tok.id) {
-                Ok(d) => d,
-                Err(e) => {
-                    text_error = Some(e.to_string());
-                    return Flow::Cancel;
-                }
-            };
-            let out = stops.push(&delta);
-            let keep_going = on_event(TextEvent {
-                token: tok,
-                text: &out.emit,
-            });
-            if out.stopped {
-                Flow::Stop
-            } else if keep_going {
-                Flow::Continue
-            } else {
-                Flow::Cancel
-            }
-        })?;
-        if let Some(e) = text_error {
-            return Err(RunError::Text(e));
+        TextLoop {
+            tokens: TokenLoop::new(prompt, sampler, &gp),
+            decoder: self.text.stream_decoder().with_prompt_context(prompt),
+            stops: StopMatcher::new(params.stop.iter().filter(|s| !s.is_empty())),
+        }
+    }
+
+    /// Generates after `prompt`, streaming text through `on_event` (return `false` to cancel).
+    pub fn generate_text(
+        &self,
+        cache: &mut SeqCache,
+        prompt: &[u32],
+        sampler: Sampler,
+        params: &TextParams,
+        on_event: &mut dyn FnMut(TextEvent) -> bool,
+    ) -> Result<TextOutcome, RunError> {
+        if prompt.is_empty() {
+            return Err(RunError::EmptyPrompt);
+        }
+        let mut lp = self.text_loop(prompt, sampler, params);
+        let mut logits = Vec::new();
+        for chunk in prompt.chunks(PREFILL_CHUNK) {
+            self.model().forward(chunk, cache, false, &mut logits)?;
         }
         let mut tail = String::new();
-        if !stops.is_stopped() {
-            let rest = decoder
-                .finish()
-                .map_err(|e| RunError::Text(e.to_string()))?;
-            tail.push_str(&stops.push(&rest).emit);
-            if !stops.is_stopped() {
-                tail.push_str(&stops.finish());
+        loop {
+            let step = lp.step(&logits)?;
+            if let Some(tok) = &step.token {
+                if !on_event(TextEvent {
+                    token: tok,
+                    text: &step.text,
+                }) {
+                    lp.cancel();
+                }
+            }
+            tail.push_str(&step.tail);
+            match step.token {
+                Some(tok) if !lp.is_finished() => {
+                    self.model().forward(&[tok.id], cache, false, &mut logits)?
+                }
+                _ => break,
             }
         }
-        Ok(TextOutcome { stats, tail })
+        Ok(TextOutcome {
+            stats: lp.tokens.stats,
+            tail,
+        })
+    }
+}
+
+/// One sequence's generation at the text level: a [`TokenLoop`] plus streaming
+/// detokenization and stop strings. Feed it the logits after each token with
+/// [`TextLoop::step`]; the model calls stay with the caller.
+pub struct TextLoop {
+    pub tokens: TokenLoop,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+}
+
+/// What one [`TextLoop::step`] produced.
+#[derive(Clone, Debug, Default)]
+pub struct TextStep {
+    /// The new token (`None` when generation ended without one: EOS or `max_tokens`).
+    pub token: Option<TokenEvent>,
+    /// Text that became visible with the token.
+    pub text: String,
+    /// Text released at the end (held back for a possible stop string or an incomplete
+    /// character); only on the step that finishes.
+    pub tail: String,
+    /// Set on the step that ends generation.
+    pub finish: Option<FinishReason>,
+}
+
+impl TextLoop {
+    pub fn is_finished(&self) -> bool {
+        self.tokens.is_finished()
+    }
+
+    /// Stops generation at the consumer's request (no tail is released).
+    pub fn cancel(&mut self) {
+        self.tokens.finish(FinishReason::Cancelled);
+    }
+
+    /// Picks the next token from `logits` and turns it into text.
+    pub fn step(&mut self, logits: &[f32]) -> Result<TextStep, RunError> {
+        let mut out = TextStep::default();
+        if let Next::Token(tok) = self.tokens.next(logits) {
+            let delta = self
+                .decoder
+                .push(tok.id)
+                .map_err(|e| RunError::Text(e.to_string()))?;
+            let pushed = self.stops.push(&delta);
+            out.text = pushed.emit;
+            if pushed.stopped {
+                self.tokens.finish(FinishReason::Stop);
+            }
+            out.token = Some(tok);
+        }
+        out.finish = self.tokens.stats.finish;
+        if out.finish.is_some() && !self.stops.is_stopped() {
+            let rest = self
+                .decoder
+                .finish()
+                .map_err(|e| RunError::Text(e.to_string()))?;
+            out.tail.push_str(&self.stops.push(&rest).emit);
+            if !self.stops.is_stopped() {
+                out.tail.push_str(&self.stops.finish());
+            }
+        }
+        Ok(out)
     }
 }

@@ -14,7 +14,7 @@ use crate::experts::{ExpertStore, ExpertWeights, ResidentExperts};
 use crate::weights::WeightLoader;
 use moestream_kernels::ThreadPool;
 use std::sync::Arc;
-pub use transformer::{ModelInfo, Transformer};
+pub use transformer::{LogitRows, ModelInfo, SeqStep, Transformer};
 
 /// What an architecture loader needs besides config and weights.
 pub struct BuildContext {

@@ -11,7 +11,7 @@ use moestream_kernels::attention::{attention, AttnShape};
 use moestream_kernels::matmul::{
     gather_matmul, gather_swiglu, gather_swiglu_unfused, matmul, GatherGroup, GatherPair,
 };
-use moestream_kernels::norm::{add_rms_norm, rms_norm, rms_norm_inplace};
+use moestream_kernels::norm::{add_rms_norm, rms_norm_inplace};
 use moestream_kernels::qdot::Precision;
 use moestream_kernels::router::{router_topk, RouterKind};
 use moestream_kernels::{rope::rope, simd, ThreadPool};
@@ -81,6 +81,24 @@ pub struct ModelInfo {
     pub bytes_per_token: usize,
 }
 
+/// Which logits a step of [`Transformer::forward_batch`] wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None (a prompt chunk that is not the last).
+    None,
+    /// The last token's (`[vocab]`).
+    Last,
+    /// Every token's (`[tokens, vocab]`).
+    All,
+}
+
+/// One sequence's share of a batched forward pass: its new tokens and its cache.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqCache,
+    pub logits: LogitRows,
+}
+
 pub struct Transformer {
     pub info: ModelInfo,
     pub embed: Linear,
@@ -127,28 +145,59 @@ impl Transformer {
         all_logits: bool,
         logits: &mut Vec<f32>,
     ) -> Result<(), RunError> {
-        let (l, hsz, vocab) = (tokens.len(), self.info.hidden_size, self.info.vocab_size);
+        let mut scratch = std::mem::take(&mut cache.scratch);
+        let want = if all_logits {
+            LogitRows::All
+        } else {
+            LogitRows::Last
+        };
+        let r = self.forward_batch(
+            &mut [SeqStep {
+                tokens,
+                cache,
+                logits: want,
+            }],
+            &mut scratch,
+            logits,
+        );
+        cache.scratch = scratch;
+        r
+    }
+
+    /// One forward pass over several sequences at once: every weight matrix (dense and
+    /// expert) is read once for all their tokens, while attention runs per sequence over its
+    /// own cache. Logits are written for the rows each step asks for, in step order
+    /// (`[rows, vocab]`). Nothing is changed when an input is rejected.
+    pub fn forward_batch(
+        &self,
+        steps: &mut [SeqStep],
+        s: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let (hsz, vocab) = (self.info.hidden_size, self.info.vocab_size);
+        for st in steps.iter() {
+            if st.tokens.is_empty() {
+                return Err(RunError::EmptyPrompt);
+            }
+            if let Some(&id) = st.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(RunError::TokenOutOfRange { id, vocab });
+            }
+            let end = st.cache.offset + st.tokens.len();
+            if end > self.info.max_context {
+                return Err(RunError::ContextFull {
+                    len: end,
+                    max: self.info.max_context,
+                });
+            }
+        }
+        let l: usize = steps.iter().map(|st| st.tokens.len()).sum();
         if l == 0 {
             return Err(RunError::EmptyPrompt);
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(RunError::TokenOutOfRange { id, vocab });
-        }
-        let end = cache.offset + l;
-        if end > self.info.max_context {
-            return Err(RunError::ContextFull {
-                len: end,
-                max: self.info.max_context,
-            });
-        }
-        let SeqCache {
-            offset,
-            layers: kv,
-            scratch: s,
-        } = cache;
         let x = sized(&mut s.x, l * hsz);
         let embed = self.embed.matrix();
-        for (row, &id) in x.chunks_exact_mut(hsz).zip(tokens) {
+        let all_tokens = steps.iter().flat_map(|st| st.tokens.iter());
+        for (row, &id) in x.chunks_exact_mut(hsz).zip(all_tokens) {
             embed.row_into(id as usize, row);
         }
         sized(&mut s.delta, l * hsz).fill(0.0);
@@ -161,7 +210,7 @@ impl Transformer {
                 self.eps,
                 &mut s.xn,
             );
-            self.attention(&layer.attn, &mut kv[li], *offset, l, s)?;
+            self.attention(&layer.attn, li, steps, l, s);
             add_rms_norm(
                 &mut s.x,
                 &s.delta,
@@ -174,42 +223,56 @@ impl Transformer {
                 FeedForward::Moe(moe) => self.moe(moe, li, l, s)?,
             }
         }
-        *offset = end;
-        // Final norm only for the rows whose logits are wanted.
-        let first = if all_logits { 0 } else { l - 1 };
-        let rows = l - first;
-        for v in s.x[first * hsz..].iter_mut().zip(&s.delta[first * hsz..]) {
-            *v.0 += v.1;
+        // Final norm and head only for the rows whose logits are wanted.
+        let mut wanted = std::mem::take(&mut s.wanted_rows);
+        wanted.clear();
+        let mut start = 0;
+        for st in steps.iter_mut() {
+            let n = st.tokens.len();
+            match st.logits {
+                LogitRows::None => {}
+                LogitRows::Last => wanted.push(start + n - 1),
+                LogitRows::All => wanted.extend(start..start + n),
+            }
+            st.cache.offset += n;
+            start += n;
         }
+        let rows = wanted.len();
         let normed = sized(&mut s.last_rows, rows * hsz);
-        rms_norm(
-            &s.x[first * hsz..l * hsz],
-            &self.norm.view(),
-            self.eps,
-            normed,
-        );
+        for (dst, &r) in normed.chunks_exact_mut(hsz).zip(&wanted) {
+            let src = r * hsz..(r + 1) * hsz;
+            for ((d, x), dx) in dst.iter_mut().zip(&s.x[src.clone()]).zip(&s.delta[src]) {
+                *d = x + dx;
+            }
+        }
+        s.wanted_rows = wanted;
+        rms_norm_inplace(normed, &self.norm.view(), self.eps);
         logits.resize(rows * vocab, 0.0);
-        matmul(
-            &self.pool,
-            self.precision,
-            normed,
-            rows,
-            &self.head().matrix(),
-            logits,
-        );
-        add_bias(self.head(), logits);
+        if rows > 0 {
+            matmul(
+                &self.pool,
+                self.precision,
+                normed,
+                rows,
+                &self.head().matrix(),
+                logits,
+            );
+            add_bias(self.head(), logits);
+        }
         Ok(())
     }
 
-    /// Attention sub-layer: reads `s.xn`, writes its output projection to `s.delta`.
+    /// Attention sub-layer over the rows of every step: reads `s.xn`, writes its output
+    /// projection to `s.delta`. Projections run over all rows at once; RoPE, the cache write
+    /// and attention itself run per sequence.
     fn attention(
         &self,
         a: &Attention,
-        kv: &mut KvCache,
-        offset: usize,
+        layer: usize,
+        steps: &mut [SeqStep],
         l: usize,
         s: &mut Scratch,
-    ) -> Result<(), RunError> {
+    ) {
         let c = &self.attn;
         let (qd, kd) = (c.n_heads * c.head_dim, c.n_kv * c.head_dim);
         let q = sized(&mut s.q, l * qd);
@@ -229,36 +292,39 @@ impl Transformer {
         if let Some(w) = &a.k_norm {
             rms_norm_inplace(k, &w.view(), self.eps);
         }
-        kv.reserve(offset + l, offset);
-        for i in 0..l {
-            let pos = offset + i;
-            rope(
-                &mut q[i * qd..(i + 1) * qd],
-                c.head_dim,
-                pos,
-                &c.inv_freq,
-                c.rope_traditional,
-            );
-            rope(
-                &mut k[i * kd..(i + 1) * kd],
-                c.head_dim,
-                pos,
-                &c.inv_freq,
-                c.rope_traditional,
-            );
-            kv.write(pos, &k[i * kd..(i + 1) * kd], &v[i * kd..(i + 1) * kd]);
-        }
         let out = sized(&mut s.attn, l * qd);
-        let shape = AttnShape {
-            l,
-            t: offset + l,
-            cap: kv.cap,
-            n_heads: c.n_heads,
-            n_kv: c.n_kv,
-            head_dim: c.head_dim,
-            scale: c.scale,
-        };
-        attention(&self.pool, q, &kv.k, &kv.v, shape, out);
+        let mut row = 0;
+        for st in steps.iter_mut() {
+            let (n, offset) = (st.tokens.len(), st.cache.offset);
+            let kv = &mut st.cache.layers[layer];
+            kv.reserve(offset + n, offset);
+            for i in row..row + n {
+                let pos = offset + i - row;
+                let (qi, ki) = (&mut q[i * qd..(i + 1) * qd], &mut k[i * kd..(i + 1) * kd]);
+                rope(qi, c.head_dim, pos, &c.inv_freq, c.rope_traditional);
+                rope(ki, c.head_dim, pos, &c.inv_freq, c.rope_traditional);
+                kv.write(pos, ki, &v[i * kd..(i + 1) * kd]);
+            }
+            let shape = AttnShape {
+                l: n,
+                t: offset + n,
+                cap: kv.cap,
+                n_heads: c.n_heads,
+                n_kv: c.n_kv,
+                head_dim: c.head_dim,
+                scale: c.scale,
+            };
+            let rows = row * qd..(row + n) * qd;
+            attention(
+                &self.pool,
+                &q[rows.clone()],
+                &kv.k,
+                &kv.v,
+                shape,
+                &mut out[rows],
+            );
+            row += n;
+        }
         let delta = sized(&mut s.delta, l * self.info.hidden_size);
         matmul(
             &self.pool,
@@ -269,7 +335,6 @@ impl Transformer {
             delta,
         );
         add_bias(&a.o_proj, delta);
-        Ok(())
     }
 
     fn dense_mlp(&self, m: &DenseMlp, l: usize, s: &mut Scratch) {

@@ -1,0 +1,145 @@
+//! Batched forward passes: several sequences in one `forward_batch` call (the server's decode
+//! step) give each sequence bit for bit the logits it gets alone (every kernel computes a row
+//! the same way whatever else is in the batch), and the batch leaves each cache exactly
+//! where a lone call would.
+
+mod common;
+
+use common::*;
+use moestream_engine::models::{LogitRows, SeqStep};
+use moestream_engine::{load_model, LoadOptions, Loaded};
+use moestream_kernels::qdot::Precision;
+
+fn load(name: &str, precision: Precision) -> Loaded {
+    let opts = LoadOptions {
+        threads: Some(2),
+        warm: false,
+        precision,
+        stream: None,
+    };
+    load_model(&fixture(name), &opts, &mut |_| {}).expect("fixture loads")
+}
+
+/// Three prompts of different lengths, decoded greedily alone and then in one batch; the
+/// batch also mixes a prompt chunk with decode steps (continuous batching).
+fn check(name: &str, precision: Precision, tol: f32) {
+    let m = load(name, precision);
+    let model = &m.model;
+    let base = ids(&expected(name)["prompt_ids"]);
+    let prompts: Vec<Vec<u32>> = vec![
+        base.clone(),
+        base[..base.len() / 2].to_vec(),
+        base.iter().rev().copied().collect(),
+    ];
+    let steps = 6;
+    // Alone: prefill, then greedy decode; record every logits vector.
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for p in &prompts {
+        let mut cache = model.new_cache();
+        let mut logits = Vec::new();
+        model.forward(p, &mut cache, false, &mut logits).unwrap();
+        let mut seen = vec![logits.clone()];
+        for _ in 0..steps {
+            let id = argmax(&logits);
+            model
+                .forward(&[id], &mut cache, false, &mut logits)
+                .unwrap();
+            seen.push(logits.clone());
+        }
+        alone.push(seen);
+    }
+    // Batched: sequence 2 starts one step late, its prompt riding along with the others'
+    // decode tokens.
+    let vocab = model.info.vocab_size;
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut scratch = Default::default();
+    let mut logits = Vec::new();
+    let mut next: Vec<Vec<u32>> = vec![prompts[0].clone(), prompts[1].clone(), vec![]];
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    for round in 0..=steps + 1 {
+        if round == 1 {
+            next[2] = prompts[2].clone();
+        }
+        let live: Vec<usize> = (0..3)
+            .filter(|&i| !next[i].is_empty() && got[i].len() <= steps)
+            .collect();
+        let mut batch: Vec<SeqStep> = Vec::new();
+        for (i, cache) in caches.iter_mut().enumerate() {
+            if live.contains(&i) {
+                batch.push(SeqStep {
+                    tokens: &next[i],
+                    cache,
+                    logits: LogitRows::Last,
+                });
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        model
+            .forward_batch(&mut batch, &mut scratch, &mut logits)
+            .unwrap();
+        for (row, &i) in live.iter().enumerate() {
+            let l = logits[row * vocab..(row + 1) * vocab].to_vec();
+            next[i] = vec![argmax(&l)];
+            got[i].push(l);
+        }
+    }
+    for i in 0..3 {
+        assert_eq!(
+            got[i].len(),
+            alone[i].len(),
+            "{name}: sequence {i} step count"
+        );
+        for (s, (a, b)) in alone[i].iter().zip(&got[i]).enumerate() {
+            let d = max_abs_diff(a, b);
+            assert!(
+                d <= tol,
+                "{name}: sequence {i} step {s}: batched differs by {d}"
+            );
+            assert_eq!(argmax(a), argmax(b), "{name}: sequence {i} step {s}");
+        }
+        assert_eq!(
+            caches[i].offset,
+            prompts[i].len() + steps,
+            "{name}: offset {i}"
+        );
+    }
+}
+
+#[test]
+fn batched_decode_matches_lone_sequences_exact() {
+    check("qwen3_moe_q4_g64_f32", Precision::Exact, 0.0);
+    check("qwen3_moe_f32", Precision::Exact, 0.0);
+}
+
+#[test]
+fn batched_decode_matches_lone_sequences_fast_kernels() {
+    check("qwen3_moe_q4_g64_f32", Precision::Fast, 0.0);
+    check("qwen3_dense_f32", Precision::Fast, 0.0);
+}
+
+#[test]
+fn a_bad_step_rejects_the_whole_batch_and_changes_nothing() {
+    let m = load("qwen3_moe_q4_g64_f32", Precision::Fast);
+    let model = &m.model;
+    let (mut a, mut b) = (model.new_cache(), model.new_cache());
+    let bad = model.info.vocab_size as u32;
+    let mut batch = [
+        SeqStep {
+            tokens: &[1, 2, 3],
+            cache: &mut a,
+            logits: LogitRows::Last,
+        },
+        SeqStep {
+            tokens: &[bad],
+            cache: &mut b,
+            logits: LogitRows::Last,
+        },
+    ];
+    let err = model
+        .forward_batch(&mut batch, &mut Default::default(), &mut Vec::new())
+        .unwrap_err();
+    assert!(err.to_string().contains(&bad.to_string()), "{err}");
+    assert_eq!((a.offset, b.offset), (0, 0));
+}
