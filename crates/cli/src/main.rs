@@ -8,6 +8,7 @@ mod capsule;
 mod generate;
 mod load;
 mod progress;
+mod serve;
 mod synth;
 mod sys;
 mod validate;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare the optimized path with the plain reference path, token by token.
     Validate(validate::ValidateArgs),
+    /// Serve the OpenAI-compatible HTTP API (chat and completions, streaming, metrics).
+    Serve(serve::ServeArgs),
     /// Write a random-weight model in the mlx-community format at a real model's shapes.
     Synth(synth::SynthArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Validate(args) => match validate::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -55,6 +55,20 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         (self.k.len() + self.v.len()) * 4
     }
+
+    /// A copy of the first `len` positions only (a prompt cache hands out prefixes of what it
+    /// holds without copying the rest).
+    pub fn clone_prefix(&self, len: usize) -> KvCache {
+        let mut out = KvCache::new(self.n_kv, self.head_dim);
+        out.reserve(len, 0);
+        let hd = self.head_dim;
+        for h in 0..self.n_kv {
+            let (src, dst) = (h * self.cap * hd, h * out.cap * hd);
+            out.k[dst..dst + len * hd].copy_from_slice(&self.k[src..src + len * hd]);
+            out.v[dst..dst + len * hd].copy_from_slice(&self.v[src..src + len * hd]);
+        }
+        out
+    }
 }
 
 /// Scratch buffers for one forward call, kept across calls so decode allocates nothing once
@@ -111,5 +125,15 @@ impl SeqCache {
 
     pub fn kv_bytes(&self) -> usize {
         self.layers.iter().map(KvCache::bytes).sum()
+    }
+
+    /// The state after the first `len` tokens (`len <= offset`), without the scratch.
+    pub fn clone_prefix(&self, len: usize) -> SeqCache {
+        let len = len.min(self.offset);
+        SeqCache {
+            offset: len,
+            layers: self.layers.iter().map(|l| l.clone_prefix(len)).collect(),
+            scratch: Scratch::default(),
+        }
     }
 }

@@ -17,20 +17,41 @@ fn load(name: &str, precision: Precision) -> Loaded {
         precision,
         stream: None,
     };
-    load_model(&fixture(name), &opts, &mut |_| {}).expect("fixture loads")
+    let dir = if name == TINY {
+        repo_root().join("models").join(TINY)
+    } else {
+        fixture(name)
+    };
+    load_model(&dir, &opts, &mut |_| {}).expect("model loads")
 }
 
-/// Three prompts of different lengths, decoded greedily alone and then in one batch; the
+/// The embedded default model (bf16 scales, 8-bit router): what the server tests run.
+const TINY: &str = "tiny-qwen3-moe";
+
+fn prompt_of(name: &str) -> Vec<u32> {
+    if name == TINY {
+        (0..40).map(|i| (i * 37 + 11) % 500).collect()
+    } else {
+        ids(&expected(name)["prompt_ids"])
+    }
+}
+
+/// Prompts of different lengths, decoded greedily alone and then in one batch; the
 /// batch also mixes a prompt chunk with decode steps (continuous batching).
 fn check(name: &str, precision: Precision, tol: f32) {
     let m = load(name, precision);
     let model = &m.model;
-    let base = ids(&expected(name)["prompt_ids"]);
-    let prompts: Vec<Vec<u32>> = vec![
+    let base = prompt_of(name);
+    let mut prompts: Vec<Vec<u32>> = vec![
         base.clone(),
         base[..base.len() / 2].to_vec(),
         base.iter().rev().copied().collect(),
     ];
+    // Enough sequences for every tile width of the kernels (4, 2, 1).
+    for i in 0..4 {
+        prompts.push(base.iter().map(|&t| (t + i + 1) % 50).collect());
+    }
+    let n = prompts.len();
     let steps = 6;
     // Alone: prefill, then greedy decode; record every logits vector.
     let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
@@ -54,13 +75,14 @@ fn check(name: &str, precision: Precision, tol: f32) {
     let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut scratch = Default::default();
     let mut logits = Vec::new();
-    let mut next: Vec<Vec<u32>> = vec![prompts[0].clone(), prompts[1].clone(), vec![]];
-    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    let mut next: Vec<Vec<u32>> = prompts.clone();
+    next[2].clear();
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
     for round in 0..=steps + 1 {
         if round == 1 {
             next[2] = prompts[2].clone();
         }
-        let live: Vec<usize> = (0..3)
+        let live: Vec<usize> = (0..n)
             .filter(|&i| !next[i].is_empty() && got[i].len() <= steps)
             .collect();
         let mut batch: Vec<SeqStep> = Vec::new();
@@ -117,6 +139,7 @@ fn batched_decode_matches_lone_sequences_exact() {
 fn batched_decode_matches_lone_sequences_fast_kernels() {
     check("qwen3_moe_q4_g64_f32", Precision::Fast, 0.0);
     check("qwen3_dense_f32", Precision::Fast, 0.0);
+    check(TINY, Precision::Fast, 0.0);
 }
 
 #[test]

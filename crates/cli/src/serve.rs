@@ -1,0 +1,93 @@
+//! `moestream serve`: the OpenAI-compatible HTTP server.
+
+use crate::load::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use moestream_engine::generate::PREFILL_CHUNK;
+use moestream_server::scheduler::SchedulerConfig;
+use moestream_server::ServeConfig;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to bind (loopback by default: the API has no TLS).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also read from MOESTREAM_API_KEY).
+    #[arg(long, env = "MOESTREAM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model's name in the API (default: the model directory's name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Sequences decoded together in one batched forward pass.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_concurrent: u32,
+    /// Requests that may wait for a slot; beyond that new requests get 503.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Longest prompt accepted (default: the model's context minus one).
+    #[arg(long)]
+    max_prompt_tokens: Option<usize>,
+    /// Prompt-cache entries kept (0 disables the prompt cache).
+    #[arg(long, default_value_t = 8)]
+    prompt_cache_entries: usize,
+    /// Memory the prompt cache may hold, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    prompt_cache_mib: usize,
+    /// Largest request body, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let dir = args.model.dir()?;
+    let engine = Arc::new(args.model.load()?);
+    let model_name = args.model_name.clone().unwrap_or_else(|| {
+        dir.file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let context = engine.model().info.max_context;
+    let cfg = ServeConfig {
+        model_name: model_name.clone(),
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        max_prompt_tokens: args.max_prompt_tokens.unwrap_or(context),
+        max_body_bytes: args.max_body_bytes,
+        scheduler: SchedulerConfig {
+            max_batch: args.max_concurrent as usize,
+            max_queue: args.max_queue,
+            prefill_chunk: PREFILL_CHUNK,
+            prompt_cache_entries: args.prompt_cache_entries,
+            prompt_cache_bytes: args.prompt_cache_mib << 20,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "serving '{model_name}' on http://{local} (batch {}, queue {}, context {context}{})",
+            cfg.scheduler.max_batch,
+            cfg.scheduler.max_queue,
+            if cfg.api_key.is_some() {
+                ", API key required"
+            } else {
+                ""
+            }
+        );
+        moestream_server::serve(listener, engine, cfg)
+            .await
+            .context("serving")
+    })
+}

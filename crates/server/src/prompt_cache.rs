@@ -1,0 +1,177 @@
+//! Prompt cache: the KV state of finished sequences, kept so that a later request sharing a
+//! prefix with one of them (the same system prompt, a chat continued turn by turn) starts
+//! from that state instead of recomputing it. Least recently used entries go first when the
+//! entry count or the byte bound is exceeded.
+
+use moestream_engine::cache::SeqCache;
+
+struct Entry {
+    /// The tokens whose keys and values `cache` holds.
+    tokens: Vec<u32>,
+    cache: SeqCache,
+    last_used: u64,
+}
+
+pub struct PromptCache {
+    entries: Vec<Entry>,
+    max_entries: usize,
+    max_bytes: usize,
+    clock: u64,
+}
+
+/// What a lookup found.
+pub struct Reuse {
+    pub cache: SeqCache,
+    /// Prompt tokens already in `cache`.
+    pub cached_tokens: usize,
+}
+
+impl PromptCache {
+    /// `max_entries == 0` or `max_bytes == 0` disables the cache.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        PromptCache {
+            entries: Vec::new(),
+            max_entries,
+            max_bytes,
+            clock: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.cache.kv_bytes()).sum()
+    }
+
+    /// The longest cached prefix of `prompt`, leaving at least its last token to run (its
+    /// logits start generation). `None` when no entry shares a useful prefix.
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Reuse> {
+        let limit = prompt.len().saturating_sub(1);
+        let (best, len) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
+            .max_by_key(|&(_, n)| n)?;
+        if len == 0 {
+            return None;
+        }
+        self.clock += 1;
+        let e = &mut self.entries[best];
+        e.last_used = self.clock;
+        Some(Reuse {
+            cache: e.cache.clone_prefix(len),
+            cached_tokens: len,
+        })
+    }
+
+    /// Keeps `cache` (holding `tokens`) for later requests. An entry whose tokens are a
+    /// prefix of the new one is superseded by it.
+    pub fn insert(&mut self, tokens: &[u32], mut cache: SeqCache) {
+        if self.max_entries == 0 || tokens.is_empty() {
+            return;
+        }
+        cache.truncate(tokens.len());
+        cache.scratch = Default::default();
+        if cache.kv_bytes() > self.max_bytes {
+            return;
+        }
+        self.entries
+            .retain(|e| common_prefix(&e.tokens, tokens) < e.tokens.len());
+        self.clock += 1;
+        self.entries.push(Entry {
+            tokens: tokens.to_vec(),
+            cache,
+            last_used: self.clock,
+        });
+        while self.entries.len() > self.max_entries || self.bytes() > self.max_bytes {
+            let oldest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => {
+                    self.entries.swap_remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moestream_engine::cache::KvCache;
+
+    fn cache_of(n: usize) -> SeqCache {
+        let mut kv = KvCache::new(1, 2);
+        kv.reserve(n, 0);
+        for p in 0..n {
+            kv.write(p, &[p as f32, 0.5], &[-(p as f32), 1.5]);
+        }
+        SeqCache {
+            offset: n,
+            layers: vec![kv],
+            scratch: Default::default(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_keeps_one_token_to_run() {
+        let mut pc = PromptCache::new(4, usize::MAX);
+        pc.insert(&[1, 2, 3], cache_of(3));
+        pc.insert(&[1, 2, 9, 9, 9], cache_of(5));
+        let r = pc.lookup(&[1, 2, 9, 9, 7]).unwrap();
+        assert_eq!(r.cached_tokens, 4);
+        assert_eq!(r.cache.offset, 4);
+        assert_eq!(r.cache.layers[0].k[3 * 2], 3.0, "position 3 copied");
+        // The whole prompt is cached: all but the last token are reused.
+        let r = pc.lookup(&[1, 2, 3]).unwrap();
+        assert_eq!(r.cached_tokens, 2);
+        assert!(pc.lookup(&[5, 1, 2]).is_none());
+    }
+
+    #[test]
+    fn superseded_and_least_recent_entries_go() {
+        let mut pc = PromptCache::new(2, usize::MAX);
+        pc.insert(&[1, 2], cache_of(2));
+        pc.insert(&[1, 2, 3, 4], cache_of(4));
+        assert_eq!(pc.len(), 1, "a prefix entry is superseded");
+        pc.insert(&[7, 7], cache_of(2));
+        pc.lookup(&[1, 2, 3, 4, 5]);
+        pc.insert(&[8, 8], cache_of(2));
+        assert_eq!(pc.len(), 2);
+        assert!(
+            pc.lookup(&[7, 7, 1]).is_none(),
+            "least recently used evicted"
+        );
+        assert!(pc.lookup(&[1, 2, 3, 9]).is_some());
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let one = cache_of(3).kv_bytes();
+        let mut pc = PromptCache::new(10, one * 2);
+        for i in 0..5 {
+            pc.insert(&[i, 1, 2], cache_of(3));
+            assert!(pc.bytes() <= one * 2);
+        }
+        assert_eq!(pc.len(), 2);
+        let mut off = PromptCache::new(0, usize::MAX);
+        off.insert(&[1, 2], cache_of(2));
+        assert!(off.is_empty());
+    }
+}
