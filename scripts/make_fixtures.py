@@ -4,6 +4,7 @@
 Run from the repository root, after `pip install -r scripts/requirements-fixtures.txt`:
 
     python3 scripts/make_fixtures.py
+    python3 scripts/make_fixtures.py --only olmoe,mixtral   # just these model families
 
 Everything is deterministic (fixed seeds, single-threaded tokenizer training) and is
 built with mlx-lm's own model classes, quantizer and save functions, so the output
@@ -429,7 +430,7 @@ def build_model(config: dict, seed: int, embed_scale=EMBED_SCALE, residual_scale
     def rescale(path, v):
         if path.endswith("embed_tokens.weight"):
             return v * embed_scale
-        if path.endswith("o_proj.weight") or path.endswith("down_proj.weight"):
+        if path.endswith(("o_proj.weight", "down_proj.weight", "linear_attn.out_proj.weight")):
             return v * residual_scale
         if path == "lm_head.weight":
             return v * lm_head_scale
@@ -553,41 +554,53 @@ def cast_model(model, dtype):
 # --------------------------------------------------------------------------------------
 
 
+def moe_block(layer):
+    """The routed-expert block of a decoder layer (`mlp` or Mixtral's `block_sparse_moe`)."""
+    for name in ("mlp", "block_sparse_moe"):
+        block = getattr(layer, name, None) if name in layer else None
+        if block is not None and "switch_mlp" in block:
+            return block
+    return None
+
+
 class RouterRecorder:
-    """Temporarily wraps Qwen3MoeSparseMoeBlock.__call__ to record top-k selections."""
+    """Temporarily wraps the MoE block classes' __call__ to record the router's softmax
+    over all experts and the top-k sets (the top-k by probability equals the top-k by logit,
+    so this also covers Mixtral's top-k-then-softmax router)."""
 
-    def __init__(self):
-        from mlx_lm.models import qwen3_moe
-
-        self.cls = qwen3_moe.Qwen3MoeSparseMoeBlock
+    def __init__(self, classes):
+        self.classes = list(dict.fromkeys(classes))
         self.records = []
+        self.orig = {}
 
     def __enter__(self):
-        orig = self.cls.__call__
         records = self.records
-        self.orig = orig
+        for cls in self.classes:
+            orig = cls.__call__
+            self.orig[cls] = orig
 
-        def wrapped(block, x):
-            # Same computation as the block itself, so the recorded sets are the ones used.
-            k = block.top_k
-            probs = mx.softmax(block.gate(x), axis=-1, precise=True)
-            inds = mx.argpartition(probs, kth=-k, axis=-1)[..., -k:]
-            records.append((k, probs.astype(mx.float32), inds))
-            return orig(block, x)
+            def wrapped(block, x, _orig=orig):
+                k = getattr(block, "top_k", None) or block.num_experts_per_tok
+                probs = mx.softmax(block.gate(x), axis=-1, precise=True)
+                inds = mx.argpartition(probs, kth=-k, axis=-1)[..., -k:]
+                records.append((k, probs.astype(mx.float32), inds))
+                return _orig(block, x)
 
-        self.cls.__call__ = wrapped
+            cls.__call__ = wrapped
         return self
 
     def __exit__(self, *exc):
-        self.cls.__call__ = self.orig
+        for cls, orig in self.orig.items():
+            cls.__call__ = orig
 
 
 def record_routing(model, ids):
-    moe_layers = [i for i, l in enumerate(model.layers) if hasattr(l.mlp, "switch_mlp")]
-    with RouterRecorder() as rec:
+    blocks = [(i, moe_block(l)) for i, l in enumerate(model.layers)]
+    blocks = [(i, b) for i, b in blocks if b is not None]
+    with RouterRecorder(type(b) for _, b in blocks) as rec:
         mx.eval(model(mx.array(ids)[None]))
     out = {}
-    for layer, (k, probs, inds) in zip(moe_layers, rec.records):
+    for (layer, _), (k, probs, inds) in zip(blocks, rec.records):
         p = np.array(probs).reshape(-1, probs.shape[-1])
         sets = [sorted(int(e) for e in row) for row in np.array(inds).reshape(-1, k)]
         srt = -np.sort(-p, axis=-1)
@@ -599,7 +612,7 @@ def routing_summary(model, prompt_ids, greedy_ids):
     """Per MoE layer: distinct experts reached by the prompt, the prompt tokens' expert
     sets, and the smallest gap between the k-th and (k+1)-th router probability over the
     prompt and over prompt + greedy continuation (one forward over the whole sequence)."""
-    if not any(hasattr(l.mlp, "switch_mlp") for l in model.layers):
+    if not any(moe_block(l) is not None for l in model.layers):
         return None
     on_prompt = record_routing(model, prompt_ids)
     on_all = record_routing(model, list(prompt_ids) + list(greedy_ids))
@@ -658,8 +671,27 @@ def quant_block(config):
     return {k: q[k] for k in ("group_size", "bits", "mode") if k in q}
 
 
+def text_config(config):
+    """The text model's fields (Qwen3.5 nests them under `text_config`)."""
+    return config.get("text_config", config)
+
+
+# Long-prompt check of the newer architectures: a fixed pseudo-random id sequence, its
+# last-position logits from one mlx forward (prefill) over all of it.
+LONG_PROMPT_LEN = 300
+
+
+def long_prompt_reference(model):
+    rng = np.random.default_rng(1234)
+    ids = [int(i) for i in rng.integers(0, TOKENIZER_VOCAB, LONG_PROMPT_LEN)]
+    logits = model(mx.array(ids)[None])[0, -1].astype(mx.float32)
+    mx.eval(logits)
+    return {"ids": ids, "logits_last": f32_list(np.array(logits))}
+
+
 def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtype_name, fixture,
-                     in_memory_model=None, reference=None, write_expected=True, notes=()):
+                     in_memory_model=None, reference=None, write_expected=True, notes=(),
+                     long_prompt=False):
     """Tokenizer files, reload check and expected.json for a written model directory."""
     toks.write(out)
     loaded, mlx_tok = mlx_load(str(out))
@@ -689,7 +721,7 @@ def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtyp
         "model_type": config["model_type"],
         "dtype": dtype_name,
         "quantization": quant_block(config),
-        "vocab_size": config["vocab_size"],
+        "vocab_size": text_config(config)["vocab_size"],
         "prompt_text": PROMPT_TEXT,
         "prompt_ids": prompt_ids,
         "logits_last": ref["logits_last"],
@@ -709,6 +741,8 @@ def finish_model_dir(out: Path, config: dict, toks: TokenizerFiles, hf_tok, dtyp
         "notes": list(notes),
         "mlx_versions": versions(),
     }
+    if long_prompt:
+        expected["long_prompt"] = long_prompt_reference(loaded)
     if quant_block(config) is not None and dtype_name != "float32":
         with F32AccumulationQuantizedMatmul():
             acc = reference_outputs(loaded, prompt_ids)
@@ -746,7 +780,8 @@ def save_mlx_dir(out: Path, model, config: dict):
     save_config(copy.deepcopy(config), config_path=out / "config.json")
 
 
-def make_variant(name, base_config, base_weights, toks, hf_tok, dtype=None, bits=None, group_size=None):
+def make_variant(name, base_config, base_weights, toks, hf_tok, dtype=None, bits=None, group_size=None,
+                 long_prompt=False):
     config = copy.deepcopy(base_config)
     model = clone_model(config, base_weights)
     dtype_name = "float32"
@@ -759,42 +794,47 @@ def make_variant(name, base_config, base_weights, toks, hf_tok, dtype=None, bits
     out = MODELS_OUT / name
     save_mlx_dir(out, model, config)
     notes = []
-    if bits is None and dtype_name != "float32" and config.get("num_experts", 0) > 0:
+    if bits is None and dtype_name != "float32" and text_config(config).get("num_experts", 0) > 0:
         notes.append(
             "mlx CPU has no bf16 gather_mm: expert matmuls were computed as float32 gather_mm "
             "of the bf16 values, rounded to bf16 (float32 accumulation, as mlx's GPU "
             "kernels and CPU bf16 matmul do)."
         )
-    return finish_model_dir(out, config, toks, hf_tok, dtype_name, name, in_memory_model=model, notes=notes)
+    return finish_model_dir(out, config, toks, hf_tok, dtype_name, name, in_memory_model=model, notes=notes,
+                            long_prompt=long_prompt)
 
 
-def make_hf_layout(name, base_config, base_weights, toks, hf_tok, reference):
+# Mixtral's Hugging Face expert names (mlx-lm's mixtral sanitize maps w1/w2/w3 to these).
+MIXTRAL_HF_NAMES = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+
+
+def make_hf_layout(name, base_config, base_weights, toks, hf_tok, reference, notes=None, block="mlp",
+                   hf_names=None):
     """Same f32 weights saved with per-expert (unstacked) Hugging Face tensor names."""
     out = MODELS_OUT / name
     reset_dir(out)
     hf_weights = {}
     for k, v in base_weights.items():
-        if ".mlp.switch_mlp." in k:
-            prefix, proj = k.split(".mlp.switch_mlp.")
+        if f".{block}.switch_mlp." in k:
+            prefix, proj = k.split(f".{block}.switch_mlp.")
             proj = proj.split(".")[0]
+            proj = (hf_names or {}).get(proj, proj)
             for e in range(v.shape[0]):
-                hf_weights[f"{prefix}.mlp.experts.{e}.{proj}.weight"] = v[e]
+                hf_weights[f"{prefix}.{block}.experts.{e}.{proj}.weight"] = v[e]
         else:
             hf_weights[k] = v
     hf_weights = dict(sorted(hf_weights.items()))
     mx.save_safetensors(str(out / "model.safetensors"), hf_weights, metadata={"format": "pt"})
     config = copy.deepcopy(base_config)
     save_config(config, config_path=out / "config.json")
-    notes = [
+    notes = notes or [
         "Hugging Face tensor layout (per-expert model.layers.L.mlp.experts.E.*_proj.weight); "
         "mlx-lm stacks them in Model.sanitize at load time. Outputs equal qwen3_moe_f32's."
     ]
     return finish_model_dir(out, config, toks, hf_tok, "float32", name, reference=reference, notes=notes)
 
 
-def make_models(toks, hf_tok):
-    MODELS_OUT.mkdir(parents=True, exist_ok=True)
-    summary = {}
+def make_qwen3_family(toks, hf_tok, summary):
 
     # qwen3_moe family: one f32 base model, many storage variants.
     cfg = qwen3_moe_config(toks)
@@ -828,6 +868,118 @@ def make_models(toks, hf_tok):
     cfg = llama_config(toks)
     m = build_model(cfg, seed=4)
     make_variant("llama_dense_f32", cfg, dict(tree_flatten(m.parameters())), toks, hf_tok)
+
+
+
+def olmoe_config(toks):
+    return {
+        "architectures": ["OlmoeForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "clip_qkv": None,
+        "eos_token_id": toks.eos_id,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 32,
+        "max_position_embeddings": 4096,
+        "model_type": "olmoe",
+        "norm_topk_prob": False,
+        "num_attention_heads": 4,
+        "num_experts": 16,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "router_aux_loss_coef": 0.01,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vocab_size": 512,
+    }
+
+
+def mixtral_config(toks):
+    return {
+        "architectures": ["MixtralForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "eos_token_id": toks.eos_id,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 4096,
+        "model_type": "mixtral",
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "num_local_experts": 8,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vocab_size": 512,
+    }
+
+
+# Seeds of the newer families, each picked from a handful for a clear top-k margin (the gap
+# between the k-th and (k+1)-th router probability printed per fixture).
+OLMOE_SEED = 21
+MIXTRAL_SEED = 31
+
+
+def make_family(toks, hf_tok, summary, base_name, cfg, seed, quant=((4, 32),)):
+    """A float32 model and its 4-bit (float32 scales) variants, with the long-prompt check."""
+    m = build_model(cfg, seed=seed)
+    weights = dict(tree_flatten(m.parameters()))
+    exp, ref = make_variant(f"{base_name}_f32", cfg, weights, toks, hf_tok, long_prompt=True)
+    summary[f"{base_name}_f32"] = exp["routing"]
+    for bits, gs in quant:
+        name = f"{base_name}_q{bits}_g{gs}_f32"
+        exp, _ = make_variant(name, cfg, weights, toks, hf_tok, bits=bits, group_size=gs, long_prompt=True)
+        summary[name] = exp["routing"]
+    return weights, ref
+
+
+def make_olmoe(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "olmoe", olmoe_config(toks), OLMOE_SEED)
+
+
+def make_mixtral(toks, hf_tok, summary):
+    cfg = mixtral_config(toks)
+    weights, ref = make_family(toks, hf_tok, summary, "mixtral", cfg, MIXTRAL_SEED)
+    make_hf_layout(
+        "mixtral_hf_f32", cfg, weights, toks, hf_tok, reference=ref, block="block_sparse_moe",
+        hf_names=MIXTRAL_HF_NAMES,
+        notes=["Hugging Face tensor layout (per-expert model.layers.L.block_sparse_moe.experts.E."
+               "w1/w2/w3.weight); mlx-lm's sanitize stacks them into switch_mlp.gate_proj/down_proj/"
+               "up_proj. Outputs equal mixtral_f32's."],
+    )
+
+
+FAMILIES = {
+    "qwen3": make_qwen3_family,
+    "olmoe": make_olmoe,
+    "mixtral": make_mixtral,
+}
+
+
+def make_models(toks, hf_tok, only=None):
+    MODELS_OUT.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name, make in FAMILIES.items():
+        if only is None or name in only:
+            make(toks, hf_tok, summary)
     return summary
 
 
@@ -978,12 +1130,21 @@ def main():
     print(f"tokenizer: {TOKENIZER_VOCAB} tokens, added ids {toks.ids}")
     print(f"prompt: {len(hf_tok.encode(PROMPT_TEXT, add_special_tokens=False))} tokens")
 
-    print("quantization cases")
-    make_quant_cases()
+    only = None
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":
+        # e.g. `--only olmoe,mixtral`: rebuild just these model families.
+        only = set(sys.argv[2].split(","))
+        unknown = only - set(FAMILIES)
+        if unknown:
+            raise SystemExit(f"unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    if only is None:
+        print("quantization cases")
+        make_quant_cases()
     print("models")
-    routing = make_models(toks, hf_tok)
-    print("embedded model")
-    routing["tiny-qwen3-moe"] = make_tiny_model(toks, hf_tok)
+    routing = make_models(toks, hf_tok, only)
+    if only is None:
+        print("embedded model")
+        routing["tiny-qwen3-moe"] = make_tiny_model(toks, hf_tok)
 
     print("distinct experts reached by the prompt, per MoE layer:")
     for name, r in routing.items():

@@ -103,6 +103,36 @@ const CASES: &[Case] = &[
         exact_greedy: true,
     },
     Case {
+        name: "olmoe_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "olmoe_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "mixtral_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "mixtral_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "mixtral_hf_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
         name: "qwen3_moe_bf16",
         tol: BF16,
         reference: None,
@@ -197,5 +227,45 @@ fn prefill_equals_token_by_token_decode() {
         m.forward(&[t], &mut b, false, &mut lb).unwrap();
         let row = &la[i * lb.len()..(i + 1) * lb.len()];
         assert!(max_abs_diff(row, &lb) < 1e-4, "position {i}");
+    }
+}
+
+/// Fixtures whose expected.json holds a `long_prompt` (300 pseudo-random ids, mlx's
+/// last-position logits after one prefill over all of them).
+const LONG_PROMPT: &[&str] = &[
+    "olmoe_f32",
+    "olmoe_q4_g32_f32",
+    "mixtral_f32",
+    "mixtral_q4_g32_f32",
+];
+
+/// One prefill over a long prompt matches mlx-lm, and equals feeding the same prompt one token
+/// at a time (every position's logits).
+#[test]
+fn long_prompt_prefill_matches_mlx_and_token_by_token() {
+    for &name in LONG_PROMPT {
+        let exp = expected(name);
+        let long = &exp["long_prompt"];
+        let prompt = ids(&long["ids"]);
+        let loaded = load_model(&fixture(name), &exact(), &mut |_| {}).unwrap();
+        let m = &loaded.model;
+        let (mut a, mut b) = (m.new_cache(), m.new_cache());
+        let (mut la, mut lb) = (Vec::new(), Vec::new());
+        m.forward(&prompt, &mut a, true, &mut la).unwrap();
+        let vocab = m.info.vocab_size;
+        let last = &la[(prompt.len() - 1) * vocab..];
+        let diff = max_abs_diff(last, &floats(&long["logits_last"]));
+        eprintln!(
+            "{name}: {} tokens, max |logit diff| vs mlx {diff:.2e}",
+            prompt.len()
+        );
+        assert!(diff < F32, "{name}: long prompt logits differ by {diff}");
+        let mut worst = 0f32;
+        for (i, &t) in prompt.iter().enumerate() {
+            m.forward(&[t], &mut b, false, &mut lb).unwrap();
+            worst = worst.max(max_abs_diff(&la[i * vocab..(i + 1) * vocab], &lb));
+        }
+        eprintln!("{name}: prefill vs token-by-token max diff {worst:.2e}");
+        assert!(worst < F32, "{name}: prefill and decode differ by {worst}");
     }
 }

@@ -175,3 +175,33 @@ fn check_heads(hidden: usize, heads: Heads) -> Result<(), LoadError> {
     }
     Ok(())
 }
+
+/// The router of a routed-expert block at `module` (`{module}.gate`) and its shape, checked.
+pub fn moe_block(
+    w: &WeightLoader,
+    module: &str,
+    hidden: usize,
+    n_experts: usize,
+    top_k: usize,
+    expert_inter: usize,
+    kind: moestream_kernels::router::RouterKind,
+) -> Result<super::transformer::MoeBlock, LoadError> {
+    check_top_k(n_experts, top_k)?;
+    Ok(super::transformer::MoeBlock {
+        router: w.linear(&format!("{module}.gate"), n_experts, hidden, false)?,
+        kind,
+        n_experts,
+        top_k,
+        expert_inter,
+    })
+}
+
+/// `1 <= num_experts_per_tok <= num_experts`.
+pub fn check_top_k(n_experts: usize, top_k: usize) -> Result<(), LoadError> {
+    if top_k == 0 || top_k > n_experts {
+        return Err(LoadError::Config(format!(
+            "num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({n_experts})"
+        )));
+    }
+    Ok(())
+}

@@ -3,6 +3,8 @@
 
 pub mod common;
 pub mod llama;
+pub mod mixtral;
+pub mod olmoe;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod transformer;
@@ -74,6 +76,8 @@ const ARCHITECTURES: &[(&str, Loader)] = &[
     ("qwen3_moe", qwen3_moe::load),
     ("qwen3", qwen3::load),
     ("llama", llama::load),
+    ("olmoe", olmoe::load),
+    ("mixtral", mixtral::load),
 ];
 
 pub fn supported() -> String {
@@ -109,7 +113,23 @@ pub fn load_experts(
     hidden: usize,
     inter: usize,
 ) -> Result<Vec<ExpertWeights>, LoadError> {
-    w.experts(|| experts_at(w, module, n, hidden, inter))
+    w.experts(|| experts_at(w, module, n, hidden, inter, HF_EXPERT_NAMES))
+}
+
+/// Per-expert Hugging Face projection names `[gate, up, down]` of most MoE checkpoints.
+pub const HF_EXPERT_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// [`load_experts`] for checkpoints whose per-expert projections have other names (Mixtral's
+/// `w1`/`w3`/`w2`, given as `[gate, up, down]`).
+pub fn load_experts_named(
+    w: &WeightLoader,
+    module: &str,
+    n: usize,
+    hidden: usize,
+    inter: usize,
+    hf_names: [&str; 3],
+) -> Result<Vec<ExpertWeights>, LoadError> {
+    w.experts(|| experts_at(w, module, n, hidden, inter, hf_names))
 }
 
 fn experts_at(
@@ -118,9 +138,10 @@ fn experts_at(
     n: usize,
     hidden: usize,
     inter: usize,
+    [hf_gate, hf_up, hf_down]: [&str; 3],
 ) -> Result<Vec<ExpertWeights>, LoadError> {
     let stacked = format!("{module}.switch_mlp");
-    if w.has(&format!("{stacked}.gate_proj")) || !w.has(&format!("{module}.experts.0.gate_proj")) {
+    if w.has(&format!("{stacked}.gate_proj")) || !w.has(&format!("{module}.experts.0.{hf_gate}")) {
         let gate = w.stacked(&format!("{stacked}.gate_proj"), n, inter, hidden)?;
         let up = w.stacked(&format!("{stacked}.up_proj"), n, inter, hidden)?;
         let down = w.stacked(&format!("{stacked}.down_proj"), n, hidden, inter)?;
@@ -135,9 +156,9 @@ fn experts_at(
         .map(|e| {
             let p = format!("{module}.experts.{e}");
             Ok(ExpertWeights {
-                gate: w.linear(&format!("{p}.gate_proj"), inter, hidden, false)?,
-                up: w.linear(&format!("{p}.up_proj"), inter, hidden, false)?,
-                down: w.linear(&format!("{p}.down_proj"), hidden, inter, false)?,
+                gate: w.linear(&format!("{p}.{hf_gate}"), inter, hidden, false)?,
+                up: w.linear(&format!("{p}.{hf_up}"), inter, hidden, false)?,
+                down: w.linear(&format!("{p}.{hf_down}"), hidden, inter, false)?,
             })
         })
         .collect()
