@@ -432,7 +432,7 @@ def build_model(config: dict, seed: int, embed_scale=EMBED_SCALE, residual_scale
             return v * embed_scale
         if path.endswith(("o_proj.weight", "down_proj.weight", "linear_attn.out_proj.weight")):
             return v * residual_scale
-        if path == "lm_head.weight":
+        if path == "lm_head.weight" or path == "language_model.lm_head.weight":
             return v * lm_head_scale
         if path.endswith("mlp.gate.weight"):
             return v * router_scale
@@ -967,10 +967,117 @@ def make_mixtral(toks, hf_tok, summary):
     )
 
 
+def qwen3_next_config(toks):
+    """Hybrid: layers 0 and 2 Gated DeltaNet, 1 and 3 gated full attention
+    (full_attention_interval 2); layer 2 dense (mlp_only_layers), the others MoE with a
+    shared expert."""
+    return {
+        "architectures": ["Qwen3NextForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "decoder_sparse_step": 1,
+        "eos_token_id": toks.eos_id,
+        "full_attention_interval": 2,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 128,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_value_head_dim": 16,
+        "max_position_embeddings": 4096,
+        "mlp_only_layers": [2],
+        "model_type": "qwen3_next",
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts": 16,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "shared_expert_intermediate_size": 64,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vocab_size": 512,
+    }
+
+
+def qwen3_5_moe_config(toks):
+    """The Qwen3.5 VL wrapper around a text config (weights under `language_model.`);
+    value heads narrower than key heads (Dv 8, Dk 16), partial rotary 0.25."""
+    text = {
+        "attention_bias": False,
+        "bos_token_id": toks.eot_id,
+        "eos_token_id": toks.eos_id,
+        "full_attention_interval": 2,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "layer_types": ["linear_attention", "full_attention"] * 2,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_value_head_dim": 8,
+        "max_position_embeddings": 4096,
+        "model_type": "qwen3_5_moe_text",
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts": 16,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": [2, 1, 1],
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 10000.0,
+            "rope_type": "default",
+        },
+        "shared_expert_intermediate_size": 64,
+        "tie_word_embeddings": False,
+        "vocab_size": 512,
+    }
+    return {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "eos_token_id": toks.eos_id,
+        "model_type": "qwen3_5_moe",
+        "text_config": text,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+
+
+QWEN3_NEXT_SEED = 44
+QWEN3_5_MOE_SEED = 56
+
+
+def make_qwen3_next(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "qwen3_next", qwen3_next_config(toks), QWEN3_NEXT_SEED)
+
+
+def make_qwen3_5_moe(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "qwen3_5_moe", qwen3_5_moe_config(toks), QWEN3_5_MOE_SEED)
+
+
 FAMILIES = {
     "qwen3": make_qwen3_family,
     "olmoe": make_olmoe,
     "mixtral": make_mixtral,
+    "qwen3_next": make_qwen3_next,
+    "qwen3_5_moe": make_qwen3_5_moe,
 }
 
 

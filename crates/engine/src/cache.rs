@@ -99,6 +99,60 @@ pub struct Scratch {
     pub last_rows: Vec<f32>,
     /// Rows whose logits a batched call wants.
     pub wanted_rows: Vec<usize>,
+    /// Attention output gate `[l, nh * hd]` (gated attention).
+    pub gate: Vec<f32>,
+    /// Shared expert output and its sigmoid gate logits.
+    pub shared_y: Vec<f32>,
+    pub shared_gate: Vec<f32>,
+    pub delta_net: DeltaScratch,
+}
+
+/// Scratch of a Gated DeltaNet layer (see `models::delta_net`).
+#[derive(Clone, Debug, Default)]
+pub struct DeltaScratch {
+    /// Fused projections (qwen3_next layout) before they are rearranged.
+    pub qkvz: Vec<f32>,
+    pub ba: Vec<f32>,
+    /// `[l, C]` mixed q/k/v, then the conv output.
+    pub qkv: Vec<f32>,
+    pub conv: Vec<f32>,
+    pub z: Vec<f32>,
+    pub b: Vec<f32>,
+    pub a: Vec<f32>,
+    pub g: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub y: Vec<f32>,
+}
+
+/// Recurrent state of one Gated DeltaNet layer: the conv window (the last `kernel - 1`
+/// pre-conv inputs, `[kernel - 1, C]`) and the delta-rule state `[Hv, Dv, Dk]`, both f32.
+/// Both are overwritten in place at every token, so unlike a KV cache they cannot be
+/// trimmed: going back needs a [`Checkpoint`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeltaState {
+    pub conv: Vec<f32>,
+    pub state: Vec<f32>,
+}
+
+impl DeltaState {
+    pub fn zeros(conv: usize, state: usize) -> Self {
+        DeltaState {
+            conv: vec![0.0; conv],
+            state: vec![0.0; state],
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.conv.len() + self.state.len()) * 4
+    }
+}
+
+/// What [`SeqCache::restore`] needs to return a sequence to an earlier point: the position,
+/// and a copy of every recurrent layer's state (KV caches roll back by position alone).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub offset: usize,
+    pub recurrent: Vec<Option<DeltaState>>,
 }
 
 /// Resizes `v` to `n` without shrinking its capacity.
@@ -115,25 +169,76 @@ pub struct SeqCache {
     pub offset: usize,
     pub layers: Vec<KvCache>,
     pub scratch: Scratch,
+    /// Per layer: the recurrent state of a Gated DeltaNet layer (`None` for attention).
+    pub recurrent: Vec<Option<DeltaState>>,
 }
 
 impl SeqCache {
-    /// Forgets tokens past `len` (KV data is simply overwritten later).
+    /// Forgets tokens past `len` (KV data is simply overwritten later). Only valid when
+    /// [`SeqCache::is_trimmable`]; recurrent layers go back with [`SeqCache::restore`].
     pub fn truncate(&mut self, len: usize) {
+        debug_assert!(self.is_trimmable() || len >= self.offset);
         self.offset = self.offset.min(len);
     }
 
+    /// Whether [`SeqCache::truncate`] can roll back: no layer holds a recurrent state.
+    pub fn is_trimmable(&self) -> bool {
+        self.recurrent.iter().all(Option::is_none)
+    }
+
+    /// A copy of what it takes to come back to this point later (position and recurrent
+    /// states; a few MB per sequence for a real hybrid model, nothing for a pure KV model).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            offset: self.offset,
+            recurrent: self.recurrent.clone(),
+        }
+    }
+
+    /// Returns to `cp` (taken from this sequence, at or before the current position): the
+    /// KV caches keep their rows below `cp.offset` and recurrent states are copied back in
+    /// place (no allocation).
+    pub fn restore(&mut self, cp: &Checkpoint) {
+        debug_assert!(cp.offset <= self.offset && cp.recurrent.len() == self.recurrent.len());
+        self.offset = cp.offset;
+        for (dst, src) in self.recurrent.iter_mut().zip(&cp.recurrent) {
+            match (dst, src) {
+                (Some(d), Some(s)) => {
+                    d.conv.copy_from_slice(&s.conv);
+                    d.state.copy_from_slice(&s.state);
+                }
+                (d, s) => *d = s.clone(),
+            }
+        }
+    }
+
     pub fn kv_bytes(&self) -> usize {
-        self.layers.iter().map(KvCache::bytes).sum()
+        self.layers.iter().map(KvCache::bytes).sum::<usize>()
+            + self
+                .recurrent
+                .iter()
+                .flatten()
+                .map(DeltaState::bytes)
+                .sum::<usize>()
+    }
+
+    /// Whether [`SeqCache::clone_prefix`] can give the state after `len` tokens: any prefix
+    /// of a pure KV cache, only the whole sequence when recurrent layers are present.
+    pub fn can_clone_prefix(&self, len: usize) -> bool {
+        len <= self.offset && (self.is_trimmable() || len == self.offset)
     }
 
     /// The state after the first `len` tokens (`len <= offset`), without the scratch.
+    /// With recurrent layers only `len == offset` is possible (see
+    /// [`SeqCache::can_clone_prefix`]); callers must check.
     pub fn clone_prefix(&self, len: usize) -> SeqCache {
         let len = len.min(self.offset);
+        debug_assert!(self.can_clone_prefix(len));
         SeqCache {
             offset: len,
             layers: self.layers.iter().map(|l| l.clone_prefix(len)).collect(),
             scratch: Scratch::default(),
+            recurrent: self.recurrent.clone(),
         }
     }
 }

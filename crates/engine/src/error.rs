@@ -79,4 +79,8 @@ pub enum RunError {
     Experts(String),
     #[error("text: {0}")]
     Text(String),
+    #[error(
+        "layer {0}: the sequence cache has no recurrent state there (made for another model?)"
+    )]
+    CacheMismatch(usize),
 }

@@ -133,6 +133,30 @@ const CASES: &[Case] = &[
         exact_greedy: true,
     },
     Case {
+        name: "qwen3_next_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "qwen3_next_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "qwen3_5_moe_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "qwen3_5_moe_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
         name: "qwen3_moe_bf16",
         tol: BF16,
         reference: None,
@@ -237,6 +261,10 @@ const LONG_PROMPT: &[&str] = &[
     "olmoe_q4_g32_f32",
     "mixtral_f32",
     "mixtral_q4_g32_f32",
+    "qwen3_next_f32",
+    "qwen3_next_q4_g32_f32",
+    "qwen3_5_moe_f32",
+    "qwen3_5_moe_q4_g32_f32",
 ];
 
 /// One prefill over a long prompt matches mlx-lm, and equals feeding the same prompt one token

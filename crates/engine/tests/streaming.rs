@@ -50,6 +50,8 @@ fn streamed_equals_resident_for_every_slot_count() {
         "olmoe_q4_g32_f32",
         "mixtral_q4_g32_f32",
         "mixtral_hf_f32",
+        "qwen3_next_q4_g32_f32",
+        "qwen3_5_moe_f32",
     ] {
         let dir = fixture(name);
         let prompt = ids(&expected(name)["prompt_ids"]);

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod delta;
 pub mod matmul;
 pub mod matrix;
 pub mod membw;

@@ -156,3 +156,100 @@ pub fn attention(
         }
     }
 }
+
+/// Causal depthwise conv + SiLU with a rolling window (Gated DeltaNet). `state[(kernel-1), c]`
+/// holds the previous inputs, `x[l, c]` the new ones, `w[kernel, c]` the weight (mlx's
+/// `conv1d.weight [c, kernel, 1]` transposed). `out[t, ch] = silu(sum_j w[j, ch] *
+/// in[t + j, ch])` over `in = concat(state, x)`; afterwards `state` = the last `kernel-1`
+/// rows of `in`.
+pub fn conv1d_causal_silu(
+    state: &mut [f32],
+    x: &[f32],
+    c: usize,
+    w: &[f32],
+    kernel: usize,
+    out: &mut [f32],
+) {
+    let l = x.len() / c;
+    let keep = kernel - 1;
+    let mut input = state.to_vec();
+    input.extend_from_slice(x);
+    for t in 0..l {
+        for ch in 0..c {
+            let mut acc = 0f32;
+            for j in 0..kernel {
+                acc += w[j * c + ch] * input[(t + j) * c + ch];
+            }
+            out[t * c + ch] = silu(acc);
+        }
+    }
+    state.copy_from_slice(&input[l * c..][..keep * c]);
+}
+
+/// Rows of `dim` values: `x = scale * x / sqrt(sum(x^2) + eps)`.
+pub fn l2norm(x: &mut [f32], dim: usize, eps: f32, scale: f32) {
+    for row in x.chunks_exact_mut(dim) {
+        let ss: f32 = row.iter().map(|v| v * v).sum();
+        let d = (ss + eps).sqrt();
+        for v in row.iter_mut() {
+            *v = scale * *v / d;
+        }
+    }
+}
+
+/// Gated RMSNorm: per row of `w.len()` values, `y = silu(z) * (w * y / sqrt(mean(y^2) + eps))`.
+pub fn gated_rms_norm(y: &mut [f32], z: &[f32], w: &crate::FloatSlice, eps: f32) {
+    let mut normed = vec![0f32; y.len()];
+    rms_norm(y, w, eps, &mut normed);
+    for i in 0..y.len() {
+        y[i] = silu(z[i]) * normed[i];
+    }
+}
+
+/// The gated delta rule, token by token (layouts in [`crate::delta`]). For each token `t`
+/// and value head `h` (key head `hk = h / (Hv/Hk)`), with the f32 state `S_h[Dv, Dk]`:
+/// `S_h *= g[t,h]; kv = S_h k; delta = (v - kv) * beta[t,h]; S_h += outer(delta, k);
+/// y[t,h] = S_h q`.
+pub fn gated_delta(
+    qkv: &[f32],
+    g: &[f32],
+    beta: &[f32],
+    shape: crate::delta::DeltaShape,
+    state: &mut [f32],
+    y: &mut [f32],
+) {
+    let crate::delta::DeltaShape { hk, dk, hv, dv } = shape;
+    let c = shape.channels();
+    let kd = hk * dk;
+    let l = qkv.len() / c;
+    for t in 0..l {
+        let row = &qkv[t * c..(t + 1) * c];
+        for h in 0..hv {
+            let hkk = h / (hv / hk);
+            let q = &row[hkk * dk..(hkk + 1) * dk];
+            let k = &row[kd + hkk * dk..kd + (hkk + 1) * dk];
+            let v = &row[2 * kd + h * dv..2 * kd + (h + 1) * dv];
+            let s = &mut state[h * dv * dk..(h + 1) * dv * dk];
+            for x in s.iter_mut() {
+                *x *= g[t * hv + h];
+            }
+            for i in 0..dv {
+                let mut kv = 0f32;
+                for j in 0..dk {
+                    kv += s[i * dk + j] * k[j];
+                }
+                let delta = (v[i] - kv) * beta[t * hv + h];
+                for j in 0..dk {
+                    s[i * dk + j] += delta * k[j];
+                }
+            }
+            for i in 0..dv {
+                let mut acc = 0f32;
+                for j in 0..dk {
+                    acc += s[i * dk + j] * q[j];
+                }
+                y[(t * hv + h) * dv + i] = acc;
+            }
+        }
+    }
+}

@@ -58,6 +58,17 @@ impl PromptCache {
             .iter()
             .enumerate()
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
+            // Recurrent (Gated DeltaNet) states cannot be cut back: whole entries only.
+            .map(|(i, n)| {
+                (
+                    i,
+                    if self.entries[i].cache.can_clone_prefix(n) {
+                        n
+                    } else {
+                        0
+                    },
+                )
+            })
             .max_by_key(|&(_, n)| n)?;
         if len == 0 {
             return None;
@@ -76,6 +87,9 @@ impl PromptCache {
     pub fn insert(&mut self, tokens: &[u32], mut cache: SeqCache) {
         if self.max_entries == 0 || tokens.is_empty() {
             return;
+        }
+        if !cache.can_clone_prefix(tokens.len()) {
+            return; // a recurrent state past `tokens` cannot be rewound to it
         }
         cache.truncate(tokens.len());
         cache.scratch = Default::default();

@@ -44,6 +44,7 @@ pub fn attention(
         } else {
             None
         },
+        output_gate: false,
     })
 }
 
@@ -193,6 +194,7 @@ pub fn moe_block(
         n_experts,
         top_k,
         expert_inter,
+        shared: None,
     })
 }
 

@@ -3,7 +3,7 @@
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
 use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
+use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, ModelInfo, Transformer};
 use super::BuildContext;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -82,7 +82,7 @@ pub fn build(
         let p = format!("model.layers.{i}");
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: attention(w, &p, h, heads, qk_norm, c.attention_bias)?,
+            attn: Mixer::Attention(attention(w, &p, h, heads, qk_norm, c.attention_bias)?),
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
             ffn: FeedForward::Dense(Box::new(dense_mlp(
                 w,

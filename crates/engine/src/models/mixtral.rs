@@ -8,7 +8,7 @@
 //! and both layouts load here (per-expert tensors stay views, nothing is copied).
 
 use super::common::{attention, embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
+use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, ModelInfo, Transformer};
 use super::{kv_bytes_per_token, load_experts_named, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -115,7 +115,7 @@ pub fn load(
         )?));
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: attention(w, &p, h, heads, false, false)?,
+            attn: Mixer::Attention(attention(w, &p, h, heads, false, false)?),
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
             ffn: FeedForward::Moe(block),
         });

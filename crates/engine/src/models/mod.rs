@@ -2,11 +2,14 @@
 //! decoder in [`transformer`]; the table below is the only place that lists them.
 
 pub mod common;
+pub mod delta_net;
 pub mod llama;
 pub mod mixtral;
 pub mod olmoe;
 pub mod qwen3;
+pub mod qwen3_5_moe;
 pub mod qwen3_moe;
+pub mod qwen3_next;
 pub mod transformer;
 
 use crate::config::ModelConfig;
@@ -78,6 +81,8 @@ const ARCHITECTURES: &[(&str, Loader)] = &[
     ("llama", llama::load),
     ("olmoe", olmoe::load),
     ("mixtral", mixtral::load),
+    ("qwen3_next", qwen3_next::load),
+    ("qwen3_5_moe", qwen3_5_moe::load),
 ];
 
 pub fn supported() -> String {
@@ -169,16 +174,26 @@ fn experts_at(
 fn bytes_per_token(m: &Transformer) -> usize {
     use transformer::FeedForward;
     let mut total = m.head().bytes() + m.norm.bytes.len();
+    use transformer::Mixer;
+    let mlp =
+        |d: &transformer::DenseMlp| d.gate_proj.bytes() + d.up_proj.bytes() + d.down_proj.bytes();
     for (i, l) in m.layers.iter().enumerate() {
-        let a = &l.attn;
-        total += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
-            .iter()
-            .map(|p| p.bytes())
-            .sum::<usize>();
+        total += match &l.attn {
+            Mixer::Attention(a) => [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                .iter()
+                .map(|p| p.bytes())
+                .sum::<usize>(),
+            Mixer::DeltaNet(d) => d.bytes(),
+        };
         total += l.input_norm.bytes.len() + l.post_norm.bytes.len();
         total += match &l.ffn {
-            FeedForward::Dense(d) => d.gate_proj.bytes() + d.up_proj.bytes() + d.down_proj.bytes(),
-            FeedForward::Moe(moe) => moe.router.bytes() + moe.top_k * m.experts.expert_bytes(i),
+            FeedForward::Dense(d) => mlp(d),
+            FeedForward::Moe(moe) => {
+                let shared = moe.shared.as_ref().map_or(0, |s| {
+                    mlp(&s.mlp) + s.gate.as_ref().map_or(0, |g| g.bytes())
+                });
+                moe.router.bytes() + moe.top_k * m.experts.expert_bytes(i) + shared
+            }
         };
     }
     total + m.embed.bytes() / m.info.vocab_size.max(1)

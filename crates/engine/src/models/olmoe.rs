@@ -6,7 +6,9 @@
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
 use super::common::{embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{Attention, AttnConfig, FeedForward, Layer, ModelInfo, Transformer};
+use super::transformer::{
+    Attention, AttnConfig, FeedForward, Layer, Mixer, ModelInfo, Transformer,
+};
 use super::{kv_bytes_per_token, load_experts, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -85,6 +87,7 @@ pub fn load(
             // Norm weights as long as the projection: the norm spans all heads at once.
             q_norm: Some(w.vector(&a("q_norm.weight"), nh * hd)?),
             k_norm: Some(w.vector(&a("k_norm.weight"), n_kv * hd)?),
+            output_gate: false,
         };
         let m = format!("{p}.mlp");
         let kind = RouterKind::SoftmaxTopK {
@@ -108,7 +111,7 @@ pub fn load(
         )?));
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn,
+            attn: Mixer::Attention(attn),
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
             ffn: FeedForward::Moe(block),
         });

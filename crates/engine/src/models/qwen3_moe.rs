@@ -6,7 +6,7 @@
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
 use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, ModelInfo, MoeBlock, Transformer};
+use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, ModelInfo, MoeBlock, Transformer};
 use super::{kv_bytes_per_token, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -120,6 +120,7 @@ pub fn load(
                 n_experts: c.num_experts,
                 top_k: c.num_experts_per_tok,
                 expert_inter: c.moe_intermediate_size,
+                shared: None,
             };
             (FeedForward::Moe(block), Some(ex))
         } else {
@@ -136,7 +137,7 @@ pub fn load(
         };
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: attention(w, &p, h, heads, true, false)?,
+            attn: Mixer::Attention(attention(w, &p, h, heads, true, false)?),
             post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
             ffn,
         });

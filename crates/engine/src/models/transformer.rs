@@ -7,6 +7,7 @@ use crate::cache::{sized, KvCache, Scratch, SeqCache};
 use crate::error::RunError;
 use crate::experts::ExpertStore;
 use crate::weights::{Floats, Linear};
+use moestream_kernels::activation::sigmoid;
 use moestream_kernels::attention::{attention, AttnShape};
 use moestream_kernels::matmul::{
     gather_matmul, gather_swiglu, gather_swiglu_unfused, matmul, GatherGroup, GatherPair,
@@ -23,9 +24,20 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// Per-head RMSNorm weights `[head_dim]` (Qwen3).
+    /// RMSNorm weights, per head `[head_dim]` (Qwen3) or over the whole projection (OLMoE).
     pub q_norm: Option<Floats>,
     pub k_norm: Option<Floats>,
+    /// Qwen3-Next's output gate: `q_proj` yields `[q | gate]` per head (`2 * head_dim`), and
+    /// the attention output is multiplied by `sigmoid(gate)` before `o_proj`.
+    pub output_gate: bool,
+}
+
+/// The token mixer of a layer: attention over the KV cache, or a Gated DeltaNet over its
+/// recurrent state. (One per layer, built at load: variant sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+pub enum Mixer {
+    Attention(Attention),
+    DeltaNet(Box<super::delta_net::DeltaNet>),
 }
 
 /// Shapes and RoPE parameters common to all attention layers of a model.
@@ -54,8 +66,18 @@ pub struct MoeBlock {
     pub n_experts: usize,
     pub top_k: usize,
     pub expert_inter: usize,
+    /// An always-on expert added to the routed sum (Qwen3-Next, GLM).
+    pub shared: Option<SharedExpert>,
 }
 
+/// A dense SwiGLU expert every token goes through, optionally scaled by
+/// `sigmoid(gate(x))` (Qwen3-Next's `shared_expert_gate`, a `[1, hidden]` linear).
+pub struct SharedExpert {
+    pub mlp: DenseMlp,
+    pub gate: Option<Linear>,
+}
+
+#[allow(clippy::large_enum_variant)] // one per layer, built at load
 pub enum FeedForward {
     Dense(Box<DenseMlp>),
     Moe(MoeBlock),
@@ -63,7 +85,7 @@ pub enum FeedForward {
 
 pub struct Layer {
     pub input_norm: Floats,
-    pub attn: Attention,
+    pub attn: Mixer,
     pub post_norm: Floats,
     pub ffn: FeedForward,
 }
@@ -128,6 +150,14 @@ impl Transformer {
                 .map(|_| KvCache::new(self.attn.n_kv, self.attn.head_dim))
                 .collect(),
             scratch: Scratch::default(),
+            recurrent: self
+                .layers
+                .iter()
+                .map(|l| match &l.attn {
+                    Mixer::DeltaNet(d) => Some(d.new_state()),
+                    Mixer::Attention(_) => None,
+                })
+                .collect(),
         }
     }
 
@@ -182,6 +212,7 @@ impl Transformer {
             if let Some(&id) = st.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(RunError::TokenOutOfRange { id, vocab });
             }
+            self.check_cache(st.cache)?;
             let end = st.cache.offset + st.tokens.len();
             if end > self.info.max_context {
                 return Err(RunError::ContextFull {
@@ -210,7 +241,10 @@ impl Transformer {
                 self.eps,
                 &mut s.xn,
             );
-            self.attention(&layer.attn, li, steps, l, s);
+            match &layer.attn {
+                Mixer::Attention(a) => self.attention(a, li, steps, l, s),
+                Mixer::DeltaNet(d) => d.forward(self, li, steps, l, s),
+            }
             add_rms_norm(
                 &mut s.x,
                 &s.delta,
@@ -262,6 +296,17 @@ impl Transformer {
         Ok(())
     }
 
+    /// Every Gated DeltaNet layer needs its recurrent state in the sequence's cache.
+    fn check_cache(&self, c: &SeqCache) -> Result<(), RunError> {
+        for (li, layer) in self.layers.iter().enumerate() {
+            let has = matches!(c.recurrent.get(li), Some(Some(_)));
+            if matches!(layer.attn, Mixer::DeltaNet(_)) && !has {
+                return Err(RunError::CacheMismatch(li));
+            }
+        }
+        Ok(())
+    }
+
     /// Attention sub-layer over the rows of every step: reads `s.xn`, writes its output
     /// projection to `s.delta`. Projections run over all rows at once; RoPE, the cache write
     /// and attention itself run per sequence.
@@ -275,7 +320,7 @@ impl Transformer {
     ) {
         let c = &self.attn;
         let (qd, kd) = (c.n_heads * c.head_dim, c.n_kv * c.head_dim);
-        let q = sized(&mut s.q, l * qd);
+        let q = sized(&mut s.q, l * qd * if a.output_gate { 2 } else { 1 });
         let k = sized(&mut s.k, l * kd);
         let v = sized(&mut s.v, l * kd);
         for (proj, out) in [
@@ -286,6 +331,10 @@ impl Transformer {
             matmul(&self.pool, self.precision, &s.xn, l, &proj.matrix(), out);
             add_bias(proj, out);
         }
+        if a.output_gate {
+            split_query_gate(q, sized(&mut s.gate, l * qd), c.head_dim);
+        }
+        let q = &mut q[..l * qd];
         if let Some(w) = &a.q_norm {
             rms_norm_inplace(q, &w.view(), self.eps);
         }
@@ -324,6 +373,11 @@ impl Transformer {
                 &mut out[rows],
             );
             row += n;
+        }
+        if a.output_gate {
+            for (o, g) in out.iter_mut().zip(&s.gate) {
+                *o *= sigmoid(*g);
+            }
         }
         let delta = sized(&mut s.delta, l * self.info.hidden_size);
         matmul(
@@ -459,7 +513,46 @@ impl Transformer {
                 simd::axpy(s.expert_w[slot], &y[slot * hsz..(slot + 1) * hsz], d);
             }
         }
+        if let Some(sh) = &m.shared {
+            self.shared_expert(sh, l, s);
+        }
         Ok(())
+    }
+
+    /// `delta += [sigmoid(gate(x)) *] mlp(x)` for every token.
+    fn shared_expert(&self, sh: &SharedExpert, l: usize, s: &mut Scratch) {
+        let hsz = self.info.hidden_size;
+        if s.identity.len() < l {
+            s.identity = (0..l as u32).collect();
+        }
+        let rows = &s.identity[..l];
+        let m = &sh.mlp;
+        let pair = GatherPair {
+            gate: m.gate_proj.matrix(),
+            up: m.up_proj.matrix(),
+            x_rows: rows,
+            out_rows: rows,
+        };
+        let h = sized(&mut s.mlp_h, l * m.gate_proj.rows);
+        self.swiglu(&s.xn, &[pair], h, &mut s.swiglu_u);
+        let y = sized(&mut s.shared_y, l * hsz);
+        matmul(&self.pool, self.precision, h, l, &m.down_proj.matrix(), y);
+        let gates = sized(&mut s.shared_gate, l);
+        match &sh.gate {
+            // Exact, like the router: a one-row matmul, and it scales the whole output.
+            Some(g) => {
+                matmul(&self.pool, Precision::Exact, &s.xn, l, &g.matrix(), gates);
+                gates.iter_mut().for_each(|v| *v = sigmoid(*v));
+            }
+            None => gates.fill(1.0),
+        }
+        for (t, &w) in gates.iter().enumerate() {
+            simd::axpy(
+                w,
+                &y[t * hsz..(t + 1) * hsz],
+                &mut s.delta[t * hsz..(t + 1) * hsz],
+            );
+        }
     }
 }
 
@@ -474,7 +567,18 @@ impl Transformer {
     }
 }
 
-fn add_bias(lin: &Linear, out: &mut [f32]) {
+/// Qwen3-Next's `q_proj` output `[l, nh, 2 * hd]` (per head `[q | gate]`) split in place:
+/// the queries packed into the first `l * nh * hd` values, the gates into `gate`.
+fn split_query_gate(qg: &mut [f32], gate: &mut [f32], hd: usize) {
+    let heads = gate.len() / hd;
+    for i in 0..heads {
+        gate[i * hd..(i + 1) * hd].copy_from_slice(&qg[(2 * i + 1) * hd..(2 * i + 2) * hd]);
+        // Moving row i down to i never overwrites a row still to be read (rows 2j > i).
+        qg.copy_within(2 * i * hd..(2 * i + 1) * hd, i * hd);
+    }
+}
+
+pub(crate) fn add_bias(lin: &Linear, out: &mut [f32]) {
     if let Some(b) = &lin.bias {
         let b = b.view();
         for row in out.chunks_exact_mut(lin.rows) {

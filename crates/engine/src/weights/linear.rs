@@ -295,6 +295,12 @@ impl<'a> WeightLoader<'a> {
         self.floats(t, &[n])
     }
 
+    /// A float tensor `name` of exactly `shape` (e.g. a conv weight).
+    pub fn array(&self, name: &str, shape: &[usize]) -> Result<Floats, LoadError> {
+        let t = self.tensor(name, name)?;
+        self.floats(t, shape)
+    }
+
     /// Whether `module.weight` exists.
     pub fn has(&self, module: &str) -> bool {
         self.store.contains(&format!("{module}.weight"))
