@@ -166,3 +166,18 @@ fn a_bad_step_rejects_the_whole_batch_and_changes_nothing() {
     assert!(err.to_string().contains(&bad.to_string()), "{err}");
     assert_eq!((a.offset, b.offset), (0, 0));
 }
+
+/// The newer architectures, hybrids included: each Gated DeltaNet layer runs its conv and
+/// delta rule per sequence over that sequence's own recurrent state.
+#[test]
+fn batched_decode_matches_lone_sequences_other_archs() {
+    for name in [
+        "qwen3_next_q4_g32_f32",
+        "qwen3_5_moe_f32",
+        "olmoe_q4_g32_f32",
+        "mixtral_q4_g32_f32",
+    ] {
+        check(name, Precision::Exact, 0.0);
+    }
+    check("qwen3_next_q4_g32_f32", Precision::Fast, 0.0);
+}

@@ -140,7 +140,28 @@ mod tests {
             offset: n,
             layers: vec![kv],
             scratch: Default::default(),
+            recurrent: vec![None],
         }
+    }
+
+    #[test]
+    fn recurrent_caches_are_reused_only_whole() {
+        use moestream_engine::cache::DeltaState;
+        let hybrid = |n: usize| SeqCache {
+            recurrent: vec![Some(DeltaState::zeros(2, 4))],
+            ..cache_of(n)
+        };
+        let mut pc = PromptCache::new(4, usize::MAX);
+        pc.insert(&[1, 2, 3, 4], hybrid(4));
+        // A strict prefix of the entry would need the state after 2 tokens: not kept.
+        assert!(pc.lookup(&[1, 2, 7, 7]).is_none());
+        // The whole entry is a prefix of the prompt: reused with its state.
+        let r = pc.lookup(&[1, 2, 3, 4, 5]).expect("whole entry reused");
+        assert_eq!(r.cached_tokens, 4);
+        assert!(r.cache.recurrent[0].is_some());
+        // A cache that ran past the tokens it is stored under cannot be rewound to them.
+        pc.insert(&[8, 9], hybrid(3));
+        assert!(pc.lookup(&[8, 9, 1]).is_none());
     }
 
     #[test]
