@@ -3,7 +3,9 @@
 use crate::progress::LoadBar;
 use crate::sys;
 use anyhow::{bail, Context, Result};
+use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
+use moestream_engine::experts::Prefetch;
 use moestream_engine::{Engine, LoadOptions};
 use moestream_kernels::qdot::Precision;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,28 @@ pub struct ModelArgs {
     /// Expert reads in flight at once when streaming.
     #[arg(long, default_value_t = StreamOptions::default().io_depth, requires = "stream_experts")]
     pub io_depth: usize,
+    /// Expert prefetch when streaming: none; prev (re-read the experts the previous token
+    /// used in the next layer if they left the slots); lookahead (apply the next layer's
+    /// router to this layer's hidden state and read its picks while this layer computes).
+    /// Output is identical under every policy.
+    #[arg(long, default_value = "none", value_parser = parse_prefetch, requires = "stream_experts")]
+    pub prefetch: Prefetch,
+    /// Read experts with O_DIRECT (bypasses the page cache: reads cost disk time every time,
+    /// but the cache does not compete with the process for RAM).
+    #[arg(long, requires = "stream_experts")]
+    pub direct_io: bool,
+    /// I/O engine for expert reads: auto (io_uring if the startup probe works, else a pread
+    /// thread pool), io-uring, or pread.
+    #[arg(long, default_value = "auto", value_parser = parse_io_engine, requires = "stream_experts")]
+    pub io_engine: IoEngine,
+}
+
+fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
+    s.parse()
+}
+
+fn parse_io_engine(s: &str) -> Result<IoEngine, String> {
+    s.parse()
 }
 
 impl ModelArgs {
@@ -82,6 +106,9 @@ impl ModelArgs {
             cache_slots: self.cache_slots,
             io_depth: self.io_depth,
             memory_budget: budget,
+            prefetch: self.prefetch,
+            direct_io: self.direct_io,
+            io_engine: self.io_engine,
         });
         if self.cache_slots == 0 || self.io_depth == 0 {
             bail!("--cache-slots and --io-depth must be at least 1");
@@ -112,6 +139,11 @@ impl ModelArgs {
                     String::new()
                 }
             );
+        }
+        if self.stream_experts {
+            if let Some(d) = engine.model().experts.describe() {
+                eprintln!("streaming experts: {d}");
+            }
         }
         if let Some(first) = engine.loaded.unused_tensors.first() {
             eprintln!(
