@@ -45,16 +45,17 @@ pub struct ModelArgs {
     /// Expert prefetch when streaming: none; prev (re-read the experts the previous token
     /// used in the next layer if they left the slots); lookahead (apply the next layer's
     /// router to this layer's hidden state and read its picks while this layer computes).
-    /// Output is identical under every policy.
-    #[arg(long, default_value = "none", value_parser = parse_prefetch, requires = "stream_experts")]
+    /// Output is identical under every policy. Default chosen by measurement.
+    #[arg(long, default_value = "lookahead", value_parser = parse_prefetch, requires = "stream_experts")]
     pub prefetch: Prefetch,
     /// Read experts with O_DIRECT (bypasses the page cache: reads cost disk time every time,
     /// but the cache does not compete with the process for RAM).
     #[arg(long, requires = "stream_experts")]
     pub direct_io: bool,
-    /// I/O engine for expert reads: auto (io_uring if the startup probe works, else a pread
-    /// thread pool), io-uring, or pread.
-    #[arg(long, default_value = "auto", value_parser = parse_io_engine, requires = "stream_experts")]
+    /// I/O engine for expert reads: pread (a pool of --io-depth reader threads; measured
+    /// fastest here), io-uring or auto (io_uring if the startup probe works; both fall back
+    /// to the pread pool and say why when io_uring is unavailable).
+    #[arg(long, default_value = "pread", value_parser = parse_io_engine, requires = "stream_experts")]
     pub io_engine: IoEngine,
 }
 

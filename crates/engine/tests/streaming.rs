@@ -66,7 +66,9 @@ fn streamed_equals_resident_for_every_slot_count_policy_and_engine() {
         for (prefetch, direct_io, io_engine) in modes {
             // 2 slots < top-k 4: every call is served in batches; 16 slots: all experts fit.
             for slots in [2, 5, 16] {
-                let what = format!("{name} with {slots} slots, {prefetch:?}, direct {direct_io}, {io_engine:?}");
+                let what = format!(
+                    "{name} with {slots} slots, {prefetch:?}, direct {direct_io}, {io_engine:?}"
+                );
                 let streamed = load(
                     &dir,
                     Some(StreamOptions {
@@ -95,7 +97,10 @@ fn streamed_equals_resident_for_every_slot_count_policy_and_engine() {
                 }
                 // (The sparse fixture has a single MoE layer: nothing to look ahead to.)
                 if prefetch == Prefetch::Lookahead && slots == 5 && !name.contains("sparse") {
-                    assert!(st.prefetch_reads > 0, "{what}: lookahead read ahead: {st:?}");
+                    assert!(
+                        st.prefetch_reads > 0,
+                        "{what}: lookahead read ahead: {st:?}"
+                    );
                 }
                 if slots == 16 {
                     // Every expert fits: after the first reads everything is a hit.

@@ -24,15 +24,15 @@ impl Transformer {
         if self.experts.prefetch_policy() != Prefetch::Lookahead {
             return;
         }
-        let Some((next, moe)) = self
-            .layers
-            .iter()
-            .enumerate()
-            .skip(layer + 1)
-            .find_map(|(i, ly)| match &ly.ffn {
-                FeedForward::Moe(m) => Some((i, m)),
-                FeedForward::Dense(_) => None,
-            })
+        let Some((next, moe)) =
+            self.layers
+                .iter()
+                .enumerate()
+                .skip(layer + 1)
+                .find_map(|(i, ly)| match &ly.ffn {
+                    FeedForward::Moe(m) => Some((i, m)),
+                    FeedForward::Dense(_) => None,
+                })
         else {
             return;
         };

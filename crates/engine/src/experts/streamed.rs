@@ -38,13 +38,16 @@ pub struct StreamOptions {
 
 impl Default for StreamOptions {
     fn default() -> Self {
+        // Chosen by measurement (BENCHMARKS.md, streaming): 64 slots beat 32 and 16 at every
+        // depth, depth 16 beat 4, router lookahead beat no prefetch in every cell, and the
+        // pread pool beat io_uring for buffered and direct reads on the dev machine.
         StreamOptions {
-            cache_slots: 32,
+            cache_slots: 64,
             io_depth: 16,
             memory_budget: None,
-            prefetch: Prefetch::None,
+            prefetch: Prefetch::Lookahead,
             direct_io: false,
-            io_engine: IoEngine::Auto,
+            io_engine: IoEngine::Pread,
         }
     }
 }
@@ -264,7 +267,11 @@ impl StreamedExperts {
         let moe: Vec<usize> = (0..layers.len()).filter(|&i| layers[i].is_some()).collect();
         let next_moe = (0..layers.len())
             .map(|i| {
-                let next = moe.iter().copied().find(|&j| j > i).or(moe.first().copied());
+                let next = moe
+                    .iter()
+                    .copied()
+                    .find(|&j| j > i)
+                    .or(moe.first().copied());
                 next.filter(|&j| j != i)
             })
             .collect();
@@ -329,7 +336,14 @@ impl StreamedExperts {
     }
 
     /// Read jobs that fill `slot` with expert `id`.
-    fn jobs_for(&self, l: &Layer, base: *mut u8, slot: usize, id: u32, jobs: &mut Vec<ReadJob>) -> u64 {
+    fn jobs_for(
+        &self,
+        l: &Layer,
+        base: *mut u8,
+        slot: usize,
+        id: u32,
+        jobs: &mut Vec<ReadJob>,
+    ) -> u64 {
         let slot_bytes = l.layout.slot_bytes;
         let e = &l.experts[id as usize];
         let mut bytes = 0u64;
@@ -636,6 +650,7 @@ mod tests {
             cache_slots: 32,
             io_depth: 4,
             memory_budget: Some(1_000),
+            ..Default::default()
         };
         // 1000 - 300 dense - 100 KV = 600 left: 6 slots of 100 bytes.
         let plan = opts.plan(300, 100, 100).unwrap();
