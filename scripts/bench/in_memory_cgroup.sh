@@ -23,13 +23,13 @@ echo 0 > "$CG/memory.max_usage_in_bytes" 2>/dev/null || true
 echo 0 > "$CG/memory.failcnt" 2>/dev/null || true
 sync; echo 3 > /proc/sys/vm/drop_caches
 oom_before="$(awk '/oom_kill / {print $2}' "$CG/memory.oom_control")"
-echo "cgroup:  $NAME, memory.limit_in_bytes = $(cat "$CG/memory.limit_in_bytes") ($LIMIT), page cache dropped"
-echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%T) UTC"
+echo "cgroup:  $NAME, memory.limit_in_bytes = $(cat "$CG/memory.limit_in_bytes") ($LIMIT), page cache dropped" >&2
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%T) UTC" >&2
 set +e
 bash -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' _ "$CG" "$@"
 rc=$?
 set -e
 oom_after="$(awk '/oom_kill / {print $2}' "$CG/memory.oom_control")"
-echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%T) UTC"
-echo "cgroup peak usage (RSS + page cache): $(( $(cat "$CG/memory.max_usage_in_bytes") / 1048576 )) MiB of $(( $(cat "$CG/memory.limit_in_bytes") / 1048576 )) MiB; limit hit $(cat "$CG/memory.failcnt") times; OOM kills during the run: $(( oom_after - oom_before )); exit status $rc"
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%T) UTC" >&2
+echo "cgroup peak usage (RSS + page cache): $(( $(cat "$CG/memory.max_usage_in_bytes") / 1048576 )) MiB of $(( $(cat "$CG/memory.limit_in_bytes") / 1048576 )) MiB; limit hit $(cat "$CG/memory.failcnt") times; OOM kills during the run: $(( oom_after - oom_before )); exit status $rc" >&2
 exit $rc
