@@ -148,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "cache_slots": args.model.stream_experts.then_some(args.model.cache_slots),
             "io_depth": args.model.stream_experts.then_some(args.model.io_depth),
             "prefetch": args.model.stream_experts.then_some(args.model.prefetch.as_str()),
-            "direct_io": args.model.stream_experts.then_some(args.model.direct_io),
+            "direct_io": args.model.stream_experts.then_some(&args.model.direct_io),
             "io_engine": args.model.stream_experts.then(|| format!("{:?}", args.model.io_engine)),
             "threads": model.pool.threads(),
             "prompt_tokens": args.prompt_tokens,

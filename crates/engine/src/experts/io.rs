@@ -86,7 +86,9 @@ impl SourceFiles {
         // A descriptor of our own, marked random-access: the kernel's readahead would turn
         // every slab read into a window of several times its size (read_ahead_kb is 8 MiB on
         // the dev machine), wasting disk time and page cache on neighbouring experts.
-        let buffered = std::fs::File::open(path).or_else(|_| file.try_clone()).ok()?;
+        let buffered = std::fs::File::open(path)
+            .or_else(|_| file.try_clone())
+            .ok()?;
         // SAFETY: an advisory call on a descriptor we own.
         unsafe { libc::posix_fadvise(buffered.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         let direct = if direct {
