@@ -34,7 +34,7 @@ for engine in io_uring psync; do
     done
 done
 for engine in io-uring pread; do
-    for direct in "" --direct-io; do
+    for direct in "--direct-io off" "--direct-io on"; do
         drop
         "$BIN" bench --model "$DIR" --stream-experts --prefetch none --io-engine $engine \
             --io-depth "$DEPTH" $direct --prompt-tokens 8 --gen-tokens 24 \
@@ -42,7 +42,7 @@ for engine in io-uring pread; do
 import json, sys
 f = json.load(sys.stdin)["figures"]
 print("moestream %s %s: miss-path %.2f GB/s, %.0f MB/token on misses, hit rate %.1f%%, decode %.2f tok/s, stall %.0f ms/token (%s)" % (
-    sys.argv[1], sys.argv[2] or "buffered", f["decode_expert_read_bandwidth_bytes_s"] / 1e9,
+    sys.argv[1], sys.argv[2], f["decode_expert_read_bandwidth_bytes_s"] / 1e9,
     f["decode_expert_miss_bytes_per_token"] / 1e6, 100 * f["decode_expert_hit_rate"],
     f["decode_tok_s"], 1e3 * f["decode_io_stall_s_per_token"], f["expert_store"]))' "$engine" "$direct"
     done
