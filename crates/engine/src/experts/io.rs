@@ -362,6 +362,14 @@ impl IoPool {
     /// An engine keeping up to `depth` reads in flight: io_uring if wanted and the probe
     /// succeeds, else `depth` pread threads.
     pub fn new(depth: usize, engine: IoEngine) -> Self {
+        Self::with_probe(depth, engine, probe_uring)
+    }
+
+    fn with_probe(
+        depth: usize,
+        engine: IoEngine,
+        probe: fn(usize) -> Result<io_uring::IoUring, String>,
+    ) -> Self {
         let depth = depth.max(1);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -369,7 +377,7 @@ impl IoPool {
         });
         let mut uring_failure = None;
         if engine != IoEngine::Pread {
-            match probe_uring(depth) {
+            match probe(depth) {
                 Ok(ring) => {
                     let s = Arc::clone(&shared);
                     let t = std::thread::Builder::new()
@@ -617,6 +625,49 @@ impl Drop for IoPool {
         self.shared.ready.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(src: &Bytes, dst: &mut [u8], n: usize) -> Vec<ReadJob> {
+        dst.chunks_mut(src.len())
+            .take(n)
+            .map(|d| ReadJob::new(src, None, d.as_mut_ptr(), false))
+            .collect()
+    }
+
+    /// A sandbox that forbids io_uring: the pool falls back to pread threads, says why, and
+    /// reads as before.
+    #[test]
+    fn forbidden_io_uring_falls_back_to_the_pread_pool() {
+        let forbidden = |_| Err("io_uring_setup: Operation not permitted (os error 1)".into());
+        let pool = IoPool::with_probe(3, IoEngine::Auto, forbidden);
+        assert_eq!(pool.engine_name(), "pread pool of 3 threads");
+        assert!(pool
+            .uring_failure
+            .as_deref()
+            .unwrap()
+            .contains("not permitted"));
+        let src = Bytes::copied(&(0..200u8).collect::<Vec<_>>());
+        let mut dst = vec![0u8; 200 * 5];
+        pool.read_all(jobs(&src, &mut dst, 5)).unwrap();
+        assert!(dst.chunks(200).all(|c| c == src.as_slice()));
+    }
+
+    #[test]
+    fn prefetch_reads_complete_behind_their_ticket() {
+        for engine in [IoEngine::Pread, IoEngine::IoUring] {
+            let pool = IoPool::new(2, engine);
+            let src = Bytes::copied(&[7u8; 64]);
+            let mut dst = vec![0u8; 64 * 8];
+            let t = pool.submit(jobs(&src, &mut dst, 8), Priority::Prefetch);
+            t.wait().unwrap();
+            assert!(t.is_done());
+            assert!(dst.iter().all(|&b| b == 7), "{engine:?}");
         }
     }
 }
