@@ -63,6 +63,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map(|_| rng.below(id_range) as u32)
         .collect();
     let usage_before = model.experts.usage();
+    let rss_after_load = rss_bytes();
 
     let mut cache = model.new_cache();
     let mut logits = Vec::new();
@@ -78,12 +79,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let usage_mid = model.experts.usage();
     let io_mid = model.experts.stats();
     eprintln!("decode: {} tokens...", args.gen_tokens);
+    let rss_decode_start = rss_bytes();
+    // Resident set every 100 decoded tokens (bounded memory over long generations).
+    let mut rss_samples = Vec::new();
     let t1 = Instant::now();
-    for _ in 0..args.gen_tokens {
+    for i in 0..args.gen_tokens {
         model
             .forward(&[next], &mut cache, false, &mut logits)
             .context("decode")?;
         next = argmax(&logits);
+        if (i + 1) % 100 == 0 {
+            rss_samples.push(json!([i + 1, rss_bytes()]));
+        }
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     let usage_after = model.experts.usage();
@@ -106,9 +113,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
         "experts_streamed": args.model.stream_experts,
         "decode_expert_hit_rate": io.hit_rate(),
-        "decode_expert_bytes_read_per_token": io.bytes_read as f64 / args.gen_tokens as f64,
+        "decode_expert_bytes_read_per_token": io.total_bytes() as f64 / args.gen_tokens as f64,
+        "decode_expert_miss_bytes_per_token": io.bytes_read as f64 / args.gen_tokens as f64,
         "decode_expert_read_bandwidth_bytes_s": io.read_bandwidth(),
-        "decode_io_stall_s_per_token": io.read_secs / args.gen_tokens as f64,
+        "decode_io_stall_s_per_token": io.stall_secs() / args.gen_tokens as f64,
+        "decode_prefetch_reads": io.prefetch_reads,
+        "decode_prefetch_hits": io.prefetch_hits,
+        "decode_prefetch_hit_rate": io.prefetch_hit_rate(),
+        "decode_prefetch_bytes_per_token": io.prefetch_bytes as f64 / args.gen_tokens as f64,
+        "decode_prefetch_wait_s_per_token": io.prefetch_wait_secs / args.gen_tokens as f64,
+        "rss_after_load_bytes": rss_after_load,
+        "rss_decode_start_bytes": rss_decode_start,
+        "rss_end_bytes": rss_bytes(),
+        "rss_every_100_decoded_tokens": rss_samples,
+        "expert_store": model.experts.describe(),
         "routing_spread": json!({
             "prefill_distinct_experts_per_layer": distinct(&usage_before, &usage_mid),
             "decode_distinct_experts_per_layer": distinct(&usage_mid, &usage_after),
@@ -129,6 +147,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "stream_experts": args.model.stream_experts,
             "cache_slots": args.model.stream_experts.then_some(args.model.cache_slots),
             "io_depth": args.model.stream_experts.then_some(args.model.io_depth),
+            "prefetch": args.model.stream_experts.then_some(args.model.prefetch.as_str()),
+            "direct_io": args.model.stream_experts.then_some(&args.model.direct_io),
+            "io_engine": args.model.stream_experts.then(|| format!("{:?}", args.model.io_engine)),
             "threads": model.pool.threads(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
@@ -154,16 +175,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
         );
         if args.model.stream_experts {
+            let per_tok = |x: f64| x / args.gen_tokens as f64;
             println!(
-                "experts (decode): hit rate {:.1}% | {:.1} MB read per token at {:.2} GB/s | I/O stall {:.1} ms per token",
+                "experts (decode): hit rate {:.1}% | {:.1} MB read per token ({:.1} MB on misses at {:.2} GB/s) | prefetch {:.1} experts/token, {:.1}% used | I/O stall {:.1} ms per token | RSS {:.2} -> {:.2} GiB",
                 100.0 * io.hit_rate(),
-                io.bytes_read as f64 / args.gen_tokens as f64 / 1e6,
+                per_tok(io.total_bytes() as f64) / 1e6,
+                per_tok(io.bytes_read as f64) / 1e6,
                 io.read_bandwidth() / 1e9,
-                1e3 * io.read_secs / args.gen_tokens as f64,
+                per_tok(io.prefetch_reads as f64),
+                100.0 * io.prefetch_hit_rate(),
+                1e3 * per_tok(io.stall_secs()),
+                rss_decode_start.unwrap_or(0) as f64 / (1u64 << 30) as f64,
+                rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
             );
         }
     }
     Ok(())
+}
+
+/// Current resident set size (`VmRSS`).
+fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Distinct experts used per MoE layer between two usage snapshots.

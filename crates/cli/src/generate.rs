@@ -142,11 +142,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if args.model.stream_experts {
             let io = engine.model().experts.stats();
             eprintln!(
-                "experts: hit rate {:.1}% | {:.1} MB read at {:.2} GB/s | stalled {:.2} s on reads",
+                "experts: hit rate {:.1}% | {:.1} MB read on misses at {:.2} GB/s | prefetch: {} experts ({:.1} MB), {:.1}% used | stalled {:.2} s on reads",
                 100.0 * io.hit_rate(),
                 io.bytes_read as f64 / 1e6,
                 io.read_bandwidth() / 1e9,
-                io.read_secs
+                io.prefetch_reads,
+                io.prefetch_bytes as f64 / 1e6,
+                100.0 * io.prefetch_hit_rate(),
+                io.stall_secs()
             );
         }
     }
@@ -160,7 +163,10 @@ fn experts_json(engine: &Engine) -> Value {
         return Value::Null;
     }
     json!({"hits": io.hits, "misses": io.misses, "hit_rate": io.hit_rate(), "bytes_read": io.bytes_read,
-           "read_bandwidth_bytes_s": io.read_bandwidth(), "read_stall_s": io.read_secs})
+           "read_bandwidth_bytes_s": io.read_bandwidth(), "read_stall_s": io.stall_secs(),
+           "prefetch_reads": io.prefetch_reads, "prefetch_hits": io.prefetch_hits,
+           "prefetch_hit_rate": io.prefetch_hit_rate(), "prefetch_bytes": io.prefetch_bytes,
+           "prefetch_wait_s": io.prefetch_wait_secs})
 }
 
 fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
+use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
+use moestream_engine::experts::Prefetch;
 use moestream_engine::models::transformer::FeedForward;
 use moestream_engine::{load_model, LoadOptions, Loaded};
 use moestream_kernels::qdot::Precision;
@@ -40,8 +42,19 @@ fn greedy(m: &Loaded, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
     (ids, logits)
 }
 
+/// Every policy, I/O engine and read mode gives the resident path's tokens and logits bit for
+/// bit: prefetch and direct reads only change what is in the slots and how it got there.
 #[test]
-fn streamed_equals_resident_for_every_slot_count() {
+fn streamed_equals_resident_for_every_slot_count_policy_and_engine() {
+    let modes = [
+        (Prefetch::None, false, IoEngine::Auto),
+        (Prefetch::Prev, false, IoEngine::Auto),
+        (Prefetch::Lookahead, false, IoEngine::Auto),
+        (Prefetch::None, true, IoEngine::Pread),
+        (Prefetch::Lookahead, true, IoEngine::IoUring),
+        (Prefetch::Prev, true, IoEngine::Auto),
+        (Prefetch::Lookahead, false, IoEngine::Pread),
+    ];
     for name in [
         "qwen3_moe_q4_g64_f32",
         "qwen3_moe_q4_g64_bf16",
@@ -55,44 +68,64 @@ fn streamed_equals_resident_for_every_slot_count() {
     ] {
         let dir = fixture(name);
         let prompt = ids(&expected(name)["prompt_ids"]);
-        let (want_ids, want_logits) = greedy(&load(&dir, None), &prompt);
-        // 2 slots < top-k 4: every call is served in batches; 16 slots: all experts fit.
-        for slots in [2, 5, 16] {
-            let streamed = load(
-                &dir,
-                Some(StreamOptions {
-                    cache_slots: slots,
-                    io_depth: 4,
-                    ..Default::default()
-                }),
-            );
-            let (got_ids, got_logits) = greedy(&streamed, &prompt);
-            assert_eq!(got_ids, want_ids, "{name} with {slots} slots");
-            assert_eq!(
-                got_logits, want_logits,
-                "{name} with {slots} slots: logits must be bit-identical"
-            );
-            let st = streamed.model.experts.stats();
-            assert!(
-                st.misses > 0 && st.bytes_read > 0,
-                "{name}: reads were counted: {st:?}"
-            );
-            if slots == 16 {
-                // Every expert fits: after the first reads everything is a hit.
-                let experts: usize = streamed
-                    .model
-                    .layers
-                    .iter()
-                    .map(|l| match &l.ffn {
-                        FeedForward::Moe(m) => m.n_experts,
-                        FeedForward::Dense(_) => 0,
-                    })
-                    .sum();
-                assert!(
-                    st.misses as usize <= experts,
-                    "{name}: at most one miss per expert per layer: {st:?}"
+        let resident = load(&dir, None);
+        let (want_ids, want_logits) = greedy(&resident, &prompt);
+        let experts: usize = resident
+            .model
+            .layers
+            .iter()
+            .map(|l| match &l.ffn {
+                FeedForward::Moe(m) => m.n_experts,
+                FeedForward::Dense(_) => 0,
+            })
+            .sum();
+        for (prefetch, direct_io, io_engine) in modes {
+            // 2 slots < top-k 4: every call is served in batches; 16 slots: all experts fit.
+            for slots in [2, 5, 16] {
+                let what = format!(
+                    "{name} with {slots} slots, {prefetch:?}, direct {direct_io}, {io_engine:?}"
                 );
-                assert!(st.hits > st.misses);
+                let streamed = load(
+                    &dir,
+                    Some(StreamOptions {
+                        cache_slots: slots,
+                        io_depth: 4,
+                        prefetch,
+                        direct_io,
+                        io_engine,
+                        ..Default::default()
+                    }),
+                );
+                let (got_ids, got_logits) = greedy(&streamed, &prompt);
+                assert_eq!(got_ids, want_ids, "{what}");
+                assert_eq!(
+                    got_logits, want_logits,
+                    "{what}: logits must be bit-identical"
+                );
+                let st = streamed.model.experts.stats();
+                assert!(
+                    st.misses > 0 && st.bytes_read > 0,
+                    "{what}: reads were counted: {st:?}"
+                );
+                assert!(st.prefetch_hits <= st.prefetch_reads, "{what}: {st:?}");
+                if prefetch == Prefetch::None {
+                    assert_eq!(st.prefetch_reads, 0, "{what}");
+                }
+                // (The sparse fixture has a single MoE layer: nothing to look ahead to.)
+                if prefetch == Prefetch::Lookahead && slots == 5 && !name.contains("sparse") {
+                    assert!(
+                        st.prefetch_reads > 0,
+                        "{what}: lookahead read ahead: {st:?}"
+                    );
+                }
+                if slots == 16 {
+                    // Every expert fits: after the first reads everything is a hit.
+                    assert!(
+                        (st.misses + st.prefetch_reads) as usize <= experts,
+                        "{what}: at most one read per expert per layer: {st:?}"
+                    );
+                    assert!(st.hits > st.misses);
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 //! mapped files) or streamed from disk into slots.
 
 pub mod io;
+mod prefetch;
 pub mod streamed;
 
 use crate::error::RunError;
@@ -18,8 +19,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct StoreStats {
     pub hits: u64,
     pub misses: u64,
+    /// Bytes read on misses (demand reads).
     pub bytes_read: u64,
+    /// Time the forward pass waited for demand reads.
     pub read_secs: f64,
+    /// Experts read ahead of need by a prefetch policy.
+    pub prefetch_reads: u64,
+    pub prefetch_bytes: u64,
+    /// Time the forward pass waited for prefetch reads still in flight.
+    pub prefetch_wait_secs: f64,
+    /// Prefetched experts that a forward pass then used (counted in `hits`).
+    pub prefetch_hits: u64,
 }
 
 impl StoreStats {
@@ -32,12 +42,31 @@ impl StoreStats {
         }
     }
 
-    /// Read bandwidth while reading (bytes over the time spent waiting for reads).
+    /// Time the forward pass waited on reads of any kind.
+    pub fn stall_secs(&self) -> f64 {
+        self.read_secs + self.prefetch_wait_secs
+    }
+
+    /// Bytes read of any kind.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes_read + self.prefetch_bytes
+    }
+
+    /// Read bandwidth of demand reads (their bytes over the time spent waiting for them).
     pub fn read_bandwidth(&self) -> f64 {
         if self.read_secs > 0.0 {
             self.bytes_read as f64 / self.read_secs
         } else {
             0.0
+        }
+    }
+
+    /// Share of prefetched experts that were used before being evicted.
+    pub fn prefetch_hit_rate(&self) -> f64 {
+        if self.prefetch_reads == 0 {
+            0.0
+        } else {
+            self.prefetch_hits as f64 / self.prefetch_reads as f64
         }
     }
 
@@ -48,6 +77,46 @@ impl StoreStats {
             misses: self.misses - earlier.misses,
             bytes_read: self.bytes_read - earlier.bytes_read,
             read_secs: self.read_secs - earlier.read_secs,
+            prefetch_reads: self.prefetch_reads - earlier.prefetch_reads,
+            prefetch_bytes: self.prefetch_bytes - earlier.prefetch_bytes,
+            prefetch_wait_secs: self.prefetch_wait_secs - earlier.prefetch_wait_secs,
+            prefetch_hits: self.prefetch_hits - earlier.prefetch_hits,
+        }
+    }
+}
+
+/// What a streamed store reads before a layer asks for it. Prefetch only changes what is in
+/// the slots, never the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    #[default]
+    None,
+    /// When layer l is fetched, re-read the experts the previous token used in the next MoE
+    /// layer (wrapping to the first layer for the next token) if they left the slots.
+    Prev,
+    /// After layer l routes, apply the next MoE layer's router to layer l's residual stream
+    /// and read the experts it picks while layer l computes.
+    Lookahead,
+}
+
+impl std::str::FromStr for Prefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Prefetch::None),
+            "prev" => Ok(Prefetch::Prev),
+            "lookahead" => Ok(Prefetch::Lookahead),
+            _ => Err(format!("{s:?}: expected none, prev or lookahead")),
+        }
+    }
+}
+
+impl Prefetch {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Prefetch::None => "none",
+            Prefetch::Prev => "prev",
+            Prefetch::Lookahead => "lookahead",
         }
     }
 }
@@ -70,6 +139,20 @@ pub trait ExpertStore: Send + Sync {
         ids: &[u32],
         f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
     ) -> Result<(), RunError>;
+
+    /// The prefetch policy the model should drive (`Lookahead` needs the model's routers).
+    fn prefetch_policy(&self) -> Prefetch {
+        Prefetch::None
+    }
+
+    /// Starts reading experts `ids` of `layer` in the background (a hint: no error, no wait;
+    /// ignored by stores without slots).
+    fn prefetch(&self, _layer: usize, _ids: &[u32]) {}
+
+    /// One line on how experts are served (I/O engine, direct I/O, prefetch), for the log.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 
     /// Streaming counters (zero for resident stores).
     fn stats(&self) -> StoreStats {

@@ -6,8 +6,11 @@
 //! positional reads (gate/up/down × weight/scales/biases) straight into its slot, with no
 //! repacking; the slot then serves as the expert's matrices for the gathered kernels.
 
-use super::io::{IoPool, ReadJob};
-use super::{ExpertMats, ExpertStore, ExpertWeights, StoreStats, UsageCounters};
+use super::io::{
+    direct_region, view_offset, IoEngine, IoPool, Priority, ReadJob, SourceFiles, Ticket,
+    DIRECT_ALIGN,
+};
+use super::{ExpertMats, ExpertStore, ExpertWeights, Prefetch, StoreStats, UsageCounters};
 use crate::error::RunError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -25,14 +28,26 @@ pub struct StreamOptions {
     /// Cap on what the engine holds (resident dense weights + slots + a KV reserve); the
     /// slot count is lowered to fit. `None`: no cap.
     pub memory_budget: Option<u64>,
+    /// What to read before it is asked for.
+    pub prefetch: Prefetch,
+    /// Read experts with `O_DIRECT` (bypassing the page cache).
+    pub direct_io: bool,
+    /// io_uring (probed) or the pread pool.
+    pub io_engine: IoEngine,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
+        // Chosen by measurement (BENCHMARKS.md, streaming): 64 slots beat 32 and 16 at every
+        // depth, depth 16 beat 4, router lookahead beat no prefetch in every cell, and the
+        // pread pool beat io_uring for buffered and direct reads on the dev machine.
         StreamOptions {
-            cache_slots: 32,
+            cache_slots: 64,
             io_depth: 16,
             memory_budget: None,
+            prefetch: Prefetch::Lookahead,
+            direct_io: false,
+            io_engine: IoEngine::Pread,
         }
     }
 }
@@ -90,22 +105,29 @@ impl StreamOptions {
     }
 }
 
-/// Where each part of an expert lies inside a slot: offsets of the 9 (or 3) parts.
+/// Where each part of an expert lies inside a slot. Buffered: parts packed at
+/// [`PART_ALIGN`]. Direct: each part gets an aligned region that can take the aligned
+/// superset a direct read needs; the part then starts at its file offset's phase inside it.
 struct SlotLayout {
-    /// Per projection (gate, up, down): byte offset and length of each part.
+    /// Per projection (gate, up, down): region offset and part length of each part.
     parts: [Vec<(usize, usize)>; 3],
     slot_bytes: usize,
+    direct: bool,
 }
 
 impl SlotLayout {
-    fn of(e: &ExpertWeights) -> Self {
+    fn of(e: &ExpertWeights, direct: bool) -> Self {
         let mut off = 0usize;
         let mut place = |lin: &crate::weights::Linear| {
             lin.parts()
                 .iter()
                 .map(|b| {
                     let at = off;
-                    off += b.len().div_ceil(PART_ALIGN) * PART_ALIGN;
+                    off += if direct {
+                        direct_region(b.len())
+                    } else {
+                        b.len().div_ceil(PART_ALIGN) * PART_ALIGN
+                    };
                     (at, b.len())
                 })
                 .collect::<Vec<_>>()
@@ -114,19 +136,70 @@ impl SlotLayout {
         SlotLayout {
             parts,
             slot_bytes: off,
+            direct,
         }
     }
+
+    /// Where `src`'s bytes start inside its region.
+    fn at(&self, src: &crate::weights::bytes::Bytes) -> usize {
+        view_offset(src, self.direct)
+    }
+}
+
+/// Zeroed memory aligned for direct reads (pages are only touched as slots fill).
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain memory; access is serialised by the layer's mutex and the tickets of reads
+// in flight.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .expect("slot buffer layout");
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        AlignedBuf { ptr, len }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), DIRECT_ALIGN)
+            .expect("slot buffer layout");
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+/// Reads started by a prefetch, not yet waited for: their slots already name their experts,
+/// so anyone locking the layer settles this first.
+struct Pending {
+    ticket: Ticket,
+    slots: Vec<usize>,
 }
 
 /// The slots of one layer and who is in them.
 struct Slots {
-    buf: Vec<u64>,
+    buf: AlignedBuf,
     /// Expert held by each slot.
     owner: Vec<Option<u32>>,
     /// Last use (a tick) of each slot, for LRU replacement.
     last_use: Vec<u64>,
     /// Slot of each expert, if resident.
     slot_of: Vec<Option<u32>>,
+    /// Whether the slot was filled by a prefetch and not used since.
+    prefetched: Vec<bool>,
+    pending: Option<Pending>,
+    /// Experts the last call used (for `Prefetch::Prev`).
+    last_ids: Vec<u32>,
     tick: u64,
 }
 
@@ -138,31 +211,49 @@ struct Layer {
 
 pub struct StreamedExperts {
     layers: Vec<Option<Layer>>,
+    /// MoE layer after each layer (wrapping to the first for the next token), for `Prev`.
+    next_moe: Vec<Option<usize>>,
+    files: SourceFiles,
     io: IoPool,
     options: StreamOptions,
     hits: AtomicU64,
     misses: AtomicU64,
     bytes_read: AtomicU64,
     read_nanos: AtomicU64,
+    prefetch_reads: AtomicU64,
+    prefetch_hits: AtomicU64,
+    prefetch_bytes: AtomicU64,
+    prefetch_wait_nanos: AtomicU64,
     usage: UsageCounters,
 }
 
 impl StreamedExperts {
     /// Takes the experts' metadata (views into the mapped files, which this store never
-    /// touches through the mapping) and allocates the slots.
+    /// touches through the mapping), opens the files for reads and allocates the slots.
     pub fn new(layers: Vec<Option<Vec<ExpertWeights>>>, options: StreamOptions) -> Self {
         let usage = UsageCounters::new(&layers);
-        let layers = layers
+        let mut files = SourceFiles::default();
+        for e in layers.iter().flatten().flatten() {
+            for lin in [&e.gate, &e.up, &e.down] {
+                for b in lin.parts() {
+                    files.open(b, options.direct_io);
+                }
+            }
+        }
+        let layers: Vec<Option<Layer>> = layers
             .into_iter()
             .map(|l| {
                 l.filter(|e| !e.is_empty()).map(|experts| {
-                    let layout = SlotLayout::of(&experts[0]);
+                    let layout = SlotLayout::of(&experts[0], options.direct_io);
                     let n = options.cache_slots.max(1);
                     let slots = Slots {
-                        buf: vec![0u64; n * layout.slot_bytes / 8],
+                        buf: AlignedBuf::zeroed(n * layout.slot_bytes),
                         owner: vec![None; n],
                         last_use: vec![0; n],
                         slot_of: vec![None; experts.len()],
+                        prefetched: vec![false; n],
+                        pending: None,
+                        last_ids: Vec::with_capacity(experts.len()),
                         tick: 0,
                     };
                     Layer {
@@ -173,14 +264,31 @@ impl StreamedExperts {
                 })
             })
             .collect();
+        let moe: Vec<usize> = (0..layers.len()).filter(|&i| layers[i].is_some()).collect();
+        let next_moe = (0..layers.len())
+            .map(|i| {
+                let next = moe
+                    .iter()
+                    .copied()
+                    .find(|&j| j > i)
+                    .or(moe.first().copied());
+                next.filter(|&j| j != i)
+            })
+            .collect();
         StreamedExperts {
             layers,
-            io: IoPool::new(options.io_depth),
+            next_moe,
+            files,
+            io: IoPool::new(options.io_depth, options.io_engine),
             options,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             read_nanos: AtomicU64::new(0),
+            prefetch_reads: AtomicU64::new(0),
+            prefetch_hits: AtomicU64::new(0),
+            prefetch_bytes: AtomicU64::new(0),
+            prefetch_wait_nanos: AtomicU64::new(0),
             usage,
         }
     }
@@ -190,12 +298,12 @@ impl StreamedExperts {
     }
 
     /// Bytes of one slot in every MoE layer.
-    pub fn bytes_per_slot(layers: &[Option<Vec<ExpertWeights>>]) -> u64 {
+    pub fn bytes_per_slot(layers: &[Option<Vec<ExpertWeights>>], direct_io: bool) -> u64 {
         layers
             .iter()
             .flatten()
             .filter_map(|e| e.first())
-            .map(|e| SlotLayout::of(e).slot_bytes as u64)
+            .map(|e| SlotLayout::of(e, direct_io).slot_bytes as u64)
             .sum()
     }
 
@@ -206,6 +314,55 @@ impl StreamedExperts {
             .flatten()
             .map(|l| l.layout.slot_bytes * self.options.cache_slots.max(1))
             .sum()
+    }
+
+    /// Waits for the layer's prefetch reads, if any; a failed one leaves its slots empty
+    /// (the demand path will read them again and report a lasting error).
+    fn settle(&self, s: &mut Slots) {
+        if let Some(p) = s.pending.take() {
+            let t = Instant::now();
+            let r = p.ticket.wait();
+            self.prefetch_wait_nanos
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if r.is_err() {
+                for slot in p.slots {
+                    if let Some(old) = s.owner[slot].take() {
+                        s.slot_of[old as usize] = None;
+                    }
+                    s.prefetched[slot] = false;
+                }
+            }
+        }
+    }
+
+    /// Read jobs that fill `slot` with expert `id`.
+    fn jobs_for(
+        &self,
+        l: &Layer,
+        base: *mut u8,
+        slot: usize,
+        id: u32,
+        jobs: &mut Vec<ReadJob>,
+    ) -> u64 {
+        let slot_bytes = l.layout.slot_bytes;
+        let e = &l.experts[id as usize];
+        let mut bytes = 0u64;
+        for (k, lin) in [&e.gate, &e.up, &e.down].into_iter().enumerate() {
+            for (src, &(off, len)) in lin.parts().into_iter().zip(&l.layout.parts[k]) {
+                debug_assert_eq!(src.len(), len);
+                bytes += len as u64;
+                // SAFETY: inside the slot; the buffer outlives the batch (the store settles
+                // every batch before touching or freeing its slots).
+                let region = unsafe { base.add(slot * slot_bytes + off) };
+                jobs.push(ReadJob::new(
+                    src,
+                    self.files.get(src),
+                    region,
+                    l.layout.direct,
+                ));
+            }
+        }
+        bytes
     }
 }
 
@@ -227,18 +384,24 @@ impl ExpertStore for StreamedExperts {
             )));
         }
         self.usage.count(layer, ids);
+        if self.options.prefetch == Prefetch::Prev {
+            if let Some(next) = self.next_moe[layer] {
+                self.prefetch_prev(next);
+            }
+        }
         let mut slots = l.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.settle(&mut slots);
         let n_slots = slots.owner.len();
         for batch in ids.chunks(n_slots) {
             let placed = self.fill(l, layer, &mut slots, batch)?;
-            let base = slots.buf.as_ptr() as *const u8;
+            let base = slots.buf.ptr as *const u8;
             let slot_bytes = l.layout.slot_bytes;
             let mats: Vec<ExpertMats> = batch
                 .iter()
                 .zip(&placed)
                 .map(|(&id, &slot)| {
                     // SAFETY: the slot holds `slot_bytes` initialised bytes inside `buf`, which
-                    // lives (locked) until `f` returns.
+                    // lives (locked, no reads in flight into it) until `f` returns.
                     let mem = unsafe {
                         std::slice::from_raw_parts(base.add(slot * slot_bytes), slot_bytes)
                     };
@@ -246,7 +409,11 @@ impl ExpertStore for StreamedExperts {
                     let view = |k: usize, lin: &'_ crate::weights::Linear| {
                         let parts: Vec<&[u8]> = l.layout.parts[k]
                             .iter()
-                            .map(|&(o, n)| &mem[o..o + n])
+                            .zip(lin.parts())
+                            .map(|(&(o, n), src)| {
+                                let o = o + l.layout.at(src);
+                                &mem[o..o + n]
+                            })
                             .collect();
                         lin.matrix_over(&parts)
                     };
@@ -258,6 +425,10 @@ impl ExpertStore for StreamedExperts {
                 })
                 .collect();
             f(batch, &mats);
+        }
+        if self.options.prefetch == Prefetch::Prev {
+            slots.last_ids.clear();
+            slots.last_ids.extend_from_slice(ids);
         }
         Ok(())
     }
@@ -279,11 +450,112 @@ impl ExpertStore for StreamedExperts {
             misses: self.misses.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             read_secs: self.read_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+            prefetch_reads: self.prefetch_reads.load(Ordering::Relaxed),
+            prefetch_hits: self.prefetch_hits.load(Ordering::Relaxed),
+            prefetch_bytes: self.prefetch_bytes.load(Ordering::Relaxed),
+            prefetch_wait_secs: self.prefetch_wait_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         }
+    }
+
+    fn prefetch_policy(&self) -> Prefetch {
+        self.options.prefetch
+    }
+
+    fn prefetch(&self, layer: usize, ids: &[u32]) {
+        let Some(l) = self.layers.get(layer).and_then(Option::as_ref) else {
+            return;
+        };
+        let mut s = l.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.prefetch_locked(l, &mut s, ids);
+    }
+
+    fn describe(&self) -> Option<String> {
+        let mut d = format!(
+            "{} at depth {}, {}, prefetch {}",
+            self.io.engine_name(),
+            self.io.depth(),
+            match (self.options.direct_io, self.files.any_direct()) {
+                (false, _) => "buffered reads".to_string(),
+                (true, true) => "direct I/O".to_string(),
+                (true, false) => "buffered reads (direct I/O unavailable)".to_string(),
+            },
+            self.options.prefetch.as_str()
+        );
+        if let Some(why) = &self.io.uring_failure {
+            if self.options.io_engine != IoEngine::Pread {
+                d += &format!("; io_uring unavailable ({why}), using the pread pool");
+            }
+        }
+        if let Some(why) = &self.files.direct_failure {
+            d += &format!("; O_DIRECT refused: {why}");
+        }
+        Some(d)
     }
 }
 
 impl StreamedExperts {
+    /// `Prev`: re-read the experts `layer` used last time, if they left its slots.
+    fn prefetch_prev(&self, layer: usize) {
+        let Some(l) = self.layers.get(layer).and_then(Option::as_ref) else {
+            return;
+        };
+        let mut s = l.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = std::mem::take(&mut s.last_ids);
+        self.prefetch_locked(l, &mut s, &ids);
+        s.last_ids = ids;
+    }
+
+    /// Starts reading those of `ids` not in the slots into the least recently used slots
+    /// that hold none of `ids`. Skipped while an earlier prefetch of this layer is still in
+    /// flight, or when `ids` would not fit.
+    fn prefetch_locked(&self, l: &Layer, s: &mut Slots, ids: &[u32]) {
+        if let Some(p) = &s.pending {
+            if !p.ticket.is_done() {
+                return;
+            }
+            self.settle(s);
+        }
+        let n_slots = s.owner.len();
+        if ids.is_empty() || ids.len() > n_slots {
+            return;
+        }
+        let missing: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| (id as usize) < l.experts.len() && s.slot_of[id as usize].is_none())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut candidates: Vec<usize> = (0..n_slots)
+            .filter(|&k| s.owner[k].is_none_or(|o| !ids.contains(&o)))
+            .collect();
+        candidates.sort_by_key(|&k| (s.owner[k].is_some(), s.last_use[k]));
+        let base = s.buf.ptr;
+        let mut jobs = Vec::new();
+        let mut bytes = 0u64;
+        let mut filled = Vec::with_capacity(missing.len());
+        for (&id, &slot) in missing.iter().zip(&candidates) {
+            if let Some(old) = s.owner[slot].take() {
+                s.slot_of[old as usize] = None;
+            }
+            bytes += self.jobs_for(l, base, slot, id, &mut jobs);
+            s.owner[slot] = Some(id);
+            s.slot_of[id as usize] = Some(slot as u32);
+            s.prefetched[slot] = true;
+            s.last_use[slot] = s.tick;
+            filled.push(slot);
+        }
+        self.prefetch_reads
+            .fetch_add(filled.len() as u64, Ordering::Relaxed);
+        self.prefetch_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let ticket = self.io.submit(jobs, Priority::Prefetch);
+        s.pending = Some(Pending {
+            ticket,
+            slots: filled,
+        });
+    }
+
     /// Makes every expert of `batch` (at most one slot's worth each, `batch.len() <= slots`)
     /// resident and returns their slots: hits are reused, misses replace the least recently
     /// used slots not needed by this batch and are read together.
@@ -301,8 +573,12 @@ impl StreamedExperts {
         for (i, &id) in batch.iter().enumerate() {
             match s.slot_of[id as usize] {
                 Some(slot) => {
-                    placed[i] = slot as usize;
-                    s.last_use[slot as usize] = tick;
+                    let slot = slot as usize;
+                    placed[i] = slot;
+                    s.last_use[slot] = tick;
+                    if std::mem::take(&mut s.prefetched[slot]) {
+                        self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 None => misses.push(i),
             }
@@ -319,27 +595,15 @@ impl StreamedExperts {
             .filter(|&k| s.last_use[k] != tick)
             .collect();
         candidates.sort_by_key(|&k| (s.owner[k].is_some(), s.last_use[k]));
-        let slot_bytes = l.layout.slot_bytes;
-        let base = s.buf.as_mut_ptr() as *mut u8;
+        let base = s.buf.ptr;
         let mut jobs = Vec::new();
         let mut bytes = 0u64;
         for (&i, &slot) in misses.iter().zip(&candidates) {
             if let Some(old) = s.owner[slot].take() {
                 s.slot_of[old as usize] = None;
             }
-            let id = batch[i];
-            let e = &l.experts[id as usize];
-            for (k, lin) in [&e.gate, &e.up, &e.down].into_iter().enumerate() {
-                for (src, &(off, len)) in lin.parts().into_iter().zip(&l.layout.parts[k]) {
-                    debug_assert_eq!(src.len(), len);
-                    bytes += len as u64;
-                    // SAFETY: inside the slot; the buffer is locked and outlives the batch.
-                    jobs.push(ReadJob {
-                        src: src.clone(),
-                        dst: unsafe { base.add(slot * slot_bytes + off) },
-                    });
-                }
-            }
+            s.prefetched[slot] = false;
+            bytes += self.jobs_for(l, base, slot, batch[i], &mut jobs);
             placed[i] = slot;
             s.last_use[slot] = tick;
         }
@@ -364,6 +628,18 @@ impl StreamedExperts {
     }
 }
 
+impl Drop for StreamedExperts {
+    /// Reads in flight write into the slot buffers: wait for them before the buffers go.
+    fn drop(&mut self) {
+        for l in self.layers.iter().flatten() {
+            let mut s = l.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = s.pending.take() {
+                let _ = p.ticket.wait();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +650,7 @@ mod tests {
             cache_slots: 32,
             io_depth: 4,
             memory_budget: Some(1_000),
+            ..Default::default()
         };
         // 1000 - 300 dense - 100 KV = 600 left: 6 slots of 100 bytes.
         let plan = opts.plan(300, 100, 100).unwrap();

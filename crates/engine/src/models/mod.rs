@@ -50,7 +50,7 @@ impl BuildContext {
     ) -> Result<Box<dyn ExpertStore>, LoadError> {
         Ok(match self.stream {
             Some(opts) => {
-                let per_slot = StreamedExperts::bytes_per_slot(&experts);
+                let per_slot = StreamedExperts::bytes_per_slot(&experts, opts.direct_io);
                 let plan = opts
                     .plan(
                         w.owned_bytes() as u64,

@@ -468,6 +468,7 @@ impl Transformer {
                 *p += 1;
             }
         }
+        self.prefetch_lookahead(layer, l, s);
         let h = sized(&mut s.moe_h, l * k * m.expert_inter);
         let y = sized(&mut s.moe_y, l * k * hsz);
         let u = &mut s.swiglu_u;

@@ -93,6 +93,15 @@ impl Bytes {
         }
     }
 
+    /// The open file and its path, for a range mapped from a file (the expert store opens its
+    /// own descriptors on it for positional and direct reads).
+    pub fn source_file(&self) -> Option<(&std::fs::File, &std::path::Path)> {
+        match &*self.backing {
+            Backing::Mapped { file, path, .. } => Some((file, path)),
+            Backing::Owned(_) => None,
+        }
+    }
+
     /// Whether the range is mapped from a file (false for in-memory copies).
     pub fn is_mapped(&self) -> bool {
         matches!(*self.backing, Backing::Mapped { .. })
