@@ -72,13 +72,21 @@ async def run_load(server, clients, seconds, max_tokens):
             else:
                 stats["completed"] += 1
 
+    samples = []
+
+    async def sample_rss():
+        while now() < deadline:
+            await asyncio.sleep(min(15.0, max(0.0, deadline - now())))
+            samples.append(round(server.rss_mib(), 1))
+
     t0 = now()
-    await asyncio.gather(*(worker(w) for w in range(clients)))
+    await asyncio.gather(sample_rss(), *(worker(w) for w in range(clients)))
     wall = now() - t0
     stats["wall_s"] = round(wall, 1)
     stats["tok_s"] = round(stats["tokens"] / wall, 1)
     stats["rss_start_mib"] = round(rss_start, 1)
     stats["rss_end_mib"] = round(server.rss_mib(), 1)
+    stats["rss_every_15s_mib"] = samples
     await client.close()
     return stats
 

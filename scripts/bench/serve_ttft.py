@@ -6,8 +6,8 @@
 
 Sends `--requests` chats that share one long system prompt and differ in the user question,
 one after another, to a server with the prompt cache on (default) and off
-(--prompt-cache-entries 0). TTFT is the time from sending the request to the first chunk with
-content. Reports each request's TTFT and cached token count.
+(--prompt-cache-entries 0). TTFT is the time from sending the request to the first
+token's chunk. Reports each request's TTFT and cached token count.
 """
 
 import argparse
@@ -27,9 +27,13 @@ def ttft_run(server, system, questions):
         cached = None
         stream = client.chat.completions.create(
             model=model, messages=[{"role": "system", "content": system}, {"role": "user", "content": q}],
-            max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True})
+            max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True},
+            logprobs=True)
         for chunk in stream:
-            if first is None and any(c.delta.content for c in chunk.choices):
+            # With logprobs every token makes a chunk, even one with no visible text (random
+            # weights often pick those); the role chunk before prefill carries none.
+            if first is None and any(c.logprobs or c.delta.content or c.finish_reason
+                                     for c in chunk.choices):
                 first = now() - t0
             if chunk.usage is not None:
                 cached = chunk.usage.prompt_tokens_details.cached_tokens
