@@ -26,6 +26,11 @@ pub struct ValidateArgs {
     /// Greedy tokens to compare per prompt.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
+    /// With --stream-experts: run the reference path on a second, resident copy of the model
+    /// (experts from the mapped files, no streaming), so the comparison also covers the
+    /// streamed expert store. Needs the model to fit in memory.
+    #[arg(long, requires = "stream_experts")]
+    reference_resident: bool,
     /// Write the capsule (JSON) here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -85,12 +90,24 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
     }
     let exact_candidate = args.model.exact;
     let mut engine = args.model.load()?;
+    let mut resident = if args.reference_resident {
+        let mut plain = args.model.clone();
+        plain.stream_experts = false;
+        Some(plain.load()?)
+    } else {
+        None
+    };
+    let reference_name = if resident.is_some() {
+        "resident experts, f32 activations, unfused SwiGLU"
+    } else {
+        "f32 activations, unfused SwiGLU"
+    };
     let candidate_name = if exact_candidate {
         "fused f32 (exact)"
     } else {
         "default: fused, int8 activations (approximate)"
     };
-    eprintln!("reference: f32 activations, unfused SwiGLU | candidate: {candidate_name}");
+    eprintln!("reference: {reference_name} | candidate: {candidate_name}");
     let mut results = Vec::new();
     let mut all_identical = true;
     for (i, text) in prompts.iter().enumerate() {
@@ -100,8 +117,16 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
         } else {
             engine.raw_prompt(text)?
         };
-        configure(&mut engine, Precision::Exact, false);
-        let reference = greedy(engine.model(), &ids, args.max_tokens)?;
+        let reference = match resident.as_mut() {
+            Some(r) => {
+                configure(r, Precision::Exact, false);
+                greedy(r.model(), &ids, args.max_tokens)?
+            }
+            None => {
+                configure(&mut engine, Precision::Exact, false);
+                greedy(engine.model(), &ids, args.max_tokens)?
+            }
+        };
         configure(&mut engine, args.model.precision(), true);
         let candidate = greedy(engine.model(), &ids, args.max_tokens)?;
         let first_diff = reference
@@ -153,7 +178,7 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             "build": capsule::build(),
             "machine": capsule::machine(),
             "model": args.model.model.as_ref().map(|p| p.display().to_string()),
-            "reference": "f32 activations, unfused SwiGLU",
+            "reference": reference_name,
             "candidate": candidate_name,
             "max_tokens": args.max_tokens,
             "results": results,

@@ -313,3 +313,30 @@ fn bad_usage_exits_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// `validate --stream-experts --reference-resident` compares the streamed store (2 slots, so
+/// every layer is served in batches) against a resident copy: exact paths must agree.
+#[test]
+fn validate_streamed_against_resident_is_identical() {
+    let dir = fixture("qwen3_moe_q4_g64_f32");
+    let o = moestream(&[
+        "validate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--stream-experts",
+        "--cache-slots",
+        "2",
+        "--reference-resident",
+        "--exact",
+        "--max-tokens",
+        "8",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("all prompts token-identical"), "{out}");
+    assert!(
+        stderr(&o).contains("reference: resident experts"),
+        "{}",
+        stderr(&o)
+    );
+}
