@@ -3,13 +3,13 @@
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
 use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, ModelInfo, Transformer};
+use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, Transformer};
 use super::BuildContext;
+use super::DecoderParts;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
 use serde::Deserialize;
-use std::sync::Arc;
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct LlamaConfig {
@@ -93,31 +93,27 @@ pub fn build(
             )?)),
         });
     }
-    Ok(Transformer {
-        info: ModelInfo {
+    ctx.assemble(
+        DecoderParts {
             model_type: cfg.model_type.clone(),
             vocab_size: c.vocab_size,
             hidden_size: h,
-            n_layers: c.num_hidden_layers,
             max_context: c.max_position_embeddings,
-            bytes_per_token: 0,
+            embed,
+            layers,
+            norm: w.vector("model.norm.weight", h)?,
+            lm_head,
+            eps: c.rms_norm_eps,
+            attn: AttnConfig::new(
+                c.num_attention_heads,
+                n_kv,
+                hd,
+                rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
+                c.rope_traditional,
+            ),
+            experts: Vec::new(),
+            kv_layers: 0,
         },
-        embed,
-        layers,
-        norm: w.vector("model.norm.weight", h)?,
-        lm_head,
-        eps: c.rms_norm_eps,
-        attn: AttnConfig {
-            n_heads: c.num_attention_heads,
-            n_kv,
-            head_dim: hd,
-            inv_freq: rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
-            rope_traditional: c.rope_traditional,
-            scale: (hd as f32).powf(-0.5),
-        },
-        experts: ctx.expert_store(Vec::new(), w, 0)?,
-        pool: Arc::clone(&ctx.pool),
-        precision: Default::default(),
-        fused_swiglu: true,
-    })
+        w,
+    )
 }

@@ -72,6 +72,51 @@ impl BuildContext {
     }
 }
 
+/// What an architecture file loads; [`BuildContext::assemble`] adds what every model shares
+/// (the expert store, the thread pool, default precision and fused SwiGLU).
+pub struct DecoderParts {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub max_context: usize,
+    pub embed: crate::weights::Linear,
+    pub layers: Vec<transformer::Layer>,
+    pub norm: crate::weights::Floats,
+    pub lm_head: Option<crate::weights::Linear>,
+    pub eps: f32,
+    pub attn: transformer::AttnConfig,
+    /// Routed experts per layer (`None` for dense layers).
+    pub experts: Vec<Option<Vec<ExpertWeights>>>,
+    /// Layers that keep a KV cache (for the memory budget's KV reserve).
+    pub kv_layers: usize,
+}
+
+impl BuildContext {
+    pub fn assemble(&self, p: DecoderParts, w: &WeightLoader) -> Result<Transformer, LoadError> {
+        let kv = kv_bytes_per_token(p.kv_layers, p.attn.n_kv, p.attn.head_dim);
+        Ok(Transformer {
+            info: ModelInfo {
+                model_type: p.model_type,
+                vocab_size: p.vocab_size,
+                hidden_size: p.hidden_size,
+                n_layers: p.layers.len(),
+                max_context: p.max_context,
+                bytes_per_token: 0,
+            },
+            embed: p.embed,
+            layers: p.layers,
+            norm: p.norm,
+            lm_head: p.lm_head,
+            eps: p.eps,
+            attn: p.attn,
+            experts: self.expert_store(p.experts, w, kv)?,
+            pool: Arc::clone(&self.pool),
+            precision: Default::default(),
+            fused_swiglu: true,
+        })
+    }
+}
+
 type Loader = fn(&ModelConfig, &WeightLoader, &BuildContext) -> Result<Transformer, LoadError>;
 
 /// `model_type` -> loader.

@@ -6,16 +6,14 @@
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
 use super::common::{embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{
-    Attention, AttnConfig, FeedForward, Layer, Mixer, ModelInfo, Transformer,
-};
-use super::{kv_bytes_per_token, load_experts, BuildContext};
+use super::transformer::{Attention, AttnConfig, FeedForward, Layer, Mixer, Transformer};
+use super::DecoderParts;
+use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
 use moestream_kernels::router::RouterKind;
 use serde::Deserialize;
-use std::sync::Arc;
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct OlmoeConfig {
@@ -116,35 +114,27 @@ pub fn load(
             ffn: FeedForward::Moe(block),
         });
     }
-    Ok(Transformer {
-        info: ModelInfo {
+    ctx.assemble(
+        DecoderParts {
             model_type: cfg.model_type.clone(),
             vocab_size: c.vocab_size,
             hidden_size: h,
-            n_layers: c.num_hidden_layers,
             max_context: c.max_position_embeddings.unwrap_or(4096),
-            bytes_per_token: 0,
-        },
-        embed,
-        layers,
-        norm: w.vector("model.norm.weight", h)?,
-        lm_head,
-        eps: c.rms_norm_eps,
-        attn: AttnConfig {
-            n_heads: nh,
-            n_kv,
-            head_dim: hd,
-            inv_freq: rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
-            rope_traditional: c.rope_traditional,
-            scale: (hd as f32).powf(-0.5),
-        },
-        experts: ctx.expert_store(
+            embed,
+            layers,
+            norm: w.vector("model.norm.weight", h)?,
+            lm_head,
+            eps: c.rms_norm_eps,
+            attn: AttnConfig::new(
+                nh,
+                n_kv,
+                hd,
+                rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
+                c.rope_traditional,
+            ),
             experts,
-            w,
-            kv_bytes_per_token(c.num_hidden_layers, n_kv, hd),
-        )?,
-        pool: Arc::clone(&ctx.pool),
-        precision: Default::default(),
-        fused_swiglu: true,
-    })
+            kv_layers: c.num_hidden_layers,
+        },
+        w,
+    )
 }

@@ -6,14 +6,14 @@
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
 use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, ModelInfo, MoeBlock, Transformer};
-use super::{kv_bytes_per_token, BuildContext};
+use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, MoeBlock, Transformer};
+use super::BuildContext;
+use super::DecoderParts;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
 use moestream_kernels::router::RouterKind;
 use serde::Deserialize;
-use std::sync::Arc;
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct Qwen3MoeConfig {
@@ -143,37 +143,27 @@ pub fn load(
         });
         experts.push(layer_experts);
     }
-    let info = ModelInfo {
-        model_type: cfg.model_type.clone(),
-        vocab_size: c.vocab_size,
-        hidden_size: h,
-        n_layers: c.num_hidden_layers,
-        max_context: c.max_position_embeddings,
-        bytes_per_token: 0,
-    };
-    let attn = AttnConfig {
-        n_heads: c.num_attention_heads,
-        n_kv,
-        head_dim: hd,
-        inv_freq: rope_inv_freq(hd, c.rope_theta, None)?,
-        rope_traditional: false,
-        scale: (hd as f32).powf(-0.5),
-    };
-    Ok(Transformer {
-        info,
-        embed,
-        layers,
-        norm: w.vector("model.norm.weight", h)?,
-        lm_head,
-        eps: c.rms_norm_eps,
-        attn,
-        experts: ctx.expert_store(
+    ctx.assemble(
+        DecoderParts {
+            model_type: cfg.model_type.clone(),
+            vocab_size: c.vocab_size,
+            hidden_size: h,
+            max_context: c.max_position_embeddings,
+            embed,
+            layers,
+            norm: w.vector("model.norm.weight", h)?,
+            lm_head,
+            eps: c.rms_norm_eps,
+            attn: AttnConfig::new(
+                c.num_attention_heads,
+                n_kv,
+                hd,
+                rope_inv_freq(hd, c.rope_theta, None)?,
+                false,
+            ),
             experts,
-            w,
-            kv_bytes_per_token(c.num_hidden_layers, n_kv, hd),
-        )?,
-        pool: Arc::clone(&ctx.pool),
-        precision: Default::default(),
-        fused_swiglu: true,
-    })
+            kv_layers: c.num_hidden_layers,
+        },
+        w,
+    )
 }

@@ -13,17 +13,16 @@
 use super::common::{check_top_k, dense_mlp, rope_inv_freq, Heads};
 use super::delta_net::DeltaNet;
 use super::transformer::{
-    Attention, AttnConfig, FeedForward, Layer, Mixer, ModelInfo, MoeBlock, SharedExpert,
-    Transformer,
+    Attention, AttnConfig, FeedForward, Layer, Mixer, MoeBlock, SharedExpert, Transformer,
 };
-use super::{kv_bytes_per_token, load_experts, BuildContext};
+use super::DecoderParts;
+use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::router::RouterKind;
 use serde::Deserialize;
-use std::sync::Arc;
 
 /// config.json fields; those without a default are required, as in mlx-lm's `ModelArgs`.
 #[derive(Deserialize, Debug, Clone)]
@@ -242,31 +241,27 @@ pub fn build(
     let attn_layers = (0..c.num_hidden_layers)
         .filter(|&i| !c.is_linear_layer(i))
         .count();
-    Ok(Transformer {
-        info: ModelInfo {
+    ctx.assemble(
+        DecoderParts {
             model_type: cfg.model_type.clone(),
             vocab_size: c.vocab_size,
             hidden_size: h,
-            n_layers: c.num_hidden_layers,
             max_context: c.max_position_embeddings,
-            bytes_per_token: 0,
+            embed,
+            layers,
+            norm: w.vector(&format!("{root}.norm.weight"), h)?,
+            lm_head,
+            eps: c.rms_norm_eps,
+            attn: AttnConfig::new(
+                nh,
+                n_kv,
+                hd,
+                rope_inv_freq(rot, c.rope_theta, c.rope_scaling.as_ref())?,
+                false,
+            ),
+            experts,
+            kv_layers: attn_layers,
         },
-        embed,
-        layers,
-        norm: w.vector(&format!("{root}.norm.weight"), h)?,
-        lm_head,
-        eps: c.rms_norm_eps,
-        attn: AttnConfig {
-            n_heads: nh,
-            n_kv,
-            head_dim: hd,
-            inv_freq: rope_inv_freq(rot, c.rope_theta, c.rope_scaling.as_ref())?,
-            rope_traditional: false,
-            scale: (hd as f32).powf(-0.5),
-        },
-        experts: ctx.expert_store(experts, w, kv_bytes_per_token(attn_layers, n_kv, hd))?,
-        pool: Arc::clone(&ctx.pool),
-        precision: Default::default(),
-        fused_swiglu: true,
-    })
+        w,
+    )
 }

@@ -52,6 +52,26 @@ pub struct AttnConfig {
     pub scale: f32,
 }
 
+impl AttnConfig {
+    /// Standard scaled dot-product attention (`scale = head_dim^-0.5`).
+    pub fn new(
+        n_heads: usize,
+        n_kv: usize,
+        head_dim: usize,
+        inv_freq: Vec<f32>,
+        rope_traditional: bool,
+    ) -> Self {
+        AttnConfig {
+            n_heads,
+            n_kv,
+            head_dim,
+            inv_freq,
+            rope_traditional,
+            scale: (head_dim as f32).powf(-0.5),
+        }
+    }
+}
+
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 pub struct DenseMlp {
     pub gate_proj: Linear,
