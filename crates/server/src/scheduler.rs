@@ -282,8 +282,18 @@ impl Scheduler {
         Metrics::add(&m.forward_tokens, tokens);
         Metrics::add(&m.forward_sequences, n_steps);
         if let Err(e) = result {
-            // The batch is lost (e.g. an expert read failed): fail its sequences, keep going.
-            self.fail_all(&e.to_string());
+            // The batch is lost (e.g. an expert read failed): fail the sequences it carried
+            // (their caches may be half written), keep the others and go on.
+            let message = e.to_string();
+            let metrics = &self.metrics;
+            self.active.retain(|s| {
+                if s.feed.is_empty() {
+                    return true;
+                }
+                metrics.failed.fetch_add(1, Relaxed);
+                let _ = s.job.events.send(Event::Failed(message.clone()));
+                false
+            });
             return;
         }
         // Logits rows follow the batch order; retire finished sequences only afterwards so
