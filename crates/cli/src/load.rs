@@ -28,6 +28,12 @@ pub struct ModelArgs {
     /// Kernel threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Keep 4-bit weights in the files' row-major layout. By default resident 4-bit weights
+    /// are copied at load into a 16-row interleaved layout that the decode kernel reads at
+    /// memory speed (same values; float rounding differs slightly under the default int8
+    /// activations, not with --exact).
+    #[arg(long)]
+    pub row_major_weights: bool,
     /// Keep dense weights resident and read routed experts from disk on demand, through a
     /// per-layer slot cache (for models larger than RAM).
     #[arg(long)]
@@ -128,6 +134,7 @@ impl ModelArgs {
             warm,
             precision: self.precision(),
             stream,
+            row_major_weights: self.row_major_weights,
         };
         let engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
             .with_context(|| format!("loading {}", dir.display()))?;

@@ -29,6 +29,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Stream routed experts from disk instead of keeping them mapped.
     pub stream: Option<StreamOptions>,
+    /// Keep 4-bit weights in the files' row-major layout instead of re-laying resident ones
+    /// into the interleaved layout the decode kernel is fastest on (a resident copy).
+    pub row_major_weights: bool,
 }
 
 /// A loaded model plus what the loader noticed.
@@ -40,6 +43,8 @@ pub struct Loaded {
     pub weight_bytes: usize,
     /// With streaming: how the memory budget was spent.
     pub budget_plan: Option<BudgetPlan>,
+    /// Bytes of 4-bit weights copied into the interleaved layout at load.
+    pub interleaved_bytes: usize,
 }
 
 pub fn load_model(
@@ -56,7 +61,9 @@ pub fn load_model(
         Some(n) => ThreadPool::new(n),
         None => ThreadPool::with_default_threads(),
     });
-    let loader = WeightLoader::new(&store, &config.quant).owning_dense(opts.stream.is_some());
+    let loader = WeightLoader::new(&store, &config.quant)
+        .owning_dense(opts.stream.is_some())
+        .interleaving(!opts.row_major_weights);
     let ctx = models::BuildContext {
         pool,
         stream: opts.stream,
@@ -66,6 +73,7 @@ pub fn load_model(
     let budget_plan = *ctx.plan.lock().unwrap_or_else(|e| e.into_inner());
     model.precision = opts.precision;
     let unused_tensors = loader.unused();
+    let interleaved_bytes = loader.interleaved_bytes();
     if opts.warm {
         store.warm(&mut |d, t| progress(LoadProgress::Warming(d, t)));
     }
@@ -75,5 +83,6 @@ pub fn load_model(
         unused_tensors,
         weight_bytes: store.total_bytes(),
         budget_plan,
+        interleaved_bytes,
     })
 }

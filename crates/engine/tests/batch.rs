@@ -16,6 +16,7 @@ fn load(name: &str, precision: Precision) -> Loaded {
         warm: false,
         precision,
         stream: None,
+        ..Default::default()
     };
     let dir = if name == TINY {
         repo_root().join("models").join(TINY)

@@ -14,6 +14,7 @@ fn opts() -> LoadOptions {
         warm: false,
         precision: Precision::Exact,
         stream: None,
+        ..Default::default()
     }
 }
 

@@ -71,6 +71,7 @@ fn unpacking_and_dequantization_match_mlx_for_every_width() {
             cols,
             bits,
             group_size: group,
+            interleaved: false,
         });
         let mut row = vec![0f32; cols];
         for r in 0..rows {

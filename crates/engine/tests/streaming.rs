@@ -19,6 +19,7 @@ fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {
         warm: false,
         precision: Precision::Exact,
         stream,
+        ..Default::default()
     };
     load_model(dir, &opts, &mut |_| {}).expect("fixture loads")
 }

@@ -45,6 +45,7 @@ fn view(e: &Expert) -> Matrix<'_> {
         cols: H,
         bits: 4,
         group_size: GROUP,
+        interleaved: false,
     })
 }
 

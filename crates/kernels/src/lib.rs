@@ -8,12 +8,14 @@
 pub mod activation;
 pub mod attention;
 pub mod delta;
+pub mod interleave;
 pub mod matmul;
 pub mod matrix;
 pub mod membw;
 pub mod norm;
 pub mod pool;
 pub mod qdot;
+pub mod qdot4;
 pub mod quant;
 pub mod reference;
 pub mod rng;

@@ -65,9 +65,13 @@ fn with_quantized<R>(
     })
 }
 
-/// Rows per task: enough tasks to balance threads, not so many that dispatch dominates.
+/// Rows per task: enough tasks to balance threads, not so many that dispatch dominates; a
+/// multiple of the interleaved row group, so a task never splits one.
 fn chunk_rows(pool: &ThreadPool, rows: usize) -> usize {
-    rows.div_ceil(pool.threads() * 4).clamp(8, 256)
+    let n = crate::interleave::ROWS;
+    rows.div_ceil(pool.threads() * 4)
+        .clamp(n, 256)
+        .next_multiple_of(n)
 }
 
 /// Borrows row `r` of `w` as f32: directly for f32 weights, else widened/dequantized into
@@ -162,26 +166,28 @@ fn locate(
     unreachable!("task index beyond the last group")
 }
 
-/// Row `r` of `w` dotted with activation rows `x_rows` (int8 kernel when `q` holds the
-/// quantized activations, else f32); `write(i, value)` receives each result.
+/// Rows `rows` of `w` dotted with activation rows `x_rows` (int8 kernel when `q` holds the
+/// quantized activations, else f32); `write(r, i, value)` receives each result.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn row_dots(
     w: &Matrix,
-    r: usize,
+    rows: std::ops::Range<usize>,
     q: &[QuantizedRow],
     x: &[f32],
     cols: usize,
     x_rows: &[u32],
     buf: &mut Vec<f32>,
-    mut write: impl FnMut(usize, f32),
+    mut write: impl FnMut(usize, usize, f32),
 ) {
     match w {
-        Matrix::Quant(qm) if !q.is_empty() => qdot::dot_rows(qm, r, q, x_rows, buf, write),
+        Matrix::Quant(qm) if !q.is_empty() => qdot::dot_rows(qm, rows, q, x_rows, buf, write),
         _ => {
-            let wr = row(w, r, buf);
-            for (i, &xr) in x_rows.iter().enumerate() {
-                write(i, dot(wr, &x[xr as usize * cols..][..cols]));
+            for r in rows {
+                let wr = row(w, r, buf);
+                for (i, &xr) in x_rows.iter().enumerate() {
+                    write(r, i, dot(wr, &x[xr as usize * cols..][..cols]));
+                }
             }
         }
     }
@@ -208,13 +214,20 @@ pub fn gather_matmul(
             let q = if fast(p, &grp.w) { q } else { &[] };
             ROW_BUF.with(|cell| {
                 let mut buf = cell.borrow_mut();
-                for r in r0..r1 {
-                    row_dots(&grp.w, r, q, x, cols, grp.x_rows, &mut buf, |i, v| {
+                row_dots(
+                    &grp.w,
+                    r0..r1,
+                    q,
+                    x,
+                    cols,
+                    grp.x_rows,
+                    &mut buf,
+                    |r, i, v| {
                         // SAFETY: (out row, r) pairs are disjoint across tasks: each task owns
                         // rows r0..r1 of one group, and groups own disjoint out rows.
                         unsafe { out_ptr.write(grp.out_rows[i] as usize * rows + r, v) }
-                    });
-                }
+                    },
+                );
             });
         });
     });
@@ -245,27 +258,35 @@ pub fn gather_swiglu(
             ROW_BUF.with(|c1| {
                 ROW_BUF2.with(|c2| {
                     let (mut buf, mut gates) = (c1.borrow_mut(), c2.borrow_mut());
+                    // The task's gate results, [row - r0][i], then up rows combined with them.
                     let n = grp.x_rows.len();
-                    for r in r0..r1 {
-                        gates.resize(n, 0.0);
-                        let gates_out = SharedMut::new(&mut gates[..]);
-                        // SAFETY: `gates` is this task's own buffer, written at distinct i.
-                        row_dots(
-                            &grp.gate,
-                            r,
-                            qg,
-                            x,
-                            cols,
-                            grp.x_rows,
-                            &mut buf,
-                            |i, v| unsafe { gates_out.write(i, v) },
-                        );
-                        row_dots(&grp.up, r, qu, x, cols, grp.x_rows, &mut buf, |i, u| {
-                            let v = silu(gates[i]) * u;
+                    gates.resize((r1 - r0) * n, 0.0);
+                    let gates_out = SharedMut::new(&mut gates[..]);
+                    // SAFETY: `gates` is this task's own buffer, written at distinct (r, i).
+                    row_dots(
+                        &grp.gate,
+                        r0..r1,
+                        qg,
+                        x,
+                        cols,
+                        grp.x_rows,
+                        &mut buf,
+                        |r, i, v| unsafe { gates_out.write((r - r0) * n + i, v) },
+                    );
+                    row_dots(
+                        &grp.up,
+                        r0..r1,
+                        qu,
+                        x,
+                        cols,
+                        grp.x_rows,
+                        &mut buf,
+                        |r, i, u| {
+                            let v = silu(gates[(r - r0) * n + i]) * u;
                             // SAFETY: as in gather_matmul.
                             unsafe { h_ptr.write(grp.out_rows[i] as usize * rows + r, v) }
-                        });
-                    }
+                        },
+                    );
                 })
             });
         });
@@ -375,6 +396,7 @@ mod tests {
                 cols: self.cols,
                 bits: self.bits,
                 group_size: self.g,
+                interleaved: false,
             })
         }
     }

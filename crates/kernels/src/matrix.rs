@@ -86,6 +86,9 @@ pub struct QuantMatrix<'a> {
     pub cols: usize,
     pub bits: u32,
     pub group_size: usize,
+    /// Codes, scales and biases in the 16-row interleaved order of [`crate::interleave`]
+    /// (4-bit only) instead of MLX's row-major order.
+    pub interleaved: bool,
 }
 
 impl<'a> QuantMatrix<'a> {
@@ -99,8 +102,13 @@ impl<'a> QuantMatrix<'a> {
         self.cols / self.group_size
     }
 
+    /// Row `r`'s code words (row-major layout only).
     #[inline]
     pub fn packed_row(&self, r: usize) -> &'a [u32] {
+        debug_assert!(
+            !self.interleaved,
+            "an interleaved matrix has no contiguous rows"
+        );
         let w = self.words_per_row();
         &self.packed[r * w..(r + 1) * w]
     }
@@ -149,6 +157,17 @@ impl<'a> Matrix<'a> {
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         match self {
             Matrix::Dense(m) => m.data.read_into(r * m.cols, out),
+            Matrix::Quant(m) if m.interleaved => {
+                // 4-bit: 8 values per word, word c in group 8c / group_size.
+                for (c, vals) in out.chunks_exact_mut(8).enumerate() {
+                    let word = crate::interleave::word(m, r, c);
+                    let at = crate::interleave::param_index(m, r, c * 8 / m.group_size);
+                    let (s, b) = (m.scales.get(at), m.biases.get(at));
+                    for (k, v) in vals.iter_mut().enumerate() {
+                        *v = s * ((word >> (4 * k)) & 0xF) as f32 + b;
+                    }
+                }
+            }
             Matrix::Quant(m) => {
                 let row = m.packed_row(r);
                 let g = m.group_size;

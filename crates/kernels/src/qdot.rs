@@ -71,16 +71,8 @@ impl QuantizedRow {
             resids.resize(n / g, 0.0);
         }
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, sum, qsum) = quantize_block(xb, &mut self.natural[b * BLOCK..(b + 1) * BLOCK]);
             self.scale[b] = d;
-            let sum: f32 = xb.iter().sum();
-            let mut qsum = 0i32;
-            for (q, &v) in self.natural[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xb) {
-                *q = (v * inv).round() as i8;
-                qsum += *q as i32;
-            }
             let resid = sum - d * qsum as f32;
             for ((gs, sums), resids) in GROUP_SIZES
                 .iter()
@@ -113,6 +105,28 @@ impl QuantizedRow {
     }
 }
 
+/// Quantizes one block of [`BLOCK`] values to int8 (`q = round_half_even(x / d)`,
+/// `d = max|x| / 127`); returns `(d, Σx, Σq)`. The AVX-512 path rounds the same way (the
+/// default MXCSR mode); only the order of the f32 sum differs from the scalar loop.
+#[inline]
+fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() == crate::simd::Isa::Avx512 {
+        // SAFETY: AVX-512F (and BW, which every AVX-512 server part has and `has_vnni`
+        // requires before any kernel reads `q`) is present; both slices hold BLOCK values.
+        return unsafe { x86::quantize_block(xb, q) };
+    }
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qsum = 0i32;
+    for (q, &v) in q.iter_mut().zip(xb) {
+        *q = (v * inv).round_ties_even() as i8;
+        qsum += *q as i32;
+    }
+    (d, xb.iter().sum(), qsum)
+}
+
 fn group_index(group_size: usize) -> Option<usize> {
     GROUP_SIZES.iter().position(|&g| g == group_size)
 }
@@ -127,18 +141,13 @@ pub fn supported(w: &QuantMatrix) -> bool {
     shape_ok && group_index(w.group_size).is_some() && crate::simd::has_vnni()
 }
 
-/// Padding after a row's scales, so 16-wide windows never read past them.
-const SCALE_PAD: usize = 16;
-
 /// Row `r`'s parameters widened to f32 once, shared by every activation row it meets:
 /// the scale of every block (`s_g` repeated per block of the group) and the group biases
-/// and scales.
+/// and scales (the 8-bit kernel and the reference; the 4-bit kernel widens in registers).
 struct RowParams<'a> {
     block_scales: &'a [f32],
-    /// Group scales plus [`SCALE_PAD`] padding values.
     scales: &'a [f32],
     groups: usize,
-    group_size: usize,
     biases: &'a [f32],
     /// Index into the activation rows' per-group sums.
     k: usize,
@@ -147,23 +156,25 @@ struct RowParams<'a> {
 }
 
 impl<'a> RowParams<'a> {
-    /// Widens row `r`'s scales and biases into `scratch`. The scales are followed by 16
-    /// padding values (the 4-bit kernel loads 16-wide windows of them); per-block scales are
-    /// filled only for the kernels that use them (8-bit, and the reference).
-    fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>, with_block_scales: bool) -> Self {
-        let (groups, blocks) = (
-            w.groups_per_row(),
-            if with_block_scales { w.cols / BLOCK } else { 0 },
-        );
-        let need = groups + SCALE_PAD + groups + blocks;
+    /// Widens row `r`'s scales and biases into `scratch`.
+    fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>) -> Self {
+        let (groups, blocks) = (w.groups_per_row(), w.cols / BLOCK);
+        let need = 2 * groups + blocks;
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let (scales, rest) = scratch.split_at_mut(groups + SCALE_PAD);
+        let (scales, rest) = scratch.split_at_mut(groups);
         let (biases, rest) = rest.split_at_mut(groups);
         let block_scales = &mut rest[..blocks];
-        w.scales.read_into(r * groups, &mut scales[..groups]);
-        w.biases.read_into(r * groups, biases);
+        if w.interleaved {
+            for (g, (s, b)) in scales.iter_mut().zip(biases.iter_mut()).enumerate() {
+                let at = crate::interleave::param_index(w, r, g);
+                (*s, *b) = (w.scales.get(at), w.biases.get(at));
+            }
+        } else {
+            w.scales.read_into(r * groups, scales);
+            w.biases.read_into(r * groups, biases);
+        }
         let bpg = w.group_size / BLOCK;
         for (blocks, &s) in block_scales.chunks_exact_mut(bpg).zip(scales.iter()) {
             blocks.fill(s);
@@ -172,7 +183,6 @@ impl<'a> RowParams<'a> {
             block_scales,
             scales,
             groups,
-            group_size: w.group_size,
             biases,
             k: group_index(w.group_size).expect("supported() checked the group size"),
             mid: (1u32 << (w.bits - 1)) as f32,
@@ -209,85 +219,140 @@ impl<'a> RowParams<'a> {
 /// Scalar reference: row `r` of `w` dotted with the quantized row:
 /// `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i + exact_part`.
 pub fn dot_reference(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
-    let row = w.packed_row(r);
+    let row: Vec<u32> = (0..w.words_per_row())
+        .map(|c| crate::interleave::word(w, r, c))
+        .collect();
     let mut scratch = Vec::new();
-    let params = RowParams::new(w, r, &mut scratch, true);
+    let params = RowParams::new(w, r, &mut scratch);
     let mut acc = 0f32;
     for (b, s) in params.block_scales.iter().enumerate() {
         let mut isum = 0i32;
         for i in b * BLOCK..(b + 1) * BLOCK {
-            isum += crate::quant::get_q(row, w.bits, i) as i32 * x.natural[i] as i32;
+            isum += crate::quant::get_q(&row, w.bits, i) as i32 * x.natural[i] as i32;
         }
         acc += s * x.scale[b] * isum as f32;
     }
     acc + params.exact_part(x)
 }
 
-/// Row `r` of `w` dotted with the quantized rows `q[x_rows[i]]`; `write(i, value)` receives
-/// each result. The row's parameters are widened once for all of them into `scratch` (the
-/// caller's reusable buffer). Requires [`supported`]`(w)`.
+/// Rows `r0..r1` of `w` dotted with the quantized rows `q[x_rows[i]]`; `write(r, i, value)`
+/// receives each result. 4-bit rows go through [`crate::qdot4`] (several weight and
+/// activation rows per pass); 8-bit rows widen their parameters once per row into `scratch`
+/// (the caller's reusable buffer). Requires [`supported`]`(w)`.
 #[inline]
 pub fn dot_rows(
     w: &QuantMatrix,
-    r: usize,
+    rows: std::ops::Range<usize>,
     q: &[QuantizedRow],
     x_rows: &[u32],
     scratch: &mut Vec<f32>,
-    mut write: impl FnMut(usize, f32),
+    mut write: impl FnMut(usize, usize, f32),
 ) {
-    let params = RowParams::new(w, r, scratch, w.bits != 4);
-    let row = w.packed_row(r);
-    // 4-bit rows meet activation rows in tiles of 4 (then 2): the nibbles are unpacked once
-    // per tile.
-    let mut first = 0;
-    if w.bits == 4 {
-        first = tiles::<4, _>(row, q, x_rows, first, &params, &mut write);
-        first = tiles::<2, _>(row, q, x_rows, first, &params, &mut write);
+    if w.interleaved {
+        let k = group_index(w.group_size).expect("supported() checked the group size");
+        let n = crate::interleave::ROWS;
+        debug_assert!(rows.start.is_multiple_of(n) && rows.end.is_multiple_of(n));
+        for rg in rows.start / n..rows.end / n {
+            let mut first = 0;
+            first = group_tiles::<4, _>(w, rg, q, x_rows, k, first, &mut write);
+            first = group_tiles::<2, _>(w, rg, q, x_rows, k, first, &mut write);
+            group_tiles::<1, _>(w, rg, q, x_rows, k, first, &mut write);
+        }
+        return;
     }
-    for (i, &xr) in x_rows.iter().enumerate().skip(first) {
-        let x = &q[xr as usize];
-        // SAFETY: `supported` checked the CPU features and shapes.
-        let main = unsafe {
-            match w.bits {
-                4 => x86::dot_q4_tile::<1>(
-                    row,
-                    [&x.nibble_order],
-                    params.scales,
-                    params.group_size,
-                    [&x.d_spread],
-                )[0],
-                _ => x86::dot_q8(row, &x.natural, params.block_scales, &x.scale),
+    if w.bits == 4 {
+        let k = group_index(w.group_size).expect("supported() checked the group size");
+        let mut r = rows.start;
+        if x_rows.len() == 1 {
+            while r + crate::qdot4::ROWS_DECODE <= rows.end {
+                r = row_block::<{ crate::qdot4::ROWS_DECODE }, _>(w, r, q, x_rows, k, &mut write);
             }
-        };
-        write(i, main + params.exact_part_fast(x));
+        } else {
+            while r + crate::qdot4::ROWS_TILE <= rows.end {
+                r = row_block::<{ crate::qdot4::ROWS_TILE }, _>(w, r, q, x_rows, k, &mut write);
+            }
+        }
+        while r < rows.end {
+            r = row_block::<1, _>(w, r, q, x_rows, k, &mut write);
+        }
+        return;
+    }
+    for r in rows {
+        let params = RowParams::new(w, r, scratch);
+        let row = w.packed_row(r);
+        for (i, &xr) in x_rows.iter().enumerate() {
+            let x = &q[xr as usize];
+            // SAFETY: `supported` checked the CPU features and shapes.
+            let main = unsafe { x86::dot_q8(row, &x.natural, params.block_scales, &x.scale) };
+            write(r, i, main + params.exact_part_fast(x));
+        }
     }
 }
 
-/// Serves `x_rows[first..]` in tiles of `N` with [`x86::dot_q4_tile`]; returns the first
-/// index not served.
+/// Serves `x_rows[first..]` in tiles of `N` for row group `rg` of an interleaved matrix;
+/// returns the first index not served.
 #[inline]
-fn tiles<const N: usize, W: FnMut(usize, f32)>(
-    row: &[u32],
+fn group_tiles<const N: usize, W: FnMut(usize, usize, f32)>(
+    w: &QuantMatrix,
+    rg: usize,
     q: &[QuantizedRow],
     x_rows: &[u32],
+    k: usize,
     mut first: usize,
-    params: &RowParams,
     write: &mut W,
 ) -> usize {
     while first + N <= x_rows.len() {
         let xs: [&QuantizedRow; N] = std::array::from_fn(|t| &q[x_rows[first + t] as usize]);
-        // SAFETY: callers checked `supported` (CPU features and shapes).
-        let dots = unsafe {
-            x86::dot_q4_tile::<N>(
-                row,
-                std::array::from_fn(|t| xs[t].nibble_order.as_slice()),
-                params.scales,
-                params.group_size,
-                std::array::from_fn(|t| xs[t].d_spread.as_slice()),
-            )
-        };
-        for t in 0..N {
-            write(first + t, dots[t] + params.exact_part_fast(xs[t]));
+        // SAFETY: callers checked `supported` (CPU features and shapes) and the row group.
+        let dots = unsafe { crate::qdot4::dot_row_group::<N>(w, rg, xs, k) };
+        for (t, lanes) in dots.iter().enumerate() {
+            for (i, &v) in lanes.iter().enumerate() {
+                write(rg * crate::interleave::ROWS + i, first + t, v);
+            }
+        }
+        first += N;
+    }
+    first
+}
+
+/// Weight rows `r..r + R` against every activation row, in tiles of 4, 2 and 1 activation
+/// rows; returns the next row.
+#[inline]
+fn row_block<const R: usize, W: FnMut(usize, usize, f32)>(
+    w: &QuantMatrix,
+    r: usize,
+    q: &[QuantizedRow],
+    x_rows: &[u32],
+    k: usize,
+    write: &mut W,
+) -> usize {
+    let mut first = 0;
+    first = x_tiles::<R, 4, W>(w, r, q, x_rows, k, first, write);
+    first = x_tiles::<R, 2, W>(w, r, q, x_rows, k, first, write);
+    x_tiles::<R, 1, W>(w, r, q, x_rows, k, first, write);
+    r + R
+}
+
+/// Serves `x_rows[first..]` in tiles of `N` for weight rows `r..r + R`; returns the first
+/// index not served.
+#[inline]
+fn x_tiles<const R: usize, const N: usize, W: FnMut(usize, usize, f32)>(
+    w: &QuantMatrix,
+    r: usize,
+    q: &[QuantizedRow],
+    x_rows: &[u32],
+    k: usize,
+    mut first: usize,
+    write: &mut W,
+) -> usize {
+    while first + N <= x_rows.len() {
+        let xs: [&QuantizedRow; N] = std::array::from_fn(|t| &q[x_rows[first + t] as usize]);
+        // SAFETY: callers checked `supported` (CPU features and shapes); r + R <= rows.
+        let dots = unsafe { crate::qdot4::dot_block::<R, N>(w, r, xs, k) };
+        for (j, row) in dots.iter().enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                write(r + j, first + t, v);
+            }
         }
         first += N;
     }
@@ -298,57 +363,21 @@ fn tiles<const N: usize, W: FnMut(usize, f32)>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// 4-bit row (`cols % 128 == 0`) against `N` nibble-ordered int8 activation rows at once
-    /// (one for decode, a tile for prefill), sharing the unpacked nibbles and the row's scale
-    /// lanes. After the two `vpdpbusd`, lanes 4j..4j+3 of a chunk hold block j's integer
-    /// sums; each lane is scaled by its group's scale (`scales`, 16-wide windows picked by a
-    /// permutation that depends only on the group size) times its block's `d` (`d_spread`).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q4_tile<const N: usize>(
-        row: &[u32],
-        q: [&[i8]; N],
-        scales: &[f32],
-        group_size: usize,
-        d_spread: [&[f32]; N],
-    ) -> [f32; N] {
-        let chunks = q[0].len() / 128;
-        let pw = row.as_ptr() as *const u8;
-        let mask = _mm512_set1_epi8(0x0F);
-        // Lane l covers block l/4 of the chunk, i.e. group (l/4 * 32) / group_size of the window
-        // that starts at the chunk's first group.
-        let idx = match group_size {
-            32 => _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-            64 => _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-            _ => _mm512_setzero_si512(),
-        };
-        let groups_per_chunk = 128 / group_size;
-        let mut acc = [_mm512_setzero_ps(); N];
-        for c in 0..chunks {
-            let packed = _mm512_loadu_si512(pw.add(c * 64) as *const _);
-            let lo = _mm512_and_si512(packed, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
-            let sv = _mm512_permutexvar_ps(
-                idx,
-                _mm512_loadu_ps(scales.as_ptr().add(c * groups_per_chunk)),
-            );
-            for t in 0..N {
-                let px = q[t].as_ptr().add(c * 128);
-                let xe = _mm512_loadu_si512(px as *const _);
-                let xo = _mm512_loadu_si512(px.add(64) as *const _);
-                let isum = _mm512_dpbusd_epi32(
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe),
-                    hi,
-                    xo,
-                );
-                let f = _mm512_mul_ps(sv, _mm512_loadu_ps(d_spread[t].as_ptr().add(c * 16)));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc[t]);
-            }
-        }
-        let mut out = [0f32; N];
-        for t in 0..N {
-            out[t] = _mm512_reduce_add_ps(acc[t]);
-        }
-        out
+    /// See [`super::quantize_block`]: 32 values in two registers.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
+        let v0 = _mm512_loadu_ps(xb.as_ptr());
+        let v1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let d = amax / 127.0;
+        let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));
+        let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+        _mm_storeu_si128(q.as_mut_ptr() as *mut _, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut _, _mm512_cvtepi32_epi8(q1));
+        let sum = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+        let qsum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        (d, sum, qsum)
     }
 
     /// `dot(a1, b1) + m * dot(a2, b2)` over equal-length slices (the exact part).
@@ -410,22 +439,20 @@ mod tests {
     use crate::quant::quantize_row;
     use crate::rng::Rng;
 
-    #[test]
-    fn vnni_kernels_match_the_int8_reference_and_stay_close_to_f32() {
-        if !crate::simd::has_vnni() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
-            return;
-        }
-        let mut rng = Rng::new(31);
-        for (bits, cols, g) in [
-            (4u32, 128usize, 32usize),
-            (4, 256, 64),
-            (4, 384, 128),
-            (8, 64, 32),
-            (8, 192, 64),
-            (8, 256, 128),
-        ] {
-            let rows = 5;
+    /// A random `rows x cols` matrix quantized at `bits`/`g`, with scales and biases in
+    /// every dtype MLX writes.
+    struct Random {
+        packed: Vec<u32>,
+        scales: Vec<f32>,
+        biases: Vec<f32>,
+        sb: Vec<half::bf16>,
+        bb: Vec<half::bf16>,
+        sh: Vec<half::f16>,
+        bh: Vec<half::f16>,
+    }
+
+    impl Random {
+        fn new(rng: &mut Rng, rows: usize, cols: usize, bits: u32, g: usize) -> Self {
             let (mut packed, mut scales, mut biases) = (vec![], vec![], vec![]);
             for _ in 0..rows {
                 let w: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
@@ -434,53 +461,212 @@ mod tests {
                 scales.extend(s);
                 biases.extend(b);
             }
-            let sb: Vec<half::bf16> = scales.iter().map(|&v| half::bf16::from_f32(v)).collect();
-            let bb: Vec<half::bf16> = biases.iter().map(|&v| half::bf16::from_f32(v)).collect();
-            for bf in [false, true] {
-                let (s, b) = if bf {
-                    (FloatSlice::Bf16(&sb), FloatSlice::Bf16(&bb))
-                } else {
-                    (FloatSlice::F32(&scales), FloatSlice::F32(&biases))
-                };
-                let w = QuantMatrix {
-                    packed: &packed,
-                    scales: s,
-                    biases: b,
-                    rows,
-                    cols,
-                    bits,
-                    group_size: g,
-                };
+            Random {
+                sb: scales.iter().map(|&v| half::bf16::from_f32(v)).collect(),
+                bb: biases.iter().map(|&v| half::bf16::from_f32(v)).collect(),
+                sh: scales.iter().map(|&v| half::f16::from_f32(v)).collect(),
+                bh: biases.iter().map(|&v| half::f16::from_f32(v)).collect(),
+                packed,
+                scales,
+                biases,
+            }
+        }
+
+        /// The same matrix in the interleaved layout.
+        fn interleaved(&self, cols: usize, bits: u32, g: usize) -> Self {
+            use crate::interleave::interleave_in_place;
+            let (wpr, gpr) = (cols * bits as usize / 32, cols / g);
+            let mut m = Random {
+                packed: self.packed.clone(),
+                scales: self.scales.clone(),
+                biases: self.biases.clone(),
+                sb: self.sb.clone(),
+                bb: self.bb.clone(),
+                sh: self.sh.clone(),
+                bh: self.bh.clone(),
+            };
+            interleave_in_place(&mut m.packed, wpr, &mut Vec::new());
+            interleave_in_place(&mut m.scales, gpr, &mut Vec::new());
+            interleave_in_place(&mut m.biases, gpr, &mut Vec::new());
+            interleave_in_place(&mut m.sb, gpr, &mut Vec::new());
+            interleave_in_place(&mut m.bb, gpr, &mut Vec::new());
+            interleave_in_place(&mut m.sh, gpr, &mut Vec::new());
+            interleave_in_place(&mut m.bh, gpr, &mut Vec::new());
+            m
+        }
+
+        /// Views with f32, bf16 and f16 parameters.
+        fn views(&self, rows: usize, cols: usize, bits: u32, g: usize) -> [QuantMatrix<'_>; 3] {
+            self.views_in(rows, cols, bits, g, false)
+        }
+
+        fn views_in(
+            &self,
+            rows: usize,
+            cols: usize,
+            bits: u32,
+            g: usize,
+            interleaved: bool,
+        ) -> [QuantMatrix<'_>; 3] {
+            let v = |scales, biases| QuantMatrix {
+                packed: &self.packed,
+                scales,
+                biases,
+                rows,
+                cols,
+                bits,
+                group_size: g,
+                interleaved,
+            };
+            [
+                v(FloatSlice::F32(&self.scales), FloatSlice::F32(&self.biases)),
+                v(FloatSlice::Bf16(&self.sb), FloatSlice::Bf16(&self.bb)),
+                v(FloatSlice::F16(&self.sh), FloatSlice::F16(&self.bh)),
+            ]
+        }
+    }
+
+    #[test]
+    fn vnni_kernels_match_the_int8_reference_and_stay_close_to_f32() {
+        if !crate::simd::has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut rng = Rng::new(31);
+        // 9 rows: blocks of 4 (decode) or 2 (tiles) plus a single tail row; 7 activation
+        // rows: tiles of 4, 2 and 1.
+        let (rows, n_x) = (9usize, 7usize);
+        for (bits, cols, g) in [
+            (4u32, 128usize, 32usize),
+            (4, 256, 64),
+            (4, 384, 128),
+            (4, 2048, 64),
+            (8, 64, 32),
+            (8, 192, 64),
+            (8, 256, 128),
+        ] {
+            let m = Random::new(&mut rng, rows, cols, bits, g);
+            for w in m.views(rows, cols, bits, g) {
                 assert!(supported(&w));
-                let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
-                let mut qx = QuantizedRow::default();
-                qx.quantize(&x);
-                // Three copies: the pair kernel serves the first two, the single one the third.
-                let q = [qx.clone(), qx.clone(), qx.clone()];
+                let xs: Vec<Vec<f32>> = (0..n_x)
+                    .map(|_| (0..cols).map(|_| rng.normal()).collect())
+                    .collect();
+                let q: Vec<QuantizedRow> = xs
+                    .iter()
+                    .map(|x| {
+                        let mut qx = QuantizedRow::default();
+                        qx.quantize(x);
+                        qx
+                    })
+                    .collect();
+                let all: Vec<u32> = (0..n_x as u32).collect();
+                let mut tiled = vec![0f32; rows * n_x];
+                dot_rows(&w, 0..rows, &q, &all, &mut Vec::new(), |r, i, v| {
+                    tiled[r * n_x + i] = v
+                });
                 for r in 0..rows {
-                    let mut three = [0f32; 3];
-                    dot_rows(&w, r, &q, &[0, 1, 2], &mut Vec::new(), |i, v| three[i] = v);
-                    assert!(
-                        three[0] == three[1]
-                            && (three[0] - three[2]).abs() <= 1e-5 * (1.0 + three[0].abs())
-                    );
-                    let fast = [three[0]];
-                    let want = dot_reference(&w, r, &qx);
-                    assert!(
-                        (fast[0] - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "bits {bits} cols {cols}: {} vs {want}",
-                        fast[0]
-                    );
-                    let mut exact = 0f32;
-                    for (c, xv) in x.iter().enumerate() {
-                        exact += crate::reference::weight_at(&crate::Matrix::Quant(w), r, c) * xv;
+                    for (i, x) in xs.iter().enumerate() {
+                        // Alone (decode: one activation row, one weight row) the result is
+                        // bit-identical to the tiled one: batch invariance.
+                        let mut alone = f32::NAN;
+                        dot_rows(&w, r..r + 1, &q, &[i as u32], &mut Vec::new(), |_, _, v| {
+                            alone = v
+                        });
+                        let fast = tiled[r * n_x + i];
+                        assert_eq!(fast.to_bits(), alone.to_bits(), "bits {bits} row {r} x {i}");
+                        let want = dot_reference(&w, r, &q[i]);
+                        assert!(
+                            (fast - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "bits {bits} cols {cols}: {fast} vs {want}"
+                        );
+                        let mut exact = 0f32;
+                        for (c, xv) in x.iter().enumerate() {
+                            exact +=
+                                crate::reference::weight_at(&crate::Matrix::Quant(w), r, c) * xv;
+                        }
+                        // int8 activations: error well under the row's magnitude (a bug is of its order).
+                        let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() * 0.1;
+                        assert!(
+                            (want - exact).abs() < 0.04 * scale,
+                            "bits {bits}: {want} vs exact {exact}"
+                        );
                     }
-                    // int8 activations: error well under 1% of the row's magnitude.
-                    let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() * 0.1;
-                    assert!(
-                        (want - exact).abs() < 0.02 * scale,
-                        "bits {bits}: {want} vs exact {exact}"
+                }
+                // Decode over a range of rows (blocks of 4 weight rows) matches too.
+                let mut decode = vec![0f32; rows];
+                dot_rows(&w, 0..rows, &q, &[3], &mut Vec::new(), |r, _, v| {
+                    decode[r] = v
+                });
+                for r in 0..rows {
+                    assert_eq!(decode[r].to_bits(), tiled[r * n_x + 3].to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_layout_matches_row_major_and_the_reference() {
+        if !crate::simd::has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut rng = Rng::new(41);
+        let (rows, n_x) = (48usize, 7usize);
+        for (cols, g) in [(128usize, 32usize), (256, 64), (384, 128), (2048, 64)] {
+            let m = Random::new(&mut rng, rows, cols, 4, g);
+            let il = m.interleaved(cols, 4, g);
+            for (w, wi) in m
+                .views(rows, cols, 4, g)
+                .into_iter()
+                .zip(il.views_in(rows, cols, 4, g, true))
+            {
+                assert!(supported(&wi));
+                let xs: Vec<Vec<f32>> = (0..n_x)
+                    .map(|_| (0..cols).map(|_| rng.normal()).collect())
+                    .collect();
+                let q: Vec<QuantizedRow> = xs
+                    .iter()
+                    .map(|x| {
+                        let mut qx = QuantizedRow::default();
+                        qx.quantize(x);
+                        qx
+                    })
+                    .collect();
+                // Dequantized rows are the same values in either layout.
+                let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+                for r in 0..rows {
+                    crate::Matrix::Quant(w).row_into(r, &mut a);
+                    crate::Matrix::Quant(wi).row_into(r, &mut b);
+                    assert_eq!(a, b, "row {r}");
+                }
+                let all: Vec<u32> = (0..n_x as u32).collect();
+                let mut tiled = vec![0f32; rows * n_x];
+                dot_rows(&wi, 0..rows, &q, &all, &mut Vec::new(), |r, i, v| {
+                    tiled[r * n_x + i] = v
+                });
+                for i in 0..n_x {
+                    let mut alone = vec![f32::NAN; rows];
+                    dot_rows(
+                        &wi,
+                        16..rows,
+                        &q,
+                        &[i as u32],
+                        &mut Vec::new(),
+                        |r, _, v| alone[r] = v,
                     );
+                    dot_rows(&wi, 0..16, &q, &[i as u32], &mut Vec::new(), |r, _, v| {
+                        alone[r] = v
+                    });
+                    for r in 0..rows {
+                        let fast = tiled[r * n_x + i];
+                        assert_eq!(fast.to_bits(), alone[r].to_bits(), "row {r} x {i}");
+                        let want = dot_reference(&w, r, &q[i]);
+                        assert_eq!(want, dot_reference(&wi, r, &q[i]));
+                        assert!(
+                            (fast - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "cols {cols} g {g} row {r}: {fast} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -11,8 +11,13 @@ pub fn weight_at(w: &Matrix, r: usize, c: usize) -> f32 {
     match w {
         Matrix::Dense(m) => m.data.get(r * m.cols + c),
         Matrix::Quant(m) => {
-            let g = r * m.groups_per_row() + c / m.group_size;
-            m.scales.get(g) * get_q(m.packed_row(r), m.bits, c) as f32 + m.biases.get(g)
+            let g = crate::interleave::param_index(m, r, c / m.group_size);
+            let q = if m.interleaved {
+                get_q(&[crate::interleave::word(m, r, c / 8)], 4, c % 8)
+            } else {
+                get_q(m.packed_row(r), m.bits, c)
+            };
+            m.scales.get(g) * q as f32 + m.biases.get(g)
         }
     }
 }

@@ -66,6 +66,13 @@ impl Bytes {
         Bytes::new(Arc::new(Backing::Owned(v)), 0, src.len())
     }
 
+    /// An owned aligned buffer of `len` bytes that `fill` writes (zeroed before).
+    pub fn filled_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
+        let mut v = vec![0u64; len.div_ceil(8)];
+        fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..len]);
+        Bytes::new(Arc::new(Backing::Owned(v)), 0, len)
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.backing.bytes()[self.start..self.start + self.len]
     }

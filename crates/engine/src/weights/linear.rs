@@ -46,6 +46,9 @@ pub enum WeightData {
         biases: Floats,
         bits: u32,
         group_size: usize,
+        /// In the 16-row interleaved order of `moestream_kernels::interleave` (a resident
+        /// copy made at load) rather than the file's row-major order.
+        interleaved: bool,
     },
 }
 
@@ -72,6 +75,7 @@ impl Linear {
                 biases,
                 bits,
                 group_size,
+                interleaved,
             } => Matrix::Quant(QuantMatrix {
                 packed: bytemuck::cast_slice(packed.as_slice()),
                 scales: scales.view(),
@@ -80,6 +84,7 @@ impl Linear {
                 cols: self.cols,
                 bits: *bits,
                 group_size: *group_size,
+                interleaved: *interleaved,
             }),
         }
     }
@@ -118,6 +123,7 @@ impl Linear {
                 biases,
                 bits,
                 group_size,
+                interleaved,
                 ..
             } => Matrix::Quant(QuantMatrix {
                 packed: bytemuck::cast_slice(parts[0]),
@@ -127,6 +133,7 @@ impl Linear {
                 cols: self.cols,
                 bits: *bits,
                 group_size: *group_size,
+                interleaved: *interleaved,
             }),
         }
     }
@@ -160,6 +167,7 @@ impl Linear {
                         biases,
                         bits,
                         group_size,
+                        interleaved,
                     } => WeightData::Quant {
                         packed: part(packed, i),
                         scales: Floats {
@@ -172,6 +180,7 @@ impl Linear {
                         },
                         bits: *bits,
                         group_size: *group_size,
+                        interleaved: *interleaved,
                     },
                 };
                 let bias = self.bias.as_ref().map(|b| Floats {
@@ -201,6 +210,11 @@ pub struct WeightLoader<'a> {
     in_experts: std::cell::Cell<bool>,
     /// Bytes copied into memory so far.
     owned: std::cell::Cell<usize>,
+    /// Re-lay 4-bit matrices that are not streamed into the interleaved order (a resident
+    /// copy) so the decode kernel runs at memory speed.
+    interleave: bool,
+    /// Bytes re-laid into the interleaved order so far.
+    interleaved: std::cell::Cell<usize>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -212,7 +226,48 @@ impl<'a> WeightLoader<'a> {
             own_dense: false,
             in_experts: Default::default(),
             owned: Default::default(),
+            interleave: false,
+            interleaved: Default::default(),
         }
+    }
+
+    /// Bytes of weights this loader re-laid into the interleaved order.
+    pub fn interleaved_bytes(&self) -> usize {
+        self.interleaved.get()
+    }
+
+    /// Interleaves resident 4-bit matrices (see the field).
+    pub fn interleaving(mut self, on: bool) -> Self {
+        self.interleave = on;
+        self
+    }
+
+    /// A resident copy of a row-major `[rows, per_row]` array of `elem`-byte items in the
+    /// interleaved order (one pass when the source is aligned for its items, as in files
+    /// `moestream synth` writes; mlx's unpadded headers need a copy first).
+    fn interleaved_copy(&self, b: &Bytes, per_row: usize, elem: usize) -> Bytes {
+        use moestream_kernels::interleave::{interleave_in_place, interleave_into};
+        fn relay<T: bytemuck::Pod + Default + Send + Sync>(
+            src: &[u8],
+            dst: &mut [u8],
+            per_row: usize,
+        ) {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let dst = bytemuck::cast_slice_mut::<u8, T>(dst);
+            match bytemuck::try_cast_slice::<u8, T>(src) {
+                Ok(src) => interleave_into(src, dst, per_row, threads),
+                Err(_) => {
+                    bytemuck::cast_slice_mut::<T, u8>(dst).copy_from_slice(src);
+                    interleave_in_place(dst, per_row, &mut Vec::new());
+                }
+            }
+        }
+        self.owned.set(self.owned.get() + b.len());
+        self.interleaved.set(self.interleaved.get() + b.len());
+        Bytes::filled_with(b.len(), |dst| match elem {
+            4 => relay::<u32>(b.as_slice(), dst, per_row),
+            _ => relay::<u16>(b.as_slice(), dst, per_row),
+        })
     }
 
     /// Copies dense weights into memory (see the field).
@@ -271,6 +326,14 @@ impl<'a> WeightLoader<'a> {
     }
 
     fn floats(&self, t: &Tensor, shape: &[usize]) -> Result<Floats, LoadError> {
+        Self::check_floats(t, shape)?;
+        Ok(Floats {
+            dtype: t.dtype,
+            bytes: self.keep(&t.bytes, t.dtype.size()),
+        })
+    }
+
+    fn check_floats(t: &Tensor, shape: &[usize]) -> Result<(), LoadError> {
         if !t.dtype.is_float() {
             return Err(Self::bad(
                 t,
@@ -283,10 +346,7 @@ impl<'a> WeightLoader<'a> {
                 format!("shape {:?}, expected {:?}", t.shape, shape),
             ));
         }
-        Ok(Floats {
-            dtype: t.dtype,
-            bytes: self.keep(&t.bytes, t.dtype.size()),
-        })
+        Ok(())
     }
 
     /// A 1-D float parameter `name` of length `n` (norm weights, biases).
@@ -378,14 +438,36 @@ impl<'a> WeightLoader<'a> {
                     ),
                 ));
             }
-            let scales = self.floats(s, &shape(groups))?;
-            let biases = self.floats(b, &shape(groups))?;
+            let streamed_expert = self.own_dense && self.in_experts.get();
+            let interleaved = self.interleave
+                && !streamed_expert
+                && moestream_kernels::interleave::can_interleave(bits, out, inp, group_size);
+            let (packed, scales, biases) = if interleaved {
+                let params = |t: &Tensor| -> Result<Floats, LoadError> {
+                    Self::check_floats(t, &shape(groups))?;
+                    Ok(Floats {
+                        dtype: t.dtype,
+                        bytes: self.interleaved_copy(&t.bytes, groups, t.dtype.size()),
+                    })
+                };
+                let (scales, biases) = (params(s)?, params(b)?);
+                (
+                    self.interleaved_copy(&w.bytes, packed_cols, 4),
+                    scales,
+                    biases,
+                )
+            } else {
+                let scales = self.floats(s, &shape(groups))?;
+                let biases = self.floats(b, &shape(groups))?;
+                (self.keep(&w.bytes, 4), scales, biases)
+            };
             WeightData::Quant {
-                packed: self.keep(&w.bytes, 4),
+                packed,
                 scales,
                 biases,
                 bits,
                 group_size,
+                interleaved,
             }
         } else {
             WeightData::Dense(self.floats(w, &shape(inp))?)
