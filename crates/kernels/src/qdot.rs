@@ -254,6 +254,7 @@ pub fn dot_rows(
         debug_assert!(rows.start.is_multiple_of(n) && rows.end.is_multiple_of(n));
         for rg in rows.start / n..rows.end / n {
             let mut first = 0;
+            first = group_tiles::<8, _>(w, rg, q, x_rows, k, first, &mut write);
             first = group_tiles::<4, _>(w, rg, q, x_rows, k, first, &mut write);
             first = group_tiles::<2, _>(w, rg, q, x_rows, k, first, &mut write);
             group_tiles::<1, _>(w, rg, q, x_rows, k, first, &mut write);
@@ -611,7 +612,7 @@ mod tests {
             return;
         }
         let mut rng = Rng::new(41);
-        let (rows, n_x) = (48usize, 7usize);
+        let (rows, n_x) = (48usize, 15usize); // tiles of 8, 4, 2 and 1
         for (cols, g) in [(128usize, 32usize), (256, 64), (384, 128), (2048, 64)] {
             let m = Random::new(&mut rng, rows, cols, 4, g);
             let il = m.interleaved(cols, 4, g);
