@@ -128,8 +128,13 @@ pub unsafe fn dot_row_group<const N: usize>(
     }
 }
 
+/// Bytes ahead of the current code word that the interleaved kernel prefetches.
+const PREFETCH_AHEAD: usize = 4096;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    #[allow(unused_imports)]
+    use super::PREFETCH_AHEAD;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -274,6 +279,8 @@ mod x86 {
             for blk in g * blocks_per_group..(g + 1) * blocks_per_group {
                 let mut isum = [_mm512_setzero_si512(); N];
                 for c in blk * 4..blk * 4 + 4 {
+                    // Ahead of the hardware prefetcher, which restarts on every row group.
+                    _mm_prefetch::<_MM_HINT_T0>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
                     let v = _mm512_loadu_si512(codes.add(c * 64) as *const _);
                     let lo = _mm512_and_si512(v, nib);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
