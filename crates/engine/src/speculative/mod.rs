@@ -63,6 +63,16 @@ impl SpecStats {
         ratio(self.emitted, self.rounds)
     }
 
+    /// The counts since `earlier` (a copy of these counters taken before).
+    pub fn since(&self, earlier: &SpecStats) -> SpecStats {
+        SpecStats {
+            rounds: self.rounds - earlier.rounds,
+            drafted: self.drafted - earlier.drafted,
+            accepted: self.accepted - earlier.accepted,
+            emitted: self.emitted - earlier.emitted,
+        }
+    }
+
     pub fn add(&mut self, o: &SpecStats) {
         self.rounds += o.rounds;
         self.drafted += o.drafted;
