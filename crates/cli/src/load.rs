@@ -194,8 +194,8 @@ impl ModelArgs {
 impl ModelArgs {
     /// Loads the draft model (resident, warmed when it fits) and checks its tokenizer.
     fn load_draft(&self, engine: &mut Engine, dir: &Path, draft_dir: &Path) -> Result<()> {
-        let warm = sys::mem_available_bytes()
-            .is_some_and(|avail| dir_weight_bytes(draft_dir) < avail / 4);
+        let warm =
+            sys::mem_available_bytes().is_some_and(|avail| dir_weight_bytes(draft_dir) < avail / 4);
         let opts = LoadOptions {
             threads: self.threads,
             warm,
@@ -212,7 +212,10 @@ impl ModelArgs {
         eprintln!(
             "speculative decoding: draft {} ({}), {} tokens per round",
             draft_dir.display(),
-            engine.draft.as_ref().map_or("", |d| d.model.info.model_type.as_str()),
+            engine
+                .draft
+                .as_ref()
+                .map_or("", |d| d.model.info.model_type.as_str()),
             self.num_draft_tokens
         );
         if self.stream_experts {

@@ -57,7 +57,12 @@ struct Run {
 }
 
 /// Greedy tokens with speculative decoding (the draft proposes, `model` verifies).
-fn greedy_speculative(model: &Transformer, draft: &Draft, prompt: &[u32], n: usize) -> Result<(Run, SpecStats)> {
+fn greedy_speculative(
+    model: &Transformer,
+    draft: &Draft,
+    prompt: &[u32],
+    n: usize,
+) -> Result<(Run, SpecStats)> {
     let mut run = Run {
         ids: Vec::with_capacity(n),
         logits: Vec::with_capacity(n),
@@ -69,11 +74,19 @@ fn greedy_speculative(model: &Transformer, draft: &Draft, prompt: &[u32], n: usi
     };
     let sampler = Sampler::new(SamplingParams::default());
     let mut cache = model.new_cache();
-    let stats = speculative::generate(model, draft, &mut cache, prompt, sampler, &params, &mut |t, row| {
-        run.ids.push(t.id);
-        run.logits.push(row.to_vec());
-        Flow::Continue
-    })
+    let stats = speculative::generate(
+        model,
+        draft,
+        &mut cache,
+        prompt,
+        sampler,
+        &params,
+        &mut |t, row| {
+            run.ids.push(t.id);
+            run.logits.push(row.to_vec());
+            Flow::Continue
+        },
+    )
     .context("speculative decoding")?;
     Ok((run, stats.speculative.unwrap_or_default()))
 }
@@ -99,10 +112,19 @@ fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Result<Run> {
     Ok(run)
 }
 
-fn configure(engine: &mut Engine, precision: Precision, fused: bool, top_k: Option<usize>) -> Result<()> {
+fn configure(
+    engine: &mut Engine,
+    precision: Precision,
+    fused: bool,
+    top_k: Option<usize>,
+) -> Result<()> {
     engine.loaded.model.precision = precision;
     engine.loaded.model.fused_swiglu = fused;
-    engine.loaded.model.set_moe_top_k(top_k).map_err(anyhow::Error::msg)
+    engine
+        .loaded
+        .model
+        .set_moe_top_k(top_k)
+        .map_err(anyhow::Error::msg)
 }
 
 pub fn run(args: ValidateArgs) -> Result<bool> {
@@ -149,8 +171,16 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
     };
     let reference_name = format!(
         "{}{}, default MoE top-k ({}), no draft",
-        if resident.is_some() { "resident experts, " } else { "" },
-        if option_under_test { path_name } else { "f32 activations, unfused SwiGLU" },
+        if resident.is_some() {
+            "resident experts, "
+        } else {
+            ""
+        },
+        if option_under_test {
+            path_name
+        } else {
+            "f32 activations, unfused SwiGLU"
+        },
         default_top_k.map_or("dense".into(), |k| k.to_string()),
     );
     let mut candidate_name = if option_under_test {
@@ -169,7 +199,11 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             args.model.num_draft_tokens
         );
     }
-    candidate_name += if exact_candidate { " (exact)" } else { " (approximate)" };
+    candidate_name += if exact_candidate {
+        " (exact)"
+    } else {
+        " (approximate)"
+    };
     eprintln!("reference: {reference_name} | candidate: {candidate_name}");
     let mut results = Vec::new();
     let mut all_identical = true;

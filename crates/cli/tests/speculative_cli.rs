@@ -64,12 +64,18 @@ fn generate_with_a_draft_gives_the_same_tokens_and_reports_counters() {
     assert!(s["verification_steps"].as_u64().unwrap() > 0, "{summary}");
     let rate = s["acceptance_rate"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&rate), "{s}");
-    assert!(s["tokens_per_verification_step"].as_f64().unwrap() >= 1.0, "{s}");
+    assert!(
+        s["tokens_per_verification_step"].as_f64().unwrap() >= 1.0,
+        "{s}"
+    );
     assert!(err.contains("speculative decoding: draft"), "{err}");
     // Combined with streaming: allowed, with a warning.
     let (got, _, err) = generate_json(&["--draft-model", &draft, "--stream-experts"]);
     assert_eq!(got, want);
-    assert!(err.contains("warning: speculative decoding with --stream-experts"), "{err}");
+    assert!(
+        err.contains("warning: speculative decoding with --stream-experts"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -100,20 +106,39 @@ fn a_draft_with_another_tokenizer_fails_at_startup() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("do not share a tokenizer"), "{err}");
-    assert!(err.contains(dir.to_str().unwrap()) && err.contains(&main), "{err}");
+    assert!(
+        err.contains(dir.to_str().unwrap()) && err.contains(&main),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
 fn validate_reports_top_k_drift_and_checks_speculative_output() {
     let main = fixture("qwen3_moe_q4_g32_f32");
-    let o = moestream(&["validate", "--model", &main, "--moe-top-k", "2", "--max-tokens", "8"]);
+    let o = moestream(&[
+        "validate",
+        "--model",
+        &main,
+        "--moe-top-k",
+        "2",
+        "--max-tokens",
+        "8",
+    ]);
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}{}", text(&o.stderr));
     assert!(out.contains("token agreement with the reference"), "{out}");
     assert!(text(&o.stderr).contains("MoE top-k 2 (approximate)"));
     let draft = fixture("qwen3_dense_f32");
-    let o = moestream(&["validate", "--model", &main, "--draft-model", &draft, "--max-tokens", "8"]);
+    let o = moestream(&[
+        "validate",
+        "--model",
+        &main,
+        "--draft-model",
+        &draft,
+        "--max-tokens",
+        "8",
+    ]);
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}{}", text(&o.stderr));
     assert!(out.contains("all prompts token-identical"), "{out}");
@@ -121,7 +146,19 @@ fn validate_reports_top_k_drift_and_checks_speculative_output() {
     // Bad values are usage errors named by their flag.
     let o = moestream(&["validate", "--model", &main, "--moe-top-k", "99"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("--moe-top-k 99"), "{}", text(&o.stderr));
-    let o = moestream(&["generate", "--model", &main, "--prompt", "x", "--num-draft-tokens", "3"]);
+    assert!(
+        text(&o.stderr).contains("--moe-top-k 99"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = moestream(&[
+        "generate",
+        "--model",
+        &main,
+        "--prompt",
+        "x",
+        "--num-draft-tokens",
+        "3",
+    ]);
     assert_eq!(o.status.code(), Some(2), "needs --draft-model");
 }

@@ -47,7 +47,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Whether any logits processor (repetition, presence, frequency penalty) is on.
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 
     /// Checks ranges; the message names the parameter.
@@ -231,7 +233,6 @@ impl Sampler {
         }
         keep.max(1)
     }
-
 }
 
 /// Unnormalised weight of a kept log-probability at `temperature`, relative to the largest
@@ -371,7 +372,10 @@ mod tests {
                 hist[s.sample(&logits) as usize] += 1;
             }
             for (h, p) in hist.iter().zip(&probs) {
-                assert!((*h as f32 / n as f32 - p).abs() < 0.015, "{hist:?} vs {probs:?}");
+                assert!(
+                    (*h as f32 / n as f32 - p).abs() < 0.015,
+                    "{hist:?} vs {probs:?}"
+                );
                 assert!(*p > 0.0 || *h == 0, "sampled outside the support");
             }
         }

@@ -90,7 +90,11 @@ fn greedy_speculative_equals_plain_greedy() {
         ("qwen3_next_f32", "qwen3_dense_f32", Precision::Exact),
         ("qwen3_next_f32", "qwen3_next_q4_g32_f32", Precision::Exact),
         ("qwen3_5_moe_f32", "qwen3_5_moe_q4_g32_f32", Precision::Fast),
-        ("qwen3_5_moe_q4_g32_f32", "qwen3_5_moe_q4_g32_f32", Precision::Fast),
+        (
+            "qwen3_5_moe_q4_g32_f32",
+            "qwen3_5_moe_q4_g32_f32",
+            Precision::Fast,
+        ),
     ];
     let mut partial = 0;
     for (main, draft, precision) in cases {
@@ -104,10 +108,17 @@ fn greedy_speculative_equals_plain_greedy() {
             };
             let (got, cache, stats) = spec_tokens(&m, &d, &prompt);
             assert_eq!(got, want, "{main} with draft {draft}, {n} per round");
-            assert_eq!(stats.emitted + 1, want.len(), "{main}: the first token is not drafted");
+            assert_eq!(
+                stats.emitted + 1,
+                want.len(),
+                "{main}: the first token is not drafted"
+            );
             assert!(stats.rounds < want.len() || stats.accepted == 0);
             if main == draft {
-                assert_eq!(stats.accepted, stats.drafted, "{main}: a draft equal to the model");
+                assert_eq!(
+                    stats.accepted, stats.drafted,
+                    "{main}: a draft equal to the model"
+                );
                 assert!(stats.tokens_per_step() > 1.0 + 0.5 * n as f64, "{stats:?}");
             }
             if stats.accepted > 0 && stats.accepted < stats.drafted {
@@ -118,10 +129,16 @@ fn greedy_speculative_equals_plain_greedy() {
             let fed = &want[..want.len() - 1];
             let plain = plain_cache(&m, &prompt, fed);
             assert_eq!(cache.offset, plain.offset, "{main}: cache length");
-            assert_eq!(cache.recurrent, plain.recurrent, "{main} / {draft} / {n}: state");
+            assert_eq!(
+                cache.recurrent, plain.recurrent,
+                "{main} / {draft} / {n}: state"
+            );
         }
     }
-    assert!(partial >= 3, "partial acceptances exercise the rollback ({partial})");
+    assert!(
+        partial >= 3,
+        "partial acceptances exercise the rollback ({partial})"
+    );
 }
 
 /// A round that accepts some drafts and rejects the rest, on the hybrids: afterwards the
@@ -188,18 +205,28 @@ fn sampled_tokens_follow_the_main_model() {
     };
     let (p, q) = (dist(&m), dist(&d.model));
     let tv = |a: &[f32], b: &[f64]| -> f64 {
-        0.5 * a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).sum::<f64>()
+        0.5 * a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - y).abs())
+            .sum::<f64>()
     };
     let mut cache = m.new_cache();
     let mut logits = Vec::new();
-    m.forward(&history[..history.len() - 1], &mut cache, false, &mut logits)
-        .unwrap();
+    m.forward(
+        &history[..history.len() - 1],
+        &mut cache,
+        false,
+        &mut logits,
+    )
+    .unwrap();
     let mut spec = SpecSeq::new(&d, &Sampler::new(params(0)));
     let n = 6000;
     let mut hist = vec![0f64; p.len()];
     for seed in 0..n {
         let mut lp = TokenLoop::new(&history, Sampler::new(params(seed)), &gp);
-        spec.round(&d, &m, &mut cache, &mut lp, &mut logits).unwrap();
+        spec.round(&d, &m, &mut cache, &mut lp, &mut logits)
+            .unwrap();
         hist[spec.chosen()[0] as usize] += 1.0 / n as f64;
         // Commit nothing: both caches go back to where the round started.
         spec.settle(&d, &m, &mut cache, 0);
@@ -211,9 +238,18 @@ fn sampled_tokens_follow_the_main_model() {
     );
     let (to_main, to_draft) = (tv(&p, &hist), tv(&q, &hist));
     let main_vs_draft = tv(&p, &q.iter().map(|&x| x as f64).collect::<Vec<_>>());
-    assert!(main_vs_draft > 0.3, "the draft must differ to test anything ({main_vs_draft})");
-    assert!(to_main < 0.06, "distance to the main model's distribution {to_main}");
-    assert!(to_draft > 0.25, "distance to the draft's distribution {to_draft}");
+    assert!(
+        main_vs_draft > 0.3,
+        "the draft must differ to test anything ({main_vs_draft})"
+    );
+    assert!(
+        to_main < 0.06,
+        "distance to the main model's distribution {to_main}"
+    );
+    assert!(
+        to_draft > 0.25,
+        "distance to the draft's distribution {to_draft}"
+    );
 }
 
 #[test]
@@ -292,7 +328,10 @@ fn text_generation_with_a_draft_is_unchanged() {
     assert_eq!(stats.finish, plain.finish);
     assert!(plain.speculative.is_none());
     let s = stats.speculative.unwrap();
-    assert!(s.rounds > 0 && s.emitted + 1 == stats.generated_tokens, "{s:?}");
+    assert!(
+        s.rounds > 0 && s.emitted + 1 == stats.generated_tokens,
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -303,10 +342,18 @@ fn moe_top_k_overrides_the_config() {
     let bytes = m.info.bytes_per_token;
     let want = plain_tokens(&m, &prompt);
     m.set_moe_top_k(Some(4)).unwrap();
-    assert_eq!(plain_tokens(&m, &prompt), want, "the config's k changes nothing");
+    assert_eq!(
+        plain_tokens(&m, &prompt),
+        want,
+        "the config's k changes nothing"
+    );
     m.set_moe_top_k(Some(2)).unwrap();
     assert!(m.info.bytes_per_token < bytes);
-    assert_ne!(plain_tokens(&m, &prompt), want, "fewer experts change the output");
+    assert_ne!(
+        plain_tokens(&m, &prompt),
+        want,
+        "fewer experts change the output"
+    );
     m.set_moe_top_k(None).unwrap();
     assert_eq!(plain_tokens(&m, &prompt), want);
     assert_eq!(m.info.bytes_per_token, bytes);

@@ -225,7 +225,11 @@ impl Scheduler {
             top_logprobs: job.top_logprobs,
         };
         let sampler = Sampler::new(job.sampling.clone());
-        let spec = self.engine.draft.as_ref().map(|d| SpecSeq::new(d, &sampler));
+        let spec = self
+            .engine
+            .draft
+            .as_ref()
+            .map(|d| SpecSeq::new(d, &sampler));
         let text = self.engine.text_loop(&job.prompt, sampler, &params);
         Seq {
             job,

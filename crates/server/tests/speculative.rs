@@ -26,7 +26,9 @@ fn opts() -> LoadOptions {
 }
 
 fn prompt(i: usize) -> Vec<u32> {
-    (0..5 + 3 * i as u32).map(|t| (t * 37 + 11 * i as u32) % 470).collect()
+    (0..5 + 3 * i as u32)
+        .map(|t| (t * 37 + 11 * i as u32) % 470)
+        .collect()
 }
 
 #[test]
@@ -100,7 +102,10 @@ fn batched_speculative_sequences_answer_as_the_engine_alone() {
         metrics.spec_drafted.load(Relaxed),
         metrics.spec_accepted.load(Relaxed),
     );
-    assert!(rounds > 0 && accepted > 0 && accepted <= drafted, "{rounds} {drafted} {accepted}");
+    assert!(
+        rounds > 0 && accepted > 0 && accepted <= drafted,
+        "{rounds} {drafted} {accepted}"
+    );
     let text = metrics.render(&Default::default());
     assert!(text.contains("moestream_speculative_acceptance_rate"));
 }

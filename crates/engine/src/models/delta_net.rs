@@ -201,7 +201,15 @@ impl DeltaNet {
             let Some(Some(st)) = step.cache.recurrent.get_mut(layer) else {
                 unreachable!("forward_batch checks every step's recurrent state")
             };
-            self.advance(&m.pool, st, &qkv[rows.clone()], gs, bs, &mut conv[rows], &mut y[yr]);
+            self.advance(
+                &m.pool,
+                st,
+                &qkv[rows.clone()],
+                gs,
+                bs,
+                &mut conv[rows],
+                &mut y[yr],
+            );
             row += n;
         }
         gated_rms_norm(y, z, &self.norm.view(), self.eps);

@@ -120,7 +120,10 @@ mod tests {
         for _ in 0..1000 {
             let mut q = p;
             let d = draw(&p, s.uniform());
-            assert_eq!(sampled(&p, Some(&mut q), Some(d), &mut s), Verdict::Accept(d));
+            assert_eq!(
+                sampled(&p, Some(&mut q), Some(d), &mut s),
+                Verdict::Accept(d)
+            );
         }
     }
 }

@@ -24,8 +24,7 @@ pub mod rollback;
 use crate::cache::{Checkpoint, SeqCache};
 use crate::error::{LoadError, RunError};
 use crate::generate::{
-    Flow, FinishReason, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop,
-    PREFILL_CHUNK,
+    FinishReason, Flow, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop, PREFILL_CHUNK,
 };
 use crate::models::Transformer;
 use crate::sampling::{argmax, Sampler};
@@ -107,9 +106,7 @@ pub fn check_compatible(
     };
     let (mv, dv) = (main.0.info.vocab_size, draft.0.info.vocab_size);
     if mv != dv {
-        return Err(mismatch(format!(
-            "vocab_size {dv} (draft) vs {mv} (main)"
-        )));
+        return Err(mismatch(format!("vocab_size {dv} (draft) vs {mv} (main)")));
     }
     let (mt, dt) = (&main.1.tokenizer, &draft.1.tokenizer);
     if mt.vocab_size() != dt.vocab_size() {
@@ -208,7 +205,11 @@ impl SpecSeq {
     ) -> Result<&[u32], RunError> {
         let history = lp.tokens();
         let len = history.len();
-        debug_assert_eq!(main_cache.offset + 1, len, "main cache must lag by one token");
+        debug_assert_eq!(
+            main_cache.offset + 1,
+            len,
+            "main cache must lag by one token"
+        );
         let room = |m: &Transformer| m.info.max_context.saturating_sub(len + 1);
         let n = draft
             .num_draft
@@ -276,8 +277,7 @@ impl SpecSeq {
                 accept::greedy(&self.processed, drafted)
             } else {
                 self.p.resize(vocab, 0.0);
-                lp.sampler_mut()
-                    .probabilities(&self.processed, &mut self.p);
+                lp.sampler_mut().probabilities(&self.processed, &mut self.p);
                 let q = drafted.map(|_| &mut self.q[i * vocab..(i + 1) * vocab]);
                 accept::sampled(&self.p, q, drafted, lp.sampler_mut())
             };
@@ -305,7 +305,13 @@ impl SpecSeq {
 
     /// Ends the round once the caller has committed the first `used` chosen tokens to the
     /// sequence: both caches roll back to exactly the sequence's tokens but the last.
-    pub fn settle(&mut self, draft: &Draft, main: &Transformer, main_cache: &mut SeqCache, used: usize) {
+    pub fn settle(
+        &mut self,
+        draft: &Draft,
+        main: &Transformer,
+        main_cache: &mut SeqCache,
+        used: usize,
+    ) {
         let keep = self.main_cp.offset + used;
         rollback::rewind(main, main_cache, &self.main_cp, keep);
         if self.cache.offset > keep {
