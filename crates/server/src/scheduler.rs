@@ -382,7 +382,9 @@ impl Scheduler {
     }
 
     /// A finished sequence's state goes to the prompt cache (the tokens its KV holds).
-    fn retire(&mut self, s: Seq) {
+    fn retire(&mut self, mut s: Seq) {
+        // Speculative rounds' rollback log is scratch: not worth keeping in the cache.
+        s.cache.log = Default::default();
         let held = s.cache.offset;
         if held > 0 {
             let tokens = &s.text.tokens.tokens()[..held];
