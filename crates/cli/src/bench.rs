@@ -6,7 +6,9 @@ use crate::load::ModelArgs;
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use moestream_engine::sampling::argmax;
+use moestream_engine::generate::{GenerateParams, Next, TokenLoop};
+use moestream_engine::sampling::{Sampler, SamplingParams};
+use moestream_engine::speculative::SpecSeq;
 use moestream_kernels::rng::Rng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -67,6 +69,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let mut cache = model.new_cache();
     let mut logits = Vec::new();
+    let mut spec = engine
+        .draft
+        .as_ref()
+        .map(|d| (d, SpecSeq::new(d, &Sampler::new(SamplingParams::default()))));
     eprintln!("prefill: {} tokens...", prompt.len());
     let t0 = Instant::now();
     for chunk in prompt.chunks(moestream_engine::generate::PREFILL_CHUNK) {
@@ -74,7 +80,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .forward(chunk, &mut cache, false, &mut logits)
             .context("prefill")?;
     }
-    let mut next = argmax(&logits);
+    if let Some((d, s)) = &mut spec {
+        s.prefill(d, &prompt).context("draft prefill")?;
+    }
+    // Greedy, no end-of-sequence: exactly gen_tokens tokens after the first.
+    let params = GenerateParams {
+        max_tokens: args.gen_tokens + 1,
+        eos_ids: &[],
+        top_logprobs: 0,
+    };
+    let mut lp = TokenLoop::new(&prompt, Sampler::new(SamplingParams::default()), &params);
+    lp.next(&logits);
     let ttft = t0.elapsed().as_secs_f64();
     let usage_mid = model.experts.usage();
     let io_mid = model.experts.stats();
@@ -82,14 +98,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rss_decode_start = rss_bytes();
     // Resident set every 100 decoded tokens (bounded memory over long generations).
     let mut rss_samples = Vec::new();
+    let mut sampled_at = 0;
     let t1 = Instant::now();
-    for i in 0..args.gen_tokens {
-        model
-            .forward(&[next], &mut cache, false, &mut logits)
-            .context("decode")?;
-        next = argmax(&logits);
-        if (i + 1) % 100 == 0 {
-            rss_samples.push(json!([i + 1, rss_bytes()]));
+    while !lp.is_finished() {
+        match &mut spec {
+            None => {
+                model
+                    .forward(&[lp.last_token()], &mut cache, false, &mut logits)
+                    .context("decode")?;
+                lp.next(&logits);
+            }
+            Some((d, s)) => {
+                s.round(d, model, &mut cache, &mut lp, &mut logits)
+                    .context("decode")?;
+                s.finish_round(d, model, &mut cache, &logits, |id, row| {
+                    let joined = matches!(lp.commit(id, row), Next::Token(_));
+                    Ok::<_, anyhow::Error>((joined, !lp.is_finished()))
+                })?;
+            }
+        }
+        let decoded = lp.stats.generated_tokens - 1;
+        if decoded / 100 > sampled_at {
+            sampled_at = decoded / 100;
+            rss_samples.push(json!([decoded, rss_bytes()]));
         }
     }
     let decode_secs = t1.elapsed().as_secs_f64();
@@ -127,6 +158,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "rss_end_bytes": rss_bytes(),
         "rss_every_100_decoded_tokens": rss_samples,
         "expert_store": model.experts.describe(),
+        "speculative": crate::spec_report::json(spec.as_ref().map(|(_, s)| &s.stats)),
+        "moe_top_k": model.moe_top_k,
         "routing_spread": json!({
             "prefill_distinct_experts_per_layer": distinct(&usage_before, &usage_mid),
             "decode_distinct_experts_per_layer": distinct(&usage_mid, &usage_after),
@@ -153,6 +186,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "threads": model.pool.threads(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
+            "draft_model": args.model.draft_model.as_ref().map(|p| p.display().to_string()),
+            "num_draft_tokens": args.model.draft_model.as_ref().map(|_| args.model.num_draft_tokens),
+            "moe_top_k": args.model.moe_top_k,
         },
         "figures": figures,
     });
@@ -174,6 +210,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             info.bytes_per_token as f64 / 1e9,
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
         );
+        if let Some((_, s)) = &spec {
+            println!("{}", crate::spec_report::line(&s.stats));
+        }
         if args.model.stream_experts {
             let per_tok = |x: f64| x / args.gen_tokens as f64;
             println!(

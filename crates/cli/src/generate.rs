@@ -133,12 +133,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "peak_rss_bytes": rss,
             "finish_reason": stats.finish.map(|f| f.as_str()),
             "experts": experts_json(&engine),
+            "speculative": crate::spec_report::json(stats.speculative.as_ref()),
         });
         writeln!(out, "{summary}")?;
     } else {
         write!(out, "{}", outcome.tail)?;
         writeln!(out)?;
         eprintln!("{}", summary_line(stats, rss));
+        if let Some(s) = &stats.speculative {
+            eprintln!("{}", crate::spec_report::line(s));
+        }
         if args.model.stream_experts {
             let io = engine.model().experts.stats();
             eprintln!(

@@ -67,6 +67,19 @@ pub struct ModelArgs {
     /// to the pread pool and say why when io_uring is unavailable).
     #[arg(long, default_value = "pread", value_parser = parse_io_engine, requires = "stream_experts")]
     pub io_engine: IoEngine,
+    /// Draft model for speculative decoding (resident; must share the main model's
+    /// tokenizer). The draft proposes --num-draft-tokens tokens, the model verifies them in
+    /// one pass: the same output (greedy: the same tokens), faster when the draft is cheap
+    /// and often right. With --stream-experts it usually loses (see BENCHMARKS.md).
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// Tokens the draft proposes per verification pass.
+    #[arg(long, default_value_t = 4, requires = "draft_model")]
+    pub num_draft_tokens: usize,
+    /// Experts per token for every MoE layer instead of the config's num_experts_per_tok
+    /// (fewer: faster, and the output changes; `validate --moe-top-k K` reports how much).
+    #[arg(long)]
+    pub moe_top_k: Option<usize>,
 }
 
 fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
@@ -136,9 +149,23 @@ impl ModelArgs {
             stream,
             row_major_weights: self.row_major_weights,
         };
-        let engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
+        let mut engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
             .with_context(|| format!("loading {}", dir.display()))?;
         bar.finish();
+        if let Some(k) = self.moe_top_k {
+            engine
+                .loaded
+                .model
+                .set_moe_top_k(Some(k))
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "MoE top-k: {k} experts per token (config: {})",
+                engine.model().default_top_k().unwrap_or(k)
+            );
+        }
+        if let Some(draft_dir) = &self.draft_model {
+            self.load_draft(&mut engine, &dir, draft_dir)?;
+        }
         if let Some(p) = engine.loaded.budget_plan {
             let gb = |b: u64| b as f64 / 1e9;
             eprintln!(
@@ -168,6 +195,42 @@ impl ModelArgs {
             );
         }
         Ok(engine)
+    }
+}
+
+impl ModelArgs {
+    /// Loads the draft model (resident, warmed when it fits) and checks its tokenizer.
+    fn load_draft(&self, engine: &mut Engine, dir: &Path, draft_dir: &Path) -> Result<()> {
+        let warm =
+            sys::mem_available_bytes().is_some_and(|avail| dir_weight_bytes(draft_dir) < avail / 4);
+        let opts = LoadOptions {
+            threads: self.threads,
+            warm,
+            precision: self.precision(),
+            stream: None,
+        };
+        let mut bar = LoadBar::new();
+        engine
+            .load_draft(dir, draft_dir, self.num_draft_tokens, &opts, &mut |p| {
+                bar.update(p)
+            })
+            .with_context(|| format!("loading the draft model {}", draft_dir.display()))?;
+        bar.finish();
+        eprintln!(
+            "speculative decoding: draft {} ({}), {} tokens per round",
+            draft_dir.display(),
+            engine
+                .draft
+                .as_ref()
+                .map_or("", |d| d.model.info.model_type.as_str()),
+            self.num_draft_tokens
+        );
+        if self.stream_experts {
+            eprintln!(
+                "warning: speculative decoding with --stream-experts: each verified position routes to its own experts, so a round reads the union of their experts from disk; measured slower than decoding without a draft (BENCHMARKS.md)"
+            );
+        }
+        Ok(())
     }
 }
 

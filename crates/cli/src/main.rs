@@ -9,6 +9,7 @@ mod generate;
 mod load;
 mod progress;
 mod serve;
+mod spec_report;
 mod synth;
 mod sys;
 mod validate;

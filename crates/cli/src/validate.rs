@@ -4,13 +4,20 @@
 //! configuration (int8 activations where a kernel exists: an approximate path, whose drift is
 //! reported) or, with `--exact`, the fused f32 path (an exact path: any divergence fails with
 //! exit code 1).
+//!
+//! With `--moe-top-k K` and/or `--draft-model`, the reference is the same path without them
+//! (the config's top-k, no draft), so the report shows what they change: for top-k, the
+//! token agreement with the default top-k over the prompts (approximate); for speculative
+//! decoding alone, nothing may change (exact).
 
 use crate::capsule;
 use crate::load::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use moestream_engine::generate::{Flow, GenerateParams};
 use moestream_engine::models::Transformer;
-use moestream_engine::sampling::argmax;
+use moestream_engine::sampling::{argmax, Sampler, SamplingParams};
+use moestream_engine::speculative::{self, Draft, SpecStats};
 use moestream_engine::Engine;
 use moestream_kernels::qdot::Precision;
 use serde_json::{json, Value};
@@ -49,6 +56,41 @@ struct Run {
     logits: Vec<Vec<f32>>,
 }
 
+/// Greedy tokens with speculative decoding (the draft proposes, `model` verifies).
+fn greedy_speculative(
+    model: &Transformer,
+    draft: &Draft,
+    prompt: &[u32],
+    n: usize,
+) -> Result<(Run, SpecStats)> {
+    let mut run = Run {
+        ids: Vec::with_capacity(n),
+        logits: Vec::with_capacity(n),
+    };
+    let params = GenerateParams {
+        max_tokens: n,
+        eos_ids: &[],
+        top_logprobs: 0,
+    };
+    let sampler = Sampler::new(SamplingParams::default());
+    let mut cache = model.new_cache();
+    let stats = speculative::generate(
+        model,
+        draft,
+        &mut cache,
+        prompt,
+        sampler,
+        &params,
+        &mut |t, row| {
+            run.ids.push(t.id);
+            run.logits.push(row.to_vec());
+            Flow::Continue
+        },
+    )
+    .context("speculative decoding")?;
+    Ok((run, stats.speculative.unwrap_or_default()))
+}
+
 fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Result<Run> {
     let mut cache = model.new_cache();
     let mut logits = Vec::new();
@@ -70,9 +112,19 @@ fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Result<Run> {
     Ok(run)
 }
 
-fn configure(engine: &mut Engine, precision: Precision, fused: bool) {
+fn configure(
+    engine: &mut Engine,
+    precision: Precision,
+    fused: bool,
+    top_k: Option<usize>,
+) -> Result<()> {
     engine.loaded.model.precision = precision;
     engine.loaded.model.fused_swiglu = fused;
+    engine
+        .loaded
+        .model
+        .set_moe_top_k(top_k)
+        .map_err(anyhow::Error::msg)
 }
 
 pub fn run(args: ValidateArgs) -> Result<bool> {
@@ -88,28 +140,75 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
     if prompts.is_empty() {
         bail!("no prompts");
     }
-    let exact_candidate = args.model.exact;
     let mut engine = args.model.load()?;
+    let top_k = args.model.moe_top_k;
+    let default_top_k = engine.model().default_top_k();
+    let top_k_changed = top_k.is_some() && top_k != default_top_k;
+    // With --moe-top-k or --draft-model the reference is the same path without them, so
+    // the comparison isolates what they change.
+    let option_under_test = top_k.is_some() || engine.draft.is_some();
+    // Speculative greedy decoding must give the plain tokens: an exact comparison.
+    let exact_candidate = !top_k_changed && (args.model.exact || engine.draft.is_some());
     let mut resident = if args.reference_resident {
         let mut plain = args.model.clone();
         plain.stream_experts = false;
+        plain.draft_model = None;
+        plain.moe_top_k = None;
         Some(plain.load()?)
     } else {
         None
     };
-    let reference_name = if resident.is_some() {
-        "resident experts, f32 activations, unfused SwiGLU"
+    let precision = args.model.precision();
+    let (ref_precision, ref_fused) = if option_under_test {
+        (precision, true)
     } else {
-        "f32 activations, unfused SwiGLU"
+        (Precision::Exact, false)
     };
-    let candidate_name = if exact_candidate {
-        "fused f32 (exact)"
+    let path_name = if args.model.exact {
+        "fused f32"
     } else {
-        "default: fused, int8 activations (approximate)"
+        "fused, int8 activations"
+    };
+    let reference_name = format!(
+        "{}{}, default MoE top-k ({}), no draft",
+        if resident.is_some() {
+            "resident experts, "
+        } else {
+            ""
+        },
+        if option_under_test {
+            path_name
+        } else {
+            "f32 activations, unfused SwiGLU"
+        },
+        default_top_k.map_or("dense".into(), |k| k.to_string()),
+    );
+    let mut candidate_name = if option_under_test {
+        path_name.to_string()
+    } else if args.model.exact {
+        "fused f32".to_string()
+    } else {
+        "default: fused, int8 activations".to_string()
+    };
+    if let Some(k) = top_k {
+        candidate_name += &format!(", MoE top-k {k}");
+    }
+    if engine.draft.is_some() {
+        candidate_name += &format!(
+            ", speculative ({} draft tokens per round)",
+            args.model.num_draft_tokens
+        );
+    }
+    candidate_name += if exact_candidate {
+        " (exact)"
+    } else {
+        " (approximate)"
     };
     eprintln!("reference: {reference_name} | candidate: {candidate_name}");
     let mut results = Vec::new();
     let mut all_identical = true;
+    let mut spec_total = SpecStats::default();
+    let (mut agree_total, mut compared_total) = (0usize, 0usize);
     for (i, text) in prompts.iter().enumerate() {
         let ids = if engine.text.chat_template.is_some() {
             let messages = vec![json!({"role": "user", "content": text})];
@@ -119,16 +218,23 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
         };
         let reference = match resident.as_mut() {
             Some(r) => {
-                configure(r, Precision::Exact, false);
+                configure(r, ref_precision, ref_fused, None)?;
                 greedy(r.model(), &ids, args.max_tokens)?
             }
             None => {
-                configure(&mut engine, Precision::Exact, false);
+                configure(&mut engine, ref_precision, ref_fused, None)?;
                 greedy(engine.model(), &ids, args.max_tokens)?
             }
         };
-        configure(&mut engine, args.model.precision(), true);
-        let candidate = greedy(engine.model(), &ids, args.max_tokens)?;
+        configure(&mut engine, precision, true, top_k)?;
+        let candidate = match &engine.draft {
+            Some(d) => {
+                let (run, stats) = greedy_speculative(engine.model(), d, &ids, args.max_tokens)?;
+                spec_total.add(&stats);
+                run
+            }
+            None => greedy(engine.model(), &ids, args.max_tokens)?,
+        };
         let first_diff = reference
             .ids
             .iter()
@@ -147,6 +253,8 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             .filter(|(a, b)| a == b)
             .count();
         all_identical &= first_diff.is_none();
+        agree_total += agree;
+        compared_total += args.max_tokens;
         println!(
             "prompt {i}: {} | {agree}/{} tokens agree | max |logit diff| {max_diff:.3e} (until the first divergence)",
             match first_diff {
@@ -171,6 +279,15 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
     } else {
         "the approximate path drifted on some prompts (reported above; not a failure)"
     };
+    let agreement = agree_total as f64 / compared_total.max(1) as f64;
+    println!(
+        "token agreement with the reference: {agree_total}/{compared_total} ({:.1}%) over {} prompts",
+        100.0 * agreement,
+        prompts.len()
+    );
+    if engine.draft.is_some() {
+        println!("{}", crate::spec_report::line(&spec_total));
+    }
     println!("{verdict}");
     if let Some(out) = &args.out {
         let capsule: Value = json!({
@@ -181,6 +298,10 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             "reference": reference_name,
             "candidate": candidate_name,
             "max_tokens": args.max_tokens,
+            "moe_top_k": top_k,
+            "default_moe_top_k": default_top_k,
+            "token_agreement": agreement,
+            "speculative": crate::spec_report::json(engine.draft.as_ref().map(|_| &spec_total)),
             "results": results,
             "verdict": verdict,
         });

@@ -149,7 +149,7 @@ impl DeltaState {
 
 /// What [`SeqCache::restore`] needs to return a sequence to an earlier point: the position,
 /// and a copy of every recurrent layer's state (KV caches roll back by position alone).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoint {
     pub offset: usize,
     pub recurrent: Vec<Option<DeltaState>>,
@@ -171,6 +171,54 @@ pub struct SeqCache {
     pub scratch: Scratch,
     /// Per layer: the recurrent state of a Gated DeltaNet layer (`None` for attention).
     pub recurrent: Vec<Option<DeltaState>>,
+    /// While active, the recurrent layers' inputs since a checkpoint (speculative decoding
+    /// rolls back to a point between the checkpoint and now by replaying them).
+    pub log: RecurrentLog,
+}
+
+/// The inputs of every recurrent layer for the tokens fed since [`RecurrentLog::start`], in
+/// order: enough to recompute the state after any prefix of those tokens from the
+/// checkpoint, without running the rest of the model again. Buffers are kept across rounds.
+#[derive(Clone, Debug, Default)]
+pub struct RecurrentLog {
+    pub active: bool,
+    /// Per layer (empty for attention layers).
+    pub layers: Vec<LayerLog>,
+}
+
+/// One recurrent layer's logged inputs, one row per token: the pre-conv `q|k|v` channels
+/// (`[C]`), and the decay and write gates (`[Hv]` each).
+#[derive(Clone, Debug, Default)]
+pub struct LayerLog {
+    pub qkv: Vec<f32>,
+    pub g: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+impl RecurrentLog {
+    /// Starts logging from now (forgets what was logged before).
+    pub fn start(&mut self, layers: usize) {
+        self.active = true;
+        self.layers.resize_with(layers, LayerLog::default);
+        for l in &mut self.layers {
+            l.qkv.clear();
+            l.g.clear();
+            l.beta.clear();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.active = false;
+    }
+
+    /// Appends one layer's rows (called by the recurrent layer's forward pass).
+    pub fn record(&mut self, layer: usize, qkv: &[f32], g: &[f32], beta: &[f32]) {
+        if let Some(l) = self.layers.get_mut(layer).filter(|_| self.active) {
+            l.qkv.extend_from_slice(qkv);
+            l.g.extend_from_slice(g);
+            l.beta.extend_from_slice(beta);
+        }
+    }
 }
 
 impl SeqCache {
@@ -192,6 +240,22 @@ impl SeqCache {
         Checkpoint {
             offset: self.offset,
             recurrent: self.recurrent.clone(),
+        }
+    }
+
+    /// [`SeqCache::checkpoint`] into an existing checkpoint, reusing its buffers (no
+    /// allocation once they have the right sizes).
+    pub fn checkpoint_into(&self, cp: &mut Checkpoint) {
+        cp.offset = self.offset;
+        cp.recurrent.resize(self.recurrent.len(), None);
+        for (dst, src) in cp.recurrent.iter_mut().zip(&self.recurrent) {
+            match (dst, src) {
+                (Some(d), Some(s)) if d.conv.len() == s.conv.len() => {
+                    d.conv.copy_from_slice(&s.conv);
+                    d.state.copy_from_slice(&s.state);
+                }
+                (d, s) => *d = s.clone(),
+            }
         }
     }
 
@@ -239,6 +303,7 @@ impl SeqCache {
             layers: self.layers.iter().map(|l| l.clone_prefix(len)).collect(),
             scratch: Scratch::default(),
             recurrent: self.recurrent.clone(),
+            log: RecurrentLog::default(),
         }
     }
 }

@@ -55,6 +55,8 @@ pub enum LoadError {
     UnknownArchitecture(String, String),
     #[error("tokenizer or chat template: {0}")]
     Text(String),
+    #[error("{0}")]
+    DraftMismatch(String),
 }
 
 impl LoadError {

@@ -64,6 +64,8 @@ pub struct GenerationStats {
     pub prefill_secs: f64,
     pub decode_secs: f64,
     pub finish: Option<FinishReason>,
+    /// Speculative decoding's counters, when a draft model proposed the tokens.
+    pub speculative: Option<crate::speculative::SpecStats>,
 }
 
 impl GenerationStats {
@@ -96,6 +98,8 @@ pub struct TokenLoop {
     eos_ids: Vec<u32>,
     top_logprobs: usize,
     processed: Vec<f32>,
+    /// History plus tokens looked ahead at (scratch of `processed_logits`).
+    context: Vec<u32>,
     started: Instant,
     decode_started: Option<Instant>,
     pub stats: GenerationStats,
@@ -121,6 +125,7 @@ impl TokenLoop {
             eos_ids: params.eos_ids.to_vec(),
             top_logprobs: params.top_logprobs,
             processed: Vec::new(),
+            context: Vec::new(),
             started: Instant::now(),
             decode_started: None,
             stats: GenerationStats {
@@ -145,22 +150,23 @@ impl TokenLoop {
 
     /// Picks the token after `logits` (`[vocab]`, the model's output for the last token).
     pub fn next(&mut self, logits: &[f32]) -> Next {
-        if self.decode_started.is_none() {
-            self.stats.prefill_secs = self.started.elapsed().as_secs_f64();
-            self.decode_started = Some(Instant::now());
-        }
-        if let Some(f) = self.stats.finish {
+        if let Some(f) = self.check_done() {
             return Next::Done(f);
         }
-        if self.stats.generated_tokens >= self.max_tokens {
-            return Next::Done(self.finish(FinishReason::Length));
+        let mut processed = std::mem::take(&mut self.processed);
+        self.processed_logits(logits, &[], &mut processed);
+        let id = self.sampler.sample(&processed);
+        self.processed = processed;
+        self.commit(id, logits)
+    }
+
+    /// Takes `id` as the next token, chosen elsewhere (speculative decoding) from `logits`
+    /// (the main model's output before it, which the reported log-probabilities come from):
+    /// the same end-of-sequence and length rules as [`TokenLoop::next`].
+    pub fn commit(&mut self, id: u32, logits: &[f32]) -> Next {
+        if let Some(f) = self.check_done() {
+            return Next::Done(f);
         }
-        self.processed.clear();
-        self.processed.extend_from_slice(logits);
-        let generated = &self.history[self.prompt_len..];
-        self.sampler
-            .process(&mut self.processed, &self.history, generated);
-        let id = self.sampler.sample(&self.processed);
         if self.eos_ids.contains(&id) {
             return Next::Done(self.finish(FinishReason::Stop));
         }
@@ -175,6 +181,52 @@ impl TokenLoop {
             logprob,
             top_logprobs,
         })
+    }
+
+    /// Starts the decode clock on the first call; the reason to stop, if any.
+    fn check_done(&mut self) -> Option<FinishReason> {
+        if self.decode_started.is_none() {
+            self.stats.prefill_secs = self.started.elapsed().as_secs_f64();
+            self.decode_started = Some(Instant::now());
+        }
+        if let Some(f) = self.stats.finish {
+            return Some(f);
+        }
+        if self.stats.generated_tokens >= self.max_tokens {
+            return Some(self.finish(FinishReason::Length));
+        }
+        None
+    }
+
+    /// `logits` after the logits processors (penalties), as if `ahead` (tokens not yet
+    /// committed, e.g. drafted ones) followed the history: the input of the sampler.
+    pub fn processed_logits(&mut self, logits: &[f32], ahead: &[u32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(logits);
+        if !self.sampler.params().has_penalties() {
+            return;
+        }
+        let mut context = std::mem::take(&mut self.context);
+        let history: &[u32] = if ahead.is_empty() {
+            &self.history
+        } else {
+            context.clear();
+            context.extend_from_slice(&self.history);
+            context.extend_from_slice(ahead);
+            &context
+        };
+        self.sampler
+            .process(out, history, &history[self.prompt_len..]);
+        self.context = context;
+    }
+
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    /// Tokens that may still be generated before `max_tokens`.
+    pub fn remaining(&self) -> usize {
+        self.max_tokens.saturating_sub(self.stats.generated_tokens)
     }
 
     /// Ends the loop (a stop string, a cancelled consumer, or the natural end). The first

@@ -17,6 +17,7 @@ pub use loader::{load_model, LoadOptions, LoadProgress, Loaded};
 pub mod generate;
 pub mod pipeline;
 pub mod sampling;
+pub mod speculative;
 pub mod synth;
 
 pub use pipeline::{Engine, TextEvent, TextLoop, TextOutcome, TextParams, TextStep};

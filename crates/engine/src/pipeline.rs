@@ -9,6 +9,7 @@ use crate::generate::{
 use crate::loader::{load_model, LoadOptions, LoadProgress, Loaded};
 use crate::models::Transformer;
 use crate::sampling::Sampler;
+use crate::speculative::{check_compatible, Draft, SpecSeq};
 use moestream_text::{RenderRequest, StopMatcher, StreamDecoder, TokenizerBundle};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -16,6 +17,8 @@ use std::path::Path;
 pub struct Engine {
     pub loaded: Loaded,
     pub text: TokenizerBundle,
+    /// A draft model for speculative decoding (see [`Engine::load_draft`]).
+    pub draft: Option<Draft>,
 }
 
 /// One generated token and the text that became visible with it.
@@ -57,7 +60,41 @@ impl Engine {
                 "EOS token id {id} is outside the vocabulary ({vocab})"
             )));
         }
-        Ok(Engine { loaded, text })
+        Ok(Engine {
+            loaded,
+            text,
+            draft: None,
+        })
+    }
+
+    /// Loads a draft model for speculative decoding (`num_draft` tokens per round). It must
+    /// share the main model's tokenizer: a mismatch is an error naming both directories.
+    pub fn load_draft(
+        &mut self,
+        main_dir: &Path,
+        draft_dir: &Path,
+        num_draft: usize,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<(), LoadError> {
+        if num_draft == 0 {
+            return Err(LoadError::Config(
+                "--num-draft-tokens must be at least 1".into(),
+            ));
+        }
+        let draft = Engine::load(draft_dir, opts, progress)?;
+        check_compatible(
+            main_dir,
+            (self.model(), &self.text),
+            draft_dir,
+            (draft.model(), &draft.text),
+        )?;
+        let mut model = draft.loaded.model;
+        // One pool for both models: they run in turn, and a second pool's spinning workers
+        // would compete with the first for the cores.
+        model.pool = std::sync::Arc::clone(&self.loaded.model.pool);
+        self.draft = Some(Draft { model, num_draft });
+        Ok(())
     }
 
     pub fn model(&self) -> &Transformer {
@@ -126,14 +163,18 @@ impl Engine {
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
+        let mut spec = self.draft.as_ref().map(|d| (d, SpecSeq::new(d, &sampler)));
         let mut lp = self.text_loop(prompt, sampler, params);
         let mut logits = Vec::new();
         for chunk in prompt.chunks(PREFILL_CHUNK) {
             self.model().forward(chunk, cache, false, &mut logits)?;
         }
+        if let Some((d, s)) = &mut spec {
+            s.prefill(d, prompt)?;
+        }
         let mut tail = String::new();
-        loop {
-            let step = lp.step(&logits)?;
+        // Reports one step's token; `false` once generation is over.
+        let mut emit = |lp: &mut TextLoop, step: TextStep| -> bool {
             if let Some(tok) = &step.token {
                 if !on_event(TextEvent {
                     token: tok,
@@ -143,12 +184,27 @@ impl Engine {
                 }
             }
             tail.push_str(&step.tail);
-            match step.token {
-                Some(tok) if !lp.is_finished() => {
-                    self.model().forward(&[tok.id], cache, false, &mut logits)?
-                }
-                _ => break,
-            }
+            step.token.is_some() && !lp.is_finished()
+        };
+        let first = lp.step(&logits)?;
+        let mut alive = emit(&mut lp, first);
+        while alive {
+            let Some((d, s)) = &mut spec else {
+                let last = lp.tokens.last_token();
+                self.model().forward(&[last], cache, false, &mut logits)?;
+                let step = lp.step(&logits)?;
+                alive = emit(&mut lp, step);
+                continue;
+            };
+            s.round(d, self.model(), cache, &mut lp.tokens, &mut logits)?;
+            alive = s.finish_round(d, self.model(), cache, &logits, |id, row| {
+                let step = lp.push(id, row)?;
+                let joined = step.token.is_some();
+                Ok::<_, RunError>((joined, emit(&mut lp, step)))
+            })?;
+        }
+        if let Some((_, s)) = &spec {
+            lp.tokens.stats.speculative = Some(s.stats);
         }
         Ok(TextOutcome {
             stats: lp.tokens.stats,
@@ -192,8 +248,20 @@ impl TextLoop {
 
     /// Picks the next token from `logits` and turns it into text.
     pub fn step(&mut self, logits: &[f32]) -> Result<TextStep, RunError> {
+        let next = self.tokens.next(logits);
+        self.text_of(next)
+    }
+
+    /// Takes `id`, chosen elsewhere from `logits` (speculative decoding), as the next token
+    /// and turns it into text: [`TextLoop::step`] without the sampling.
+    pub fn push(&mut self, id: u32, logits: &[f32]) -> Result<TextStep, RunError> {
+        let next = self.tokens.commit(id, logits);
+        self.text_of(next)
+    }
+
+    fn text_of(&mut self, next: Next) -> Result<TextStep, RunError> {
         let mut out = TextStep::default();
-        if let Next::Token(tok) = self.tokens.next(logits) {
+        if let Next::Token(tok) = next {
             let delta = self
                 .decoder
                 .push(tok.id)

@@ -45,6 +45,13 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether any logits processor (repetition, presence, frequency penalty) is on.
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
     /// Checks ranges; the message names the parameter.
     pub fn validate(&self) -> Result<(), String> {
         let bad =
@@ -139,10 +146,60 @@ impl Sampler {
 
     /// Picks the next token from (processed) logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return argmax(logits);
         }
+        let keep = self.filter(logits);
+        let kept = &self.order[..keep];
+        let weight = weight(self.params.temperature, kept[0].0);
+        let total: f64 = kept.iter().map(|(lp, _)| weight(*lp)).sum();
+        let mut u = self.rng.uniform() * total;
+        for (lp, id) in kept {
+            u -= weight(*lp);
+            if u <= 0.0 {
+                return *id;
+            }
+        }
+        kept[kept.len() - 1].1
+    }
+
+    /// The distribution [`Sampler::sample`] draws from, written densely into `probs`
+    /// (`[vocab]`, zero outside the tokens the filters keep; one-hot at the argmax when
+    /// greedy). Speculative sampling compares these for the draft and the main model.
+    pub fn probabilities(&mut self, logits: &[f32], probs: &mut [f32]) {
+        probs.fill(0.0);
+        if self.params.temperature == 0.0 {
+            probs[argmax(logits) as usize] = 1.0;
+            return;
+        }
+        let p = &self.params;
+        let keep = if p.top_p < 1.0 || p.min_p > 0.0 || p.top_k > 0 {
+            self.filter(logits)
+        } else {
+            // No filter: every token survives, no need to sort.
+            self.order.clear();
+            self.order
+                .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            self.order.len()
+        };
+        let kept = &self.order[..keep];
+        let top = kept.iter().map(|k| k.0).fold(f32::NEG_INFINITY, f32::max);
+        let weight = weight(self.params.temperature, top);
+        let total: f64 = kept.iter().map(|(lp, _)| weight(*lp)).sum();
+        for (lp, id) in kept {
+            probs[*id as usize] = (weight(*lp) / total) as f32;
+        }
+    }
+
+    /// A uniform draw in `[0, 1)` from this sampler's generator (same seed, same draws).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.uniform()
+    }
+
+    /// Sorts the log-probabilities into `self.order` and returns how many the filters
+    /// (top-p, then min-p, then top-k) keep (at least one).
+    fn filter(&mut self, logits: &[f32]) -> usize {
+        let p = &self.params;
         let lse = logsumexp(logits);
         self.order.clear();
         self.order
@@ -174,22 +231,34 @@ impl Sampler {
         if p.top_k > 0 {
             keep = keep.min(p.top_k);
         }
-        let kept = &self.order[..keep.max(1)];
-        let inv_t = 1.0 / p.temperature as f64;
-        let top = kept[0].0 as f64 * inv_t;
-        let total: f64 = kept
-            .iter()
-            .map(|(lp, _)| (*lp as f64 * inv_t - top).exp())
-            .sum();
-        let mut u = self.rng.uniform() * total;
-        for (lp, id) in kept {
-            u -= (*lp as f64 * inv_t - top).exp();
-            if u <= 0.0 {
-                return *id;
+        keep.max(1)
+    }
+}
+
+/// Unnormalised weight of a kept log-probability at `temperature`, relative to the largest
+/// one `top` (so the exponent never overflows).
+fn weight(temperature: f32, top: f32) -> impl Fn(f32) -> f64 {
+    let inv_t = 1.0 / temperature as f64;
+    let top = top as f64 * inv_t;
+    move |lp| (lp as f64 * inv_t - top).exp()
+}
+
+/// Draws from a dense distribution `probs` (non-negative, any positive total) with the
+/// uniform `u` in `[0, 1)`: the first token whose cumulative weight passes `u * total`.
+pub fn draw(probs: &[f32], u: f64) -> u32 {
+    let total: f64 = probs.iter().map(|&p| p as f64).sum();
+    let mut left = u * total;
+    let mut last = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            left -= p as f64;
+            last = i;
+            if left < 0.0 {
+                return i as u32;
             }
         }
-        kept[kept.len() - 1].1
     }
+    last as u32
 }
 
 /// Index of the largest logit (the first on ties, like `mx.argmax`).
@@ -279,6 +348,52 @@ mod tests {
         for (h, p) in hist.iter().zip([0.1, 0.2, 0.7]) {
             assert!((*h as f64 / n as f64 - p).abs() < 0.015, "{hist:?}");
         }
+    }
+
+    #[test]
+    fn probabilities_are_what_sample_draws_from() {
+        let logits: Vec<f32> = (0..40).map(|i| (i as f32 * 0.61).cos() * 2.0).collect();
+        for f in [
+            (|_: &mut SamplingParams| {}) as fn(&mut SamplingParams),
+            |p| p.top_k = 5,
+            |p| p.top_p = 0.6,
+            |p| {
+                p.min_p = 0.1;
+                p.temperature = 0.7
+            },
+        ] {
+            let mut s = sampler(f);
+            let mut probs = vec![0f32; logits.len()];
+            s.probabilities(&logits, &mut probs);
+            assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            let n = 20000;
+            let mut hist = vec![0usize; logits.len()];
+            for _ in 0..n {
+                hist[s.sample(&logits) as usize] += 1;
+            }
+            for (h, p) in hist.iter().zip(&probs) {
+                assert!(
+                    (*h as f32 / n as f32 - p).abs() < 0.015,
+                    "{hist:?} vs {probs:?}"
+                );
+                assert!(*p > 0.0 || *h == 0, "sampled outside the support");
+            }
+        }
+        let mut greedy = Sampler::new(SamplingParams::default());
+        let mut probs = vec![0f32; 4];
+        greedy.probabilities(&[0.0, 3.0, 3.0, 1.0], &mut probs);
+        assert_eq!(probs, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn draw_follows_cumulative_weights() {
+        let probs = [0.0f32, 0.25, 0.0, 0.75];
+        assert_eq!(draw(&probs, 0.0), 1);
+        assert_eq!(draw(&probs, 0.2499), 1);
+        assert_eq!(draw(&probs, 0.25), 3);
+        assert_eq!(draw(&probs, 0.9999), 3);
+        // Unnormalised weights work the same.
+        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.3), 3);
     }
 
     #[test]

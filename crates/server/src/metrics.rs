@@ -31,6 +31,12 @@ pub struct Metrics {
     pub forward_sequences: AtomicU64,
     /// Wall time spent in forward passes, in microseconds.
     pub busy_micros: AtomicU64,
+    /// Speculative decoding (`--draft-model`): verification passes, drafted tokens, accepted
+    /// drafts, tokens the rounds produced.
+    pub spec_rounds: AtomicU64,
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
+    pub spec_emitted: AtomicU64,
 }
 
 impl Metrics {
@@ -41,6 +47,14 @@ impl Metrics {
 
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Adds one sequence's speculative counters (when it finishes).
+    pub fn add_speculative(&self, s: &moestream_engine::speculative::SpecStats) {
+        Metrics::add(&self.spec_rounds, s.rounds);
+        Metrics::add(&self.spec_drafted, s.drafted);
+        Metrics::add(&self.spec_accepted, s.accepted);
+        Metrics::add(&self.spec_emitted, s.emitted);
     }
 
     /// Prometheus text exposition; `experts` are the expert store's counters.
@@ -157,6 +171,45 @@ impl Metrics {
             "Generated tokens per second of busy time.",
             if busy_s > 0.0 {
                 completion / busy_s
+            } else {
+                0.0
+            },
+        );
+        let (drafted, rounds) = (get(&self.spec_drafted), get(&self.spec_rounds));
+        metric(
+            "moestream_speculative_verification_steps_total",
+            "counter",
+            "Speculative rounds: main-model passes verifying a draft (--draft-model).",
+            rounds,
+        );
+        metric(
+            "moestream_speculative_drafted_tokens_total",
+            "counter",
+            "Tokens proposed by the draft model.",
+            drafted,
+        );
+        metric(
+            "moestream_speculative_accepted_tokens_total",
+            "counter",
+            "Drafted tokens the main model accepted.",
+            get(&self.spec_accepted),
+        );
+        metric(
+            "moestream_speculative_acceptance_rate",
+            "gauge",
+            "Accepted over drafted tokens since start.",
+            if drafted > 0.0 {
+                get(&self.spec_accepted) / drafted
+            } else {
+                0.0
+            },
+        );
+        metric(
+            "moestream_speculative_tokens_per_step",
+            "gauge",
+            "Tokens produced per verification step since start.",
+            if rounds > 0.0 {
+                get(&self.spec_emitted) / rounds
             } else {
                 0.0
             },

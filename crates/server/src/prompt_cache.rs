@@ -141,6 +141,7 @@ mod tests {
             layers: vec![kv],
             scratch: Default::default(),
             recurrent: vec![None],
+            log: Default::default(),
         }
     }
 

@@ -12,9 +12,10 @@ use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::generate::{FinishReason, TokenEvent};
-use moestream_engine::models::{LogitRows, SeqStep};
+use moestream_engine::models::{LogitRows, SeqStep, Transformer};
 use moestream_engine::sampling::{Sampler, SamplingParams};
-use moestream_engine::{Engine, TextLoop, TextParams};
+use moestream_engine::speculative::{Draft, SpecSeq};
+use moestream_engine::{Engine, RunError, TextLoop, TextParams, TextStep};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -116,6 +117,9 @@ struct Seq {
     /// Tokens for the next forward pass and whether it wants their logits.
     feed: Vec<u32>,
     wants_logits: bool,
+    /// With a draft model: the sequence's speculative state. A decoding step then feeds the
+    /// last token plus the draft's proposals and wants the logits of all of them.
+    spec: Option<SpecSeq>,
 }
 
 impl Seq {
@@ -220,9 +224,13 @@ impl Scheduler {
             stop: &job.stop,
             top_logprobs: job.top_logprobs,
         };
-        let text = self
+        let sampler = Sampler::new(job.sampling.clone());
+        let spec = self
             .engine
-            .text_loop(&job.prompt, Sampler::new(job.sampling.clone()), &params);
+            .draft
+            .as_ref()
+            .map(|d| SpecSeq::new(d, &sampler));
+        let text = self.engine.text_loop(&job.prompt, sampler, &params);
         Seq {
             job,
             cache,
@@ -231,6 +239,7 @@ impl Scheduler {
             text,
             feed: Vec::new(),
             wants_logits: false,
+            spec,
         }
     }
 
@@ -247,8 +256,31 @@ impl Scheduler {
                 s.feed.extend_from_slice(&s.job.prompt[s.fed..s.fed + n]);
                 s.wants_logits = s.fed + n == s.job.prompt.len();
             } else {
-                s.feed.push(s.text.tokens.last_token());
                 s.wants_logits = true;
+                match (&mut s.spec, &self.engine.draft) {
+                    (Some(spec), Some(draft)) => {
+                        // The draft runs now, per sequence; its proposals join the batch.
+                        let model = self.engine.model();
+                        match spec.propose(draft, model, &mut s.cache, &mut s.text.tokens) {
+                            Ok(feed) => s.feed.extend_from_slice(feed),
+                            Err(e) => {
+                                self.metrics.failed.fetch_add(1, Relaxed);
+                                let _ = s.job.events.send(Event::Failed(e.to_string()));
+                                s.text.cancel();
+                            }
+                        }
+                    }
+                    _ => s.feed.push(s.text.tokens.last_token()),
+                }
+            }
+        }
+        // A sequence whose draft failed is over (its client has been told).
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].text.is_finished() {
+                self.active.swap_remove(i);
+            } else {
+                i += 1;
             }
         }
         let mut steps: Vec<SeqStep> = self
@@ -258,10 +290,10 @@ impl Scheduler {
             .map(|s| SeqStep {
                 tokens: &s.feed,
                 cache: &mut s.cache,
-                logits: if s.wants_logits {
-                    LogitRows::Last
-                } else {
-                    LogitRows::None
+                logits: match (s.wants_logits, &s.spec) {
+                    (false, _) => LogitRows::None,
+                    (true, Some(_)) if s.fed >= s.job.prompt.len() => LogitRows::All,
+                    (true, _) => LogitRows::Last,
                 },
             })
             .collect();
@@ -305,15 +337,27 @@ impl Scheduler {
             if s.feed.is_empty() {
                 continue;
             }
-            if s.fed < s.job.prompt.len() {
+            let decoding = s.fed >= s.job.prompt.len();
+            if !decoding {
                 s.fed += s.feed.len();
             }
             if !s.wants_logits {
                 continue;
             }
-            let logits = &self.logits[row * vocab..(row + 1) * vocab];
-            row += 1;
-            if !sample(s, logits, &self.metrics) {
+            let alive = match (&mut s.spec, &self.engine.draft) {
+                (Some(_), Some(draft)) if decoding => {
+                    let n = s.feed.len();
+                    let rows = &self.logits[row * vocab..(row + n) * vocab];
+                    row += n;
+                    speculative_step(s, draft, self.engine.model(), rows, &self.metrics)
+                }
+                _ => {
+                    let logits = &self.logits[row * vocab..(row + 1) * vocab];
+                    row += 1;
+                    sample(s, logits, &self.metrics)
+                }
+            };
+            if !alive {
                 finished.push(i);
             }
         }
@@ -338,7 +382,9 @@ impl Scheduler {
     }
 
     /// A finished sequence's state goes to the prompt cache (the tokens its KV holds).
-    fn retire(&mut self, s: Seq) {
+    fn retire(&mut self, mut s: Seq) {
+        // Speculative rounds' rollback log is scratch: not worth keeping in the cache.
+        s.cache.log = Default::default();
         let held = s.cache.offset;
         if held > 0 {
             let tokens = &s.text.tokens.tokens()[..held];
@@ -362,7 +408,39 @@ impl Scheduler {
 
 /// Samples the sequence's next token and sends it; `false` when the sequence is over.
 fn sample(s: &mut Seq, logits: &[f32], metrics: &Metrics) -> bool {
-    let step = match s.text.step(logits) {
+    let step = s.text.step(logits);
+    deliver(s, step, metrics)
+}
+
+/// Ends a speculative round from the verification rows of the batch: decides the tokens,
+/// sends them in order, rolls the caches back; `false` when the sequence is over.
+fn speculative_step(
+    s: &mut Seq,
+    draft: &Draft,
+    model: &Transformer,
+    rows: &[f32],
+    metrics: &Metrics,
+) -> bool {
+    let Some(mut spec) = s.spec.take() else {
+        return false;
+    };
+    let before = spec.stats;
+    spec.decide(&mut s.text.tokens, rows);
+    let mut cache = std::mem::take(&mut s.cache);
+    let alive = spec.finish_round(draft, model, &mut cache, rows, |id, row| {
+        let step = s.text.push(id, row);
+        let joined = step.as_ref().is_ok_and(|st| st.token.is_some());
+        Ok::<_, std::convert::Infallible>((joined, deliver(s, step, metrics)))
+    });
+    s.cache = cache;
+    metrics.add_speculative(&spec.stats.since(&before));
+    s.spec = Some(spec);
+    alive.unwrap_or(false)
+}
+
+/// Sends a step's token (and the end of the sequence); `false` when the sequence is over.
+fn deliver(s: &mut Seq, step: Result<TextStep, RunError>, metrics: &Metrics) -> bool {
+    let step = match step {
         Ok(step) => step,
         Err(e) => {
             metrics.failed.fetch_add(1, Relaxed);

@@ -36,7 +36,7 @@ impl Transformer {
         else {
             return;
         };
-        let (hsz, e, k) = (self.info.hidden_size, moe.n_experts, moe.top_k);
+        let (hsz, e, k) = (self.info.hidden_size, moe.n_experts, self.top_k(moe));
         if l * k > MAX_PREDICTED {
             return;
         }

@@ -10,13 +10,14 @@
 //! The two checkpoints differ only in the input projections (see [`DeltaIn`]).
 
 use super::transformer::{add_bias, SeqStep, Transformer};
-use crate::cache::{sized, DeltaState, Scratch};
+use crate::cache::{sized, DeltaScratch, DeltaState, LayerLog, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
 use moestream_kernels::delta::{
     conv1d_causal_silu, delta_gates, gated_delta, gated_rms_norm, l2norm, DeltaShape,
 };
 use moestream_kernels::matmul::matmul;
+use moestream_kernels::ThreadPool;
 
 /// The input projections.
 #[allow(clippy::large_enum_variant)] // one per layer, built at load
@@ -193,24 +194,79 @@ impl DeltaNet {
         let mut row = 0;
         for step in steps.iter_mut() {
             let n = step.tokens.len();
+            let rows = row * c..(row + n) * c;
+            let (gr, yr) = (row * hv..(row + n) * hv, row * vd..(row + n) * vd);
+            let (gs, bs) = (&g[gr.clone()], &beta[gr]);
+            step.cache.log.record(layer, &qkv[rows.clone()], gs, bs);
             let Some(Some(st)) = step.cache.recurrent.get_mut(layer) else {
                 unreachable!("forward_batch checks every step's recurrent state")
             };
-            let rows = row * c..(row + n) * c;
-            let cv = &mut conv[rows.clone()];
-            conv1d_causal_silu(&mut st.conv, &qkv[rows], c, &self.conv_w, self.kernel, cv);
-            for r in cv.chunks_exact_mut(c) {
-                // mlx's normalize_qk: l2norm with eps 1e-6, q further scaled by Dk^-0.5.
-                l2norm(&mut r[..kd], dk, 1e-6, (dk as f32).powf(-0.5));
-                l2norm(&mut r[kd..2 * kd], dk, 1e-6, 1.0);
-            }
-            let (gr, yr) = (row * hv..(row + n) * hv, row * vd..(row + n) * vd);
-            let (gs, bs) = (&g[gr.clone()], &beta[gr]);
-            gated_delta(&m.pool, cv, gs, bs, self.shape, &mut st.state, &mut y[yr]);
+            self.advance(
+                &m.pool,
+                st,
+                &qkv[rows.clone()],
+                gs,
+                bs,
+                &mut conv[rows],
+                &mut y[yr],
+            );
             row += n;
         }
         gated_rms_norm(y, z, &self.norm.view(), self.eps);
         let delta = sized(&mut s.delta, l * m.info.hidden_size);
         mm(y, &self.out_proj, delta);
+    }
+
+    /// Advances one sequence's state over the tokens of `qkv` (pre-conv rows `[n, C]`, with
+    /// their gates `g`, `beta` `[n, Hv]`): the conv window, SiLU, q/k normalisation, then the
+    /// delta rule. `conv` (`[n, C]`) and `y` (`[n, Hv * Dv]`) receive the intermediate and
+    /// final outputs. The state after `n` tokens does not depend on how they were chunked.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &self,
+        pool: &ThreadPool,
+        st: &mut DeltaState,
+        qkv: &[f32],
+        g: &[f32],
+        beta: &[f32],
+        conv: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let (dk, kd, c) = (self.shape.dk, self.shape.key_dim(), self.shape.channels());
+        conv1d_causal_silu(&mut st.conv, qkv, c, &self.conv_w, self.kernel, conv);
+        for r in conv.chunks_exact_mut(c) {
+            // mlx's normalize_qk: l2norm with eps 1e-6, q further scaled by Dk^-0.5.
+            l2norm(&mut r[..kd], dk, 1e-6, (dk as f32).powf(-0.5));
+            l2norm(&mut r[kd..2 * kd], dk, 1e-6, 1.0);
+        }
+        gated_delta(pool, conv, g, beta, self.shape, &mut st.state, y);
+    }
+
+    /// Re-runs the recurrence over the first `n` logged tokens from the state `st` (restored
+    /// to where the log started): the state then equals that of a sequence fed only those
+    /// tokens. The layer's output is not needed and goes to scratch.
+    pub fn replay(
+        &self,
+        pool: &ThreadPool,
+        st: &mut DeltaState,
+        log: &LayerLog,
+        n: usize,
+        s: &mut DeltaScratch,
+    ) {
+        let (c, hv) = (self.shape.channels(), self.shape.hv);
+        if n == 0 {
+            return;
+        }
+        let conv = sized(&mut s.conv, n * c);
+        let y = sized(&mut s.y, n * self.shape.value_dim());
+        self.advance(
+            pool,
+            st,
+            &log.qkv[..n * c],
+            &log.g[..n * hv],
+            &log.beta[..n * hv],
+            conv,
+            y,
+        );
     }
 }

@@ -113,6 +113,7 @@ impl BuildContext {
             pool: Arc::clone(&self.pool),
             precision: Default::default(),
             fused_swiglu: true,
+            moe_top_k: None,
         })
     }
 }
@@ -214,6 +215,40 @@ fn experts_at(
         .collect()
 }
 
+impl Transformer {
+    /// Routes every token of every MoE layer to `k` experts (`None`: the config's
+    /// `num_experts_per_tok`). Fewer experts read fewer bytes and change the output.
+    pub fn set_moe_top_k(&mut self, k: Option<usize>) -> Result<(), String> {
+        if let Some(k) = k {
+            let most = self
+                .layers
+                .iter()
+                .filter_map(|l| match &l.ffn {
+                    transformer::FeedForward::Moe(m) => Some(m.n_experts),
+                    transformer::FeedForward::Dense(_) => None,
+                })
+                .min()
+                .ok_or("--moe-top-k: the model has no MoE layers")?;
+            if k == 0 || k > most {
+                return Err(format!(
+                    "--moe-top-k {k} must be between 1 and the number of experts per layer ({most})"
+                ));
+            }
+        }
+        self.moe_top_k = k;
+        self.info.bytes_per_token = bytes_per_token(self);
+        Ok(())
+    }
+
+    /// The config's experts per token of the first MoE layer (`None` for a dense model).
+    pub fn default_top_k(&self) -> Option<usize> {
+        self.layers.iter().find_map(|l| match &l.ffn {
+            transformer::FeedForward::Moe(m) => Some(m.top_k),
+            transformer::FeedForward::Dense(_) => None,
+        })
+    }
+}
+
 /// Weight bytes one decoded token reads: every dense weight, `top_k` experts per MoE layer,
 /// and one embedding row.
 fn bytes_per_token(m: &Transformer) -> usize {
@@ -237,7 +272,7 @@ fn bytes_per_token(m: &Transformer) -> usize {
                 let shared = moe.shared.as_ref().map_or(0, |s| {
                     mlp(&s.mlp) + s.gate.as_ref().map_or(0, |g| g.bytes())
                 });
-                moe.router.bytes() + moe.top_k * m.experts.expert_bytes(i) + shared
+                moe.router.bytes() + m.top_k(moe) * m.experts.expert_bytes(i) + shared
             }
         };
     }

@@ -158,6 +158,9 @@ pub struct Transformer {
     /// gate+up+SwiGLU in one pass (default) or as two matmuls then the activation (the
     /// baseline `validate` compares against).
     pub fused_swiglu: bool,
+    /// Experts per token for every MoE layer instead of the config's `num_experts_per_tok`
+    /// (`--moe-top-k`: fewer is faster and changes the output). Set with `set_moe_top_k`.
+    pub moe_top_k: Option<usize>,
 }
 
 impl Transformer {
@@ -178,7 +181,13 @@ impl Transformer {
                     Mixer::Attention(_) => None,
                 })
                 .collect(),
+            log: Default::default(),
         }
+    }
+
+    /// Experts each token is routed to in `m` (the runtime override, else the config's).
+    pub fn top_k(&self, m: &MoeBlock) -> usize {
+        self.moe_top_k.map_or(m.top_k, |k| k.min(m.n_experts))
     }
 
     pub fn head(&self) -> &Linear {
@@ -439,7 +448,7 @@ impl Transformer {
     /// gathered SwiGLU and one gathered down projection over all active experts, then
     /// combine each token's k outputs with its router weights.
     fn moe(&self, m: &MoeBlock, layer: usize, l: usize, s: &mut Scratch) -> Result<(), RunError> {
-        let (hsz, k, e) = (self.info.hidden_size, m.top_k, m.n_experts);
+        let (hsz, k, e) = (self.info.hidden_size, self.top_k(m), m.n_experts);
         let router = sized(&mut s.router, l * e);
         // The router stays exact: a flipped expert choice changes the output far more than
         // int8 rounding elsewhere, and the router is a small share of the bytes.
