@@ -208,6 +208,7 @@ impl ModelArgs {
             warm,
             precision: self.precision(),
             stream: None,
+            row_major_weights: self.row_major_weights,
         };
         let mut bar = LoadBar::new();
         engine

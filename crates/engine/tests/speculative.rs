@@ -25,6 +25,7 @@ fn opts(precision: Precision) -> LoadOptions {
         warm: false,
         precision,
         stream: None,
+        ..Default::default()
     }
 }
 
