@@ -11,6 +11,7 @@ pub mod delta;
 pub mod matmul;
 pub mod matrix;
 pub mod membw;
+pub mod mla;
 pub mod norm;
 pub mod pool;
 pub mod qdot;
