@@ -60,6 +60,9 @@ fn layout_matches_mlx_lm_fixtures() {
         "qwen3_moe_q6_g64_f32",
         "qwen3_moe_q8_g64_f32",
         "qwen3_moe_sparse_step2_f32",
+        "glm4_moe_lite_f32",
+        "glm4_moe_lite_q4_g32_f32",
+        "glm4_moe_lite_qproj_f32",
     ];
     for name in fixtures {
         let dir = fixture_dir(name);
@@ -439,6 +442,32 @@ fn an_existing_model_is_kept_unless_forced() {
         write_quiet(&single, &file, true).unwrap_err(),
         SynthError::NotADirectory { .. }
     ));
+}
+
+/// What synth writes for `glm4_moe_lite` (the fixture family's config, 4-bit) loads and
+/// decodes, routing over most experts.
+#[test]
+fn glm4_moe_lite_synth_loads_and_decodes() {
+    let dir = TempDir::new("glm");
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir("glm4_moe_lite_f32").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut o = SynthOptions::new(Source::Config {
+        label: "glm".into(),
+        config,
+    });
+    o.quant = Some(Quant {
+        bits: 4,
+        group_size: 32,
+    });
+    write_quiet(&build(&o).unwrap(), &dir.0, false).unwrap();
+    let (spread, _) = decode(&dir.0, 48, false);
+    report("glm4_moe_lite varied", &spread);
+    assert_eq!(spread.len(), 2, "layers 1 and 2 are MoE");
+    for &(used, n, _) in &spread {
+        assert!(used * 2 >= n, "only {used} of {n} experts used");
+    }
 }
 
 #[test]
