@@ -1172,6 +1172,54 @@ def make_glm4_moe_lite(toks, hf_tok, summary):
     summary["glm4_moe_lite_qproj_f32"] = exp["routing"]
 
 
+def glm4_moe_config(toks):
+    """GLM-4.5-style standard attention (q/k RMSNorm, q/k/v biases, partial rotary 0.5) with
+    the GLM router: layer 0 dense, layers 1-2 MoE with 16 experts in 2 groups (topk_group 1),
+    top-4, one shared expert."""
+    return {
+        "architectures": ["Glm4MoeForCausalLM"],
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "eos_token_id": toks.eos_id,
+        "first_k_dense_replace": 1,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 4096,
+        "model_type": "glm4_moe",
+        "moe_intermediate_size": 32,
+        "n_group": 2,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "num_nextn_predict_layers": 1,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "routed_scaling_factor": 2.5,
+        "tie_word_embeddings": False,
+        "topk_group": 1,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_qk_norm": True,
+        "vocab_size": 512,
+    }
+
+
+GLM4_MOE_SEED = 71
+
+
+def make_glm4_moe(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "glm4_moe", glm4_moe_config(toks), GLM4_MOE_SEED)
+
+
 FAMILIES = {
     "qwen3": make_qwen3_family,
     "olmoe": make_olmoe,
@@ -1179,6 +1227,7 @@ FAMILIES = {
     "qwen3_next": make_qwen3_next,
     "qwen3_5_moe": make_qwen3_5_moe,
     "glm4_moe_lite": make_glm4_moe_lite,
+    "glm4_moe": make_glm4_moe,
 }
 
 

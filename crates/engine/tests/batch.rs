@@ -178,6 +178,7 @@ fn batched_decode_matches_lone_sequences_other_archs() {
         "olmoe_q4_g32_f32",
         "mixtral_q4_g32_f32",
         "glm4_moe_lite_q4_g32_f32",
+        "glm4_moe_q4_g32_f32",
     ] {
         check(name, Precision::Exact, 0.0);
     }

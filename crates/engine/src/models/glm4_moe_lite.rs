@@ -15,13 +15,12 @@
 //! splits it into `embed_q` / `unembed_out` at load; convert with `mlx_lm.convert` first),
 //! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
 
-use super::common::{check_top_k, dense_mlp, rope_inv_freq};
+use super::common::rope_inv_freq;
+use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
-use super::transformer::{
-    AttnConfig, FeedForward, Layer, Mixer, MoeBlock, SharedExpert, Transformer,
-};
+use super::transformer::{AttnConfig, Layer, Mixer, Transformer};
+use super::BuildContext;
 use super::DecoderParts;
-use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightLoader;
@@ -155,9 +154,6 @@ fn d_theta() -> f32 {
     1_000_000.0
 }
 
-/// The most expert groups the grouped router handles.
-const MAX_GROUPS: usize = 64;
-
 impl Glm4MoeLiteConfig {
     pub fn is_moe_layer(&self, i: usize) -> bool {
         self.n_routed_experts.is_some()
@@ -195,35 +191,19 @@ impl Glm4MoeLiteConfig {
                 dims.rope
             ));
         }
-        if self.topk_method != "noaux_tc" {
-            return bad(format!(
-                "topk_method {:?} is not supported (mlx-lm requires \"noaux_tc\")",
-                self.topk_method
-            ));
-        }
-        if self.scoring_func != "sigmoid" {
-            return bad(format!(
-                "scoring_func {:?} is not supported (only \"sigmoid\")",
-                self.scoring_func
-            ));
-        }
         if self.moe_layer_freq == 0 {
             return bad("moe_layer_freq must be at least 1".into());
         }
         if let Some(e) = self.n_routed_experts {
-            check_top_k(e, self.num_experts_per_tok)?;
-            let (g, tg) = (self.n_group, self.topk_group);
-            if g == 0 || g > MAX_GROUPS || !e.is_multiple_of(g) || (g > 1 && e / g < 2) {
-                return bad(format!(
-                    "n_group ({g}) must divide n_routed_experts ({e}) into groups of at least \
-                     two experts (at most {MAX_GROUPS} groups)"
-                ));
-            }
-            if tg == 0 || tg > g {
-                return bad(format!(
-                    "topk_group ({tg}) must be between 1 and n_group ({g})"
-                ));
-            }
+            check_glm_router(
+                "glm4_moe_lite",
+                e,
+                self.num_experts_per_tok,
+                self.n_group,
+                self.topk_group,
+                &self.topk_method,
+                &self.scoring_func,
+            )?;
             if self.n_shared_experts == Some(0) {
                 return bad("n_shared_experts must be positive or null".into());
             }
@@ -233,6 +213,15 @@ impl Glm4MoeLiteConfig {
             return bad("a dense layer needs intermediate_size".into());
         }
         Ok(dims)
+    }
+
+    fn router_kind(&self) -> RouterKind {
+        RouterKind::SigmoidTopK {
+            norm_topk_prob: self.norm_topk_prob,
+            routed_scaling: self.routed_scaling_factor,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+        }
     }
 
     /// `(dn + dr)^-0.5`, times `s^2` with `s = 0.1 * mscale_all_dim * ln(factor) + 1` when
@@ -272,6 +261,13 @@ pub fn load(
     let scale = c.attention_scale();
     let embed = w.linear("model.embed_tokens", c.vocab_size, h, false)?;
     let lm_head = w.linear("lm_head", c.vocab_size, h, false)?;
+    let router = GlmRouter {
+        n_experts: c.n_routed_experts.unwrap_or(0),
+        top_k: c.num_experts_per_tok,
+        expert_inter: c.moe_intermediate_size,
+        n_shared: c.n_shared_experts,
+        kind: c.router_kind(),
+    };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
@@ -287,45 +283,13 @@ pub fn load(
             scale,
             c.rms_norm_eps,
         )?;
-        let m = format!("{p}.mlp");
-        let (ffn, layer_experts) = match c.n_routed_experts {
-            Some(e) if c.is_moe_layer(i) => {
-                let im = c.moe_intermediate_size;
-                let shared = match c.n_shared_experts {
-                    Some(n) => Some(SharedExpert {
-                        mlp: dense_mlp(w, &format!("{m}.shared_experts"), h, im * n, false)?,
-                        gate: None,
-                    }),
-                    None => None,
-                };
-                let block = MoeBlock {
-                    // A raw parameter in mlx-lm (never quantized); float32 sigmoid scores.
-                    router: w.linear(&format!("{m}.gate"), e, h, false)?,
-                    kind: RouterKind::SigmoidTopK {
-                        norm_topk_prob: c.norm_topk_prob,
-                        routed_scaling: c.routed_scaling_factor,
-                        n_group: c.n_group,
-                        topk_group: c.topk_group,
-                    },
-                    n_experts: e,
-                    top_k: c.num_experts_per_tok,
-                    expert_inter: im,
-                    shared,
-                    selection_bias: Some(
-                        w.vector(&format!("{m}.gate.e_score_correction_bias"), e)?
-                            .to_vec(),
-                    ),
-                };
-                (
-                    FeedForward::Moe(block),
-                    Some(load_experts(w, &m, e, h, im)?),
-                )
-            }
-            _ => {
-                let mlp = dense_mlp(w, &m, h, c.intermediate_size, false)?;
-                (FeedForward::Dense(Box::new(mlp)), None)
-            }
-        };
+        let (ffn, layer_experts) = glm_feed_forward(
+            w,
+            &format!("{p}.mlp"),
+            h,
+            c.is_moe_layer(i).then_some(&router),
+            c.intermediate_size,
+        )?;
         layers.push(Layer {
             input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
             attn: Mixer::Mla(Box::new(attn)),

@@ -3,7 +3,9 @@
 
 pub mod common;
 pub mod delta_net;
+pub mod glm4_moe;
 pub mod glm4_moe_lite;
+pub mod glm_moe;
 pub mod llama;
 pub mod mixtral;
 pub mod mla;
@@ -134,6 +136,7 @@ const ARCHITECTURES: &[(&str, Loader)] = &[
     ("qwen3_next", qwen3_next::load),
     ("qwen3_5_moe", qwen3_5_moe::load),
     ("glm4_moe_lite", glm4_moe_lite::load),
+    ("glm4_moe", glm4_moe::load),
 ];
 
 pub fn supported() -> String {

@@ -1,6 +1,7 @@
-//! `glm4_moe_lite` (multi-head latent attention): the compressed cache rolls back and hands
-//! out prefixes like a KV cache, its bytes per token are what the memory budget counts, and
-//! bad configs fail at load with the field or tensor at fault named.
+//! GLM families. `glm4_moe_lite` (multi-head latent attention): the compressed cache rolls
+//! back and hands out prefixes like a KV cache, and its bytes per token are what the memory
+//! budget counts. Bad `glm4_moe_lite` / `glm4_moe` configs fail at load with the field or
+//! tensor at fault named. (Parity with mlx-lm is in parity.rs.)
 
 mod common;
 
@@ -120,6 +121,46 @@ fn bad_glm4_moe_lite_configs_are_clear_errors() {
     ];
     for (tag, edit, needles) in cases {
         let msg = load_error(&edited("glm4_moe_lite_f32", &format!("glm-{tag}"), *edit));
+        for n in *needles {
+            assert!(msg.contains(n), "{tag}: {msg:?} should mention {n:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_glm4_moe_configs_are_clear_errors() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: &[(&str, Edit, &[&str])] = &[
+        (
+            "nh-nkv",
+            |c| c["num_key_value_heads"] = 3.into(),
+            &["num_attention_heads (4)", "num_key_value_heads (3)"],
+        ),
+        (
+            "rotary",
+            |c| c["partial_rotary_factor"] = 0.1875.into(),
+            &["partial_rotary_factor", "3 rotated features"],
+        ),
+        (
+            "groups",
+            |c| c["n_group"] = 32.into(),
+            &["n_group (32)", "n_routed_experts (16)"],
+        ),
+        (
+            "missing",
+            |c| {
+                c.as_object_mut().unwrap().remove("use_qk_norm");
+            },
+            &["use_qk_norm", "missing"],
+        ),
+        (
+            "head-dim",
+            |c| c["head_dim"] = 8.into(),
+            &["model.layers.0.self_attn.q_proj", "shape"],
+        ),
+    ];
+    for (tag, edit, needles) in cases {
+        let msg = load_error(&edited("glm4_moe_f32", &format!("glm45-{tag}"), *edit));
         for n in *needles {
             assert!(msg.contains(n), "{tag}: {msg:?} should mention {n:?}");
         }
