@@ -77,6 +77,9 @@ pub fn router_topk(
     }
 }
 
+/// The most expert groups [`RouterKind::SigmoidTopK`] handles.
+pub const MAX_GROUPS: usize = 64;
+
 thread_local! {
     /// Selection scores of a grouped router (reused across tokens).
     static SELECTION: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -84,9 +87,13 @@ thread_local! {
 
 /// mlx-lm's `group_expert_select` masking: ranks the `n_group` groups of `sel` by the sum of
 /// their two largest entries and sets every entry of the `n_group - topk_group` lowest groups
-/// to 0 (ties: the later group is dropped first).
+/// to 0 (ties: the later group is dropped first). At most [`MAX_GROUPS`] groups (model
+/// loaders check).
 fn drop_weak_groups(sel: &mut [f32], n_group: usize, topk_group: usize) {
-    const MAX_GROUPS: usize = 64;
+    assert!(
+        n_group <= MAX_GROUPS,
+        "{n_group} expert groups (at most {MAX_GROUPS})"
+    );
     let size = sel.len() / n_group;
     let mut score = [f32::INFINITY; MAX_GROUPS];
     for (g, sc) in score.iter_mut().enumerate().take(n_group.min(MAX_GROUPS)) {

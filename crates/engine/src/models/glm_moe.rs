@@ -9,10 +9,7 @@ use super::transformer::{FeedForward, MoeBlock, SharedExpert};
 use crate::error::LoadError;
 use crate::experts::ExpertWeights;
 use crate::weights::WeightLoader;
-use moestream_kernels::router::RouterKind;
-
-/// The most expert groups the grouped router handles.
-const MAX_GROUPS: usize = 64;
+use moestream_kernels::router::{RouterKind, MAX_GROUPS};
 
 /// The routed-expert block shared by `glm4_moe` and `glm4_moe_lite`.
 pub struct GlmRouter {
