@@ -425,7 +425,9 @@ def build_model(config: dict, seed: int, embed_scale=EMBED_SCALE, residual_scale
     model = model_class(args_class.from_dict(config))
     mx.eval(model.parameters())
     norm_key = mx.random.key(seed + 7919)
+    bias_key = mx.random.key(seed + 104729)
     counter = [0]
+    bias_counter = [0]
 
     def rescale(path, v):
         if path.endswith("embed_tokens.weight"):
@@ -435,7 +437,19 @@ def build_model(config: dict, seed: int, embed_scale=EMBED_SCALE, residual_scale
         if path == "lm_head.weight" or path == "language_model.lm_head.weight":
             return v * lm_head_scale
         if path.endswith("mlp.gate.weight"):
+            if not mx.any(v).item():
+                # GLM's MoEGate weight starts at zero (a raw parameter): draw it like a
+                # Linear's default init, U(-1/sqrt(in), 1/sqrt(in)).
+                bias_counter[0] += 1
+                k = mx.random.split(bias_key, 1 + bias_counter[0])[-1]
+                lim = v.shape[-1] ** -0.5
+                v = mx.random.uniform(-lim, lim, v.shape, key=k)
             return v * router_scale
+        if path.endswith("e_score_correction_bias"):
+            # GLM's selection bias starts at zero; give it values that move the selection.
+            bias_counter[0] += 1
+            k = mx.random.split(bias_key, 1 + bias_counter[0])[-1]
+            return mx.random.uniform(-0.1, 0.1, v.shape, key=k)
         if "norm" in path and v.ndim == 1:
             counter[0] += 1
             k = mx.random.split(norm_key, 1 + counter[0])[-1]
@@ -581,6 +595,12 @@ class RouterRecorder:
 
             def wrapped(block, x, _orig=orig):
                 k = getattr(block, "top_k", None) or block.num_experts_per_tok
+                if hasattr(block.gate, "e_score_correction_bias"):
+                    # GLM: the selection scores (sigmoid + bias, weak groups zeroed) and
+                    # mlx-lm's own choice.
+                    inds, _ = block.gate(x)
+                    records.append((k, glm_selection_scores(block.gate, x), inds))
+                    return _orig(block, x)
                 probs = mx.softmax(block.gate(x), axis=-1, precise=True)
                 inds = mx.argpartition(probs, kth=-k, axis=-1)[..., -k:]
                 records.append((k, probs.astype(mx.float32), inds))
@@ -592,6 +612,22 @@ class RouterRecorder:
     def __exit__(self, *exc):
         for cls, orig in self.orig.items():
             cls.__call__ = orig
+
+
+def glm_selection_scores(gate, x):
+    """What GLM's noaux_tc router ranks: sigmoid(x W^T) + e_score_correction_bias, with the
+    (n_group - topk_group) groups of lowest top-2 sum set to 0 (mlx-lm's
+    group_expert_select), as a [tokens, E] float32 array."""
+    sc = mx.sigmoid((x @ gate.weight.T).astype(mx.float32)) + gate.e_score_correction_bias
+    sel = np.array(sc.astype(mx.float32)).reshape(-1, sc.shape[-1])
+    if gate.n_group > 1:
+        grouped = sel.reshape(sel.shape[0], gate.n_group, -1)
+        top2 = -np.sort(-grouped, axis=-1)[..., :2].sum(-1)
+        drop = np.argsort(top2, axis=-1, kind="stable")[:, : gate.n_group - gate.topk_group]
+        for t in range(sel.shape[0]):
+            grouped[t, drop[t]] = 0.0
+        sel = grouped.reshape(sel.shape)
+    return sel
 
 
 def record_routing(model, ids):
@@ -1072,12 +1108,126 @@ def make_qwen3_5_moe(toks, hf_tok, summary):
     make_family(toks, hf_tok, summary, "qwen3_5_moe", qwen3_5_moe_config(toks), QWEN3_5_MOE_SEED)
 
 
+def glm4_moe_lite_config(toks, **over):
+    """MLA with a low-rank query path (q_lora_rank 32), latent R 32, rope dims 16, nope 32,
+    v 32; layer 0 dense (first_k_dense_replace 1), layers 1-2 MoE: 16 experts in 4 groups
+    (topk_group 2), top-4, routed_scaling_factor 1.8, one shared expert."""
+    cfg = {
+        "architectures": ["Glm4MoeLiteForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "eos_token_id": toks.eos_id,
+        "first_k_dense_replace": 1,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "kv_lora_rank": 32,
+        "max_position_embeddings": 4096,
+        "model_type": "glm4_moe_lite",
+        "moe_intermediate_size": 32,
+        "moe_layer_freq": 1,
+        "n_group": 4,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 4,
+        "num_nextn_predict_layers": 1,
+        "q_lora_rank": 32,
+        "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 16,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "routed_scaling_factor": 1.8,
+        "scoring_func": "sigmoid",
+        "tie_word_embeddings": False,
+        "topk_group": 2,
+        "topk_method": "noaux_tc",
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "v_head_dim": 32,
+        "vocab_size": 512,
+    }
+    cfg.update(over)
+    return cfg
+
+
+GLM4_MOE_LITE_SEED = 61
+GLM4_MOE_LITE_QPROJ_SEED = 62
+
+
+def make_glm4_moe_lite(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "glm4_moe_lite", glm4_moe_lite_config(toks), GLM4_MOE_LITE_SEED)
+    # The other options: queries straight from q_proj, ungrouped router, two dense layers,
+    # two shared experts (one SwiGLU of twice moe_intermediate_size).
+    cfg = glm4_moe_lite_config(toks, q_lora_rank=None, n_group=1, topk_group=1,
+                               first_k_dense_replace=2, n_shared_experts=2)
+    m = build_model(cfg, seed=GLM4_MOE_LITE_QPROJ_SEED)
+    exp, _ = make_variant("glm4_moe_lite_qproj_f32", cfg, dict(tree_flatten(m.parameters())), toks, hf_tok,
+                          long_prompt=True)
+    summary["glm4_moe_lite_qproj_f32"] = exp["routing"]
+
+
+def glm4_moe_config(toks):
+    """GLM-4.5-style standard attention (q/k RMSNorm, q/k/v biases, partial rotary 0.5) with
+    the GLM router: layer 0 dense, layers 1-2 MoE with 16 experts in 2 groups (topk_group 1),
+    top-4, one shared expert."""
+    return {
+        "architectures": ["Glm4MoeForCausalLM"],
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "bos_token_id": toks.eot_id,
+        "eos_token_id": toks.eos_id,
+        "first_k_dense_replace": 1,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 4096,
+        "model_type": "glm4_moe",
+        "moe_intermediate_size": 32,
+        "n_group": 2,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "num_nextn_predict_layers": 1,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "routed_scaling_factor": 2.5,
+        "tie_word_embeddings": False,
+        "topk_group": 1,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_qk_norm": True,
+        "vocab_size": 512,
+    }
+
+
+GLM4_MOE_SEED = 71
+
+
+def make_glm4_moe(toks, hf_tok, summary):
+    make_family(toks, hf_tok, summary, "glm4_moe", glm4_moe_config(toks), GLM4_MOE_SEED)
+
+
 FAMILIES = {
     "qwen3": make_qwen3_family,
     "olmoe": make_olmoe,
     "mixtral": make_mixtral,
     "qwen3_next": make_qwen3_next,
     "qwen3_5_moe": make_qwen3_5_moe,
+    "glm4_moe_lite": make_glm4_moe_lite,
+    "glm4_moe": make_glm4_moe,
 }
 
 

@@ -1,7 +1,10 @@
 //! Per-sequence state: the KV cache of every attention layer plus preallocated scratch.
 
-/// Keys and values of one attention layer, head-major `[n_kv, cap, head_dim]` so attention
-/// reads each head's keys contiguously. Capacity grows in steps of [`KvCache::STEP`] tokens.
+/// Keys and values of one attention layer, head-major `[n_kv, cap, head_dim]` (values
+/// `[n_kv, cap, v_dim]`) so attention reads each head's keys contiguously. Capacity grows in
+/// steps of [`KvCache::STEP`] tokens. An MLA layer keeps its compressed cache here as one
+/// "head": the normalised latent (`kv_lora_rank` wide) as the key and the rotary key
+/// (`qk_rope_head_dim` wide) as the value.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     pub k: Vec<f32>,
@@ -9,18 +12,26 @@ pub struct KvCache {
     pub cap: usize,
     pub n_kv: usize,
     pub head_dim: usize,
+    /// Width of a value row (`head_dim` for standard attention).
+    pub v_dim: usize,
 }
 
 impl KvCache {
     pub const STEP: usize = 256;
 
     pub fn new(n_kv: usize, head_dim: usize) -> Self {
+        Self::with_widths(n_kv, head_dim, head_dim)
+    }
+
+    /// A cache whose key and value rows differ in width.
+    pub fn with_widths(n_kv: usize, head_dim: usize, v_dim: usize) -> Self {
         KvCache {
             k: Vec::new(),
             v: Vec::new(),
             cap: 0,
             n_kv,
             head_dim,
+            v_dim,
         }
     }
 
@@ -30,25 +41,24 @@ impl KvCache {
             return;
         }
         let new_cap = len.div_ceil(Self::STEP) * Self::STEP;
-        let hd = self.head_dim;
-        for buf in [&mut self.k, &mut self.v] {
-            let mut grown = vec![0f32; self.n_kv * new_cap * hd];
+        for (buf, w) in [(&mut self.k, self.head_dim), (&mut self.v, self.v_dim)] {
+            let mut grown = vec![0f32; self.n_kv * new_cap * w];
             for h in 0..self.n_kv {
-                let src = &buf[h * self.cap * hd..][..keep * hd];
-                grown[h * new_cap * hd..][..keep * hd].copy_from_slice(src);
+                let src = &buf[h * self.cap * w..][..keep * w];
+                grown[h * new_cap * w..][..keep * w].copy_from_slice(src);
             }
             *buf = grown;
         }
         self.cap = new_cap;
     }
 
-    /// Stores token `pos`'s keys/values from `k[n_kv, hd]`, `v[n_kv, hd]`.
+    /// Stores token `pos`'s keys/values from `k[n_kv, head_dim]`, `v[n_kv, v_dim]`.
     pub fn write(&mut self, pos: usize, k: &[f32], v: &[f32]) {
-        let hd = self.head_dim;
+        let (hd, vd) = (self.head_dim, self.v_dim);
         for h in 0..self.n_kv {
-            let dst = (h * self.cap + pos) * hd;
-            self.k[dst..dst + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
-            self.v[dst..dst + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+            let (kd, vdst) = ((h * self.cap + pos) * hd, (h * self.cap + pos) * vd);
+            self.k[kd..kd + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+            self.v[vdst..vdst + vd].copy_from_slice(&v[h * vd..(h + 1) * vd]);
         }
     }
 
@@ -59,13 +69,16 @@ impl KvCache {
     /// A copy of the first `len` positions only (a prompt cache hands out prefixes of what it
     /// holds without copying the rest).
     pub fn clone_prefix(&self, len: usize) -> KvCache {
-        let mut out = KvCache::new(self.n_kv, self.head_dim);
+        let mut out = KvCache::with_widths(self.n_kv, self.head_dim, self.v_dim);
         out.reserve(len, 0);
-        let hd = self.head_dim;
-        for h in 0..self.n_kv {
-            let (src, dst) = (h * self.cap * hd, h * out.cap * hd);
-            out.k[dst..dst + len * hd].copy_from_slice(&self.k[src..src + len * hd]);
-            out.v[dst..dst + len * hd].copy_from_slice(&self.v[src..src + len * hd]);
+        for (src_buf, dst_buf, w) in [
+            (&self.k, &mut out.k, self.head_dim),
+            (&self.v, &mut out.v, self.v_dim),
+        ] {
+            for h in 0..self.n_kv {
+                let (src, dst) = (h * self.cap * w, h * out.cap * w);
+                dst_buf[dst..dst + len * w].copy_from_slice(&src_buf[src..src + len * w]);
+            }
         }
         out
     }
@@ -105,6 +118,26 @@ pub struct Scratch {
     pub shared_y: Vec<f32>,
     pub shared_gate: Vec<f32>,
     pub delta_net: DeltaScratch,
+    pub mla: MlaScratch,
+}
+
+/// Scratch of a multi-head latent attention layer (see `models::mla`).
+#[derive(Clone, Debug, Default)]
+pub struct MlaScratch {
+    /// `q_a_proj` output (low-rank queries), then the full queries `[l, nh, dn + dr]`.
+    pub q_a: Vec<f32>,
+    pub q: Vec<f32>,
+    /// The queries split per head: `[l, nh, dn]` and `[l, nh, dr]`.
+    pub q_nope: Vec<f32>,
+    pub q_pe: Vec<f32>,
+    /// `kv_a_proj_with_mqa` output `[l, R + dr]` (latent normalised in place).
+    pub ckv: Vec<f32>,
+    /// Absorbed queries and attended latents `[l, nh, R]`, head outputs `[l, nh, dv]`.
+    pub q_lat: Vec<f32>,
+    pub o_lat: Vec<f32>,
+    pub out: Vec<f32>,
+    /// Row indices of the per-head projections.
+    pub rows: Vec<u32>,
 }
 
 /// Scratch of a Gated DeltaNet layer (see `models::delta_net`).
@@ -305,5 +338,30 @@ impl SeqCache {
             recurrent: self.recurrent.clone(),
             log: RecurrentLog::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys and values of different widths (the MLA latent cache) survive growth and
+    /// prefix copies.
+    #[test]
+    fn unequal_key_and_value_widths_grow_and_clone() {
+        let mut c = KvCache::with_widths(1, 5, 3);
+        let row = |p: usize, w: usize| (0..w).map(|i| (p * 10 + i) as f32).collect::<Vec<_>>();
+        for p in 0..300 {
+            c.reserve(p + 1, p);
+            c.write(p, &row(p, 5), &row(p, 3));
+        }
+        let pre = c.clone_prefix(260);
+        for (cache, n) in [(&c, 300), (&pre, 260)] {
+            for p in 0..n {
+                assert_eq!(&cache.k[p * 5..p * 5 + 5], &row(p, 5)[..]);
+                assert_eq!(&cache.v[p * 3..p * 3 + 3], &row(p, 3)[..]);
+            }
+        }
+        assert_eq!(pre.bytes(), 512 * (5 + 3) * 4);
     }
 }

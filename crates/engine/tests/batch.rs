@@ -169,7 +169,8 @@ fn a_bad_step_rejects_the_whole_batch_and_changes_nothing() {
 }
 
 /// The newer architectures, hybrids included: each Gated DeltaNet layer runs its conv and
-/// delta rule per sequence over that sequence's own recurrent state.
+/// delta rule per sequence over that sequence's own recurrent state, each MLA layer attends
+/// over that sequence's own latent cache.
 #[test]
 fn batched_decode_matches_lone_sequences_other_archs() {
     for name in [
@@ -177,8 +178,11 @@ fn batched_decode_matches_lone_sequences_other_archs() {
         "qwen3_5_moe_f32",
         "olmoe_q4_g32_f32",
         "mixtral_q4_g32_f32",
+        "glm4_moe_lite_q4_g32_f32",
+        "glm4_moe_q4_g32_f32",
     ] {
         check(name, Precision::Exact, 0.0);
     }
     check("qwen3_next_q4_g32_f32", Precision::Fast, 0.0);
+    check("glm4_moe_lite_q4_g32_f32", Precision::Fast, 0.0);
 }

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use moestream_engine::{load_model, LoadOptions};
 use moestream_kernels::qdot::Precision;
-use std::path::{Path, PathBuf};
 
 fn opts() -> LoadOptions {
     LoadOptions {
@@ -54,32 +53,6 @@ fn checkpoint_restore_rewinds_recurrent_state() {
 }
 
 /// A copy of fixture `name` with its config.json edited by `edit`.
-fn edited(name: &str, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let src = fixture(name);
-    let dir = std::env::temp_dir().join(format!("moestream-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    dir
-}
-
-fn load_error(dir: &Path) -> String {
-    let err = match load_model(dir, &opts(), &mut |_| {}) {
-        Ok(_) => panic!("{}: a bad config must not load", dir.display()),
-        Err(e) => e.to_string(),
-    };
-    let _ = std::fs::remove_dir_all(dir);
-    err
-}
-
 #[test]
 fn bad_hybrid_configs_are_clear_errors() {
     type Edit = fn(&mut serde_json::Value);

@@ -158,6 +158,36 @@ const CASES: &[Case] = &[
         exact_greedy: true,
     },
     Case {
+        name: "glm4_moe_lite_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "glm4_moe_lite_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "glm4_moe_lite_qproj_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "glm4_moe_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
+        name: "glm4_moe_q4_g32_f32",
+        tol: F32,
+        reference: None,
+        exact_greedy: true,
+    },
+    Case {
         name: "qwen3_moe_bf16",
         tol: BF16,
         reference: None,
@@ -266,6 +296,11 @@ const LONG_PROMPT: &[&str] = &[
     "qwen3_next_q4_g32_f32",
     "qwen3_5_moe_f32",
     "qwen3_5_moe_q4_g32_f32",
+    "glm4_moe_lite_f32",
+    "glm4_moe_lite_q4_g32_f32",
+    "glm4_moe_lite_qproj_f32",
+    "glm4_moe_f32",
+    "glm4_moe_q4_g32_f32",
 ];
 
 /// One prefill over a long prompt matches mlx-lm, and equals feeding the same prompt one token

@@ -66,6 +66,8 @@ fn streamed_equals_resident_for_every_slot_count_policy_and_engine() {
         "mixtral_hf_f32",
         "qwen3_next_q4_g32_f32",
         "qwen3_5_moe_f32",
+        "glm4_moe_lite_q4_g32_f32",
+        "glm4_moe_q4_g32_f32",
     ] {
         let dir = fixture(name);
         let prompt = ids(&expected(name)["prompt_ids"]);

@@ -12,6 +12,7 @@ pub mod interleave;
 pub mod matmul;
 pub mod matrix;
 pub mod membw;
+pub mod mla;
 pub mod norm;
 pub mod pool;
 pub mod qdot;

@@ -195,6 +195,7 @@ pub fn moe_block(
         top_k,
         expert_inter,
         shared: None,
+        selection_bias: None,
     })
 }
 

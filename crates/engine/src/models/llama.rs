@@ -112,7 +112,6 @@ pub fn build(
                 c.rope_traditional,
             ),
             experts: Vec::new(),
-            kv_layers: 0,
         },
         w,
     )

@@ -139,7 +139,6 @@ pub fn load(
                 c.rope_traditional,
             ),
             experts,
-            kv_layers: c.num_hidden_layers,
         },
         w,
     )

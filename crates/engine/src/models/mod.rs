@@ -3,8 +3,12 @@
 
 pub mod common;
 pub mod delta_net;
+pub mod glm4_moe;
+pub mod glm4_moe_lite;
+pub mod glm_moe;
 pub mod llama;
 pub mod mixtral;
+pub mod mla;
 pub mod olmoe;
 pub mod qwen3;
 pub mod qwen3_5_moe;
@@ -30,9 +34,14 @@ pub struct BuildContext {
     pub plan: std::sync::Mutex<Option<BudgetPlan>>,
 }
 
-/// Bytes of KV cache per token: keys and values, f32, every layer.
-pub fn kv_bytes_per_token(layers: usize, n_kv: usize, head_dim: usize) -> u64 {
-    (2 * layers * n_kv * head_dim * 4) as u64
+/// Bytes of cache one more token adds, f32, summed over the layers (keys and values of
+/// attention layers, the latent and rotary key of MLA layers, nothing for recurrent ones).
+pub fn kv_bytes_per_token(layers: &[transformer::Layer], attn: &transformer::AttnConfig) -> u64 {
+    let floats: usize = layers
+        .iter()
+        .map(|l| l.attn.cache_floats_per_token(attn))
+        .sum();
+    (floats * 4) as u64
 }
 
 /// Tokens of KV cache the memory budget reserves room for.
@@ -87,13 +96,11 @@ pub struct DecoderParts {
     pub attn: transformer::AttnConfig,
     /// Routed experts per layer (`None` for dense layers).
     pub experts: Vec<Option<Vec<ExpertWeights>>>,
-    /// Layers that keep a KV cache (for the memory budget's KV reserve).
-    pub kv_layers: usize,
 }
 
 impl BuildContext {
     pub fn assemble(&self, p: DecoderParts, w: &WeightLoader) -> Result<Transformer, LoadError> {
-        let kv = kv_bytes_per_token(p.kv_layers, p.attn.n_kv, p.attn.head_dim);
+        let kv = kv_bytes_per_token(&p.layers, &p.attn);
         Ok(Transformer {
             info: ModelInfo {
                 model_type: p.model_type,
@@ -129,6 +136,8 @@ const ARCHITECTURES: &[(&str, Loader)] = &[
     ("mixtral", mixtral::load),
     ("qwen3_next", qwen3_next::load),
     ("qwen3_5_moe", qwen3_5_moe::load),
+    ("glm4_moe_lite", glm4_moe_lite::load),
+    ("glm4_moe", glm4_moe::load),
 ];
 
 pub fn supported() -> String {
@@ -263,6 +272,7 @@ fn bytes_per_token(m: &Transformer) -> usize {
                 .iter()
                 .map(|p| p.bytes())
                 .sum::<usize>(),
+            Mixer::Mla(m) => m.bytes(),
             Mixer::DeltaNet(d) => d.bytes(),
         };
         total += l.input_norm.bytes.len() + l.post_norm.bytes.len();

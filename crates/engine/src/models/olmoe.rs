@@ -133,7 +133,6 @@ pub fn load(
                 c.rope_traditional,
             ),
             experts,
-            kv_layers: c.num_hidden_layers,
         },
         w,
     )

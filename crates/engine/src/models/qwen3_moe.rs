@@ -121,6 +121,7 @@ pub fn load(
                 top_k: c.num_experts_per_tok,
                 expert_inter: c.moe_intermediate_size,
                 shared: None,
+                selection_bias: None,
             };
             (FeedForward::Moe(block), Some(ex))
         } else {
@@ -162,7 +163,6 @@ pub fn load(
                 false,
             ),
             experts,
-            kv_layers: c.num_hidden_layers,
         },
         w,
     )

@@ -221,6 +221,7 @@ pub fn build(
                 top_k: c.num_experts_per_tok,
                 expert_inter: im,
                 shared: Some(shared),
+                selection_bias: None,
             };
             (
                 FeedForward::Moe(block),
@@ -238,9 +239,6 @@ pub fn build(
         });
         experts.push(layer_experts);
     }
-    let attn_layers = (0..c.num_hidden_layers)
-        .filter(|&i| !c.is_linear_layer(i))
-        .count();
     ctx.assemble(
         DecoderParts {
             model_type: cfg.model_type.clone(),
@@ -260,7 +258,6 @@ pub fn build(
                 false,
             ),
             experts,
-            kv_layers: attn_layers,
         },
         w,
     )

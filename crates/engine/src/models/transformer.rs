@@ -32,12 +32,34 @@ pub struct Attention {
     pub output_gate: bool,
 }
 
-/// The token mixer of a layer: attention over the KV cache, or a Gated DeltaNet over its
-/// recurrent state. (One per layer, built at load: variant sizes do not matter.)
+/// The token mixer of a layer: attention over the KV cache, multi-head latent attention
+/// over its compressed cache, or a Gated DeltaNet over its recurrent state. (One per layer,
+/// built at load: variant sizes do not matter.)
 #[allow(clippy::large_enum_variant)]
 pub enum Mixer {
     Attention(Attention),
+    Mla(Box<super::mla::Mla>),
     DeltaNet(Box<super::delta_net::DeltaNet>),
+}
+
+impl Mixer {
+    /// The layer's (empty) cache: keys/values of the model's attention shape, MLA's latent
+    /// cache, or an unused placeholder for a recurrent layer (its state lives apart).
+    fn new_cache(&self, c: &AttnConfig) -> KvCache {
+        match self {
+            Mixer::Mla(m) => m.new_cache(),
+            Mixer::Attention(_) | Mixer::DeltaNet(_) => KvCache::new(c.n_kv, c.head_dim),
+        }
+    }
+
+    /// Cache floats one more token adds to this layer (0 for a recurrent layer).
+    pub fn cache_floats_per_token(&self, c: &AttnConfig) -> usize {
+        match self {
+            Mixer::Attention(_) => 2 * c.n_kv * c.head_dim,
+            Mixer::Mla(m) => m.cache_floats_per_token(),
+            Mixer::DeltaNet(_) => 0,
+        }
+    }
 }
 
 /// Shapes and RoPE parameters common to all attention layers of a model.
@@ -88,6 +110,8 @@ pub struct MoeBlock {
     pub expert_inter: usize,
     /// An always-on expert added to the routed sum (Qwen3-Next, GLM).
     pub shared: Option<SharedExpert>,
+    /// Added to the router scores for selection only (GLM's `e_score_correction_bias`).
+    pub selection_bias: Option<Vec<f32>>,
 }
 
 /// A dense SwiGLU expert every token goes through, optionally scaled by
@@ -170,7 +194,7 @@ impl Transformer {
             layers: self
                 .layers
                 .iter()
-                .map(|_| KvCache::new(self.attn.n_kv, self.attn.head_dim))
+                .map(|l| l.attn.new_cache(&self.attn))
                 .collect(),
             scratch: Scratch::default(),
             recurrent: self
@@ -178,7 +202,7 @@ impl Transformer {
                 .iter()
                 .map(|l| match &l.attn {
                     Mixer::DeltaNet(d) => Some(d.new_state()),
-                    Mixer::Attention(_) => None,
+                    Mixer::Attention(_) | Mixer::Mla(_) => None,
                 })
                 .collect(),
             log: Default::default(),
@@ -272,6 +296,7 @@ impl Transformer {
             );
             match &layer.attn {
                 Mixer::Attention(a) => self.attention(a, li, steps, l, s),
+                Mixer::Mla(m) => m.forward(self, li, steps, l, s),
                 Mixer::DeltaNet(d) => d.forward(self, li, steps, l, s),
             }
             add_rms_norm(
@@ -466,7 +491,7 @@ impl Transformer {
             router_topk(
                 &m.kind,
                 &mut router[t * e..(t + 1) * e],
-                None,
+                m.selection_bias.as_deref(),
                 &mut s.expert_ids[t * k..(t + 1) * k],
                 &mut s.expert_w[t * k..(t + 1) * k],
             );

@@ -55,6 +55,11 @@ pub const PRESETS: &[Preset] = &[
         config: glm_4_7_flash,
     },
     Preset {
+        name: "glm-4.5-air",
+        about: "GLM-4.5-Air (glm4_moe: 46 layers, 128 experts + 1 shared, top-8)",
+        config: glm_4_5_air,
+    },
+    Preset {
         name: "olmoe-1b-7b",
         about: "OLMoE-1B-7B-0924 (olmoe, 16 layers, 64 experts, top-8)",
         config: olmoe_1b_7b,
@@ -271,6 +276,46 @@ fn qwen3_5_35b_a3b() -> Value {
 
 fn qwen3_5_122b_a10b() -> Value {
     qwen3_5_moe(3072, 48, 32, 64, 256, 1024)
+}
+
+fn glm_4_5_air() -> Value {
+    json!({
+        "architectures": ["Glm4MoeForCausalLM"],
+        "attention_bias": true,
+        "attention_dropout": 0.0,
+        "bos_token_id": 471,
+        "eos_token_id": [473, 471],
+        "first_k_dense_replace": 1,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 10944,
+        "max_position_embeddings": 131072,
+        "model_type": "glm4_moe",
+        "moe_intermediate_size": 1408,
+        "n_group": 1,
+        "n_routed_experts": 128,
+        "n_shared_experts": 1,
+        "norm_topk_prob": true,
+        "num_attention_heads": 96,
+        "num_experts_per_tok": 8,
+        "num_hidden_layers": 46,
+        "num_key_value_heads": 8,
+        "num_nextn_predict_layers": 1,
+        "pad_token_id": 471,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-5,
+        "rope_scaling": null,
+        "rope_theta": 1000000.0,
+        "routed_scaling_factor": 1.0,
+        "tie_word_embeddings": false,
+        "topk_group": 1,
+        "torch_dtype": "bfloat16",
+        "use_cache": true,
+        "use_qk_norm": false,
+        "vocab_size": 151552
+    })
 }
 
 fn glm_4_7_flash() -> Value {

@@ -60,6 +60,11 @@ fn layout_matches_mlx_lm_fixtures() {
         "qwen3_moe_q6_g64_f32",
         "qwen3_moe_q8_g64_f32",
         "qwen3_moe_sparse_step2_f32",
+        "glm4_moe_lite_f32",
+        "glm4_moe_lite_q4_g32_f32",
+        "glm4_moe_lite_qproj_f32",
+        "glm4_moe_f32",
+        "glm4_moe_q4_g32_f32",
     ];
     for name in fixtures {
         let dir = fixture_dir(name);
@@ -229,6 +234,27 @@ fn presets_plan_the_tensors_their_architecture_needs() {
                     "no MTP layer"
                 );
                 assert_eq!(q.len(), 3, "no overrides");
+            }
+            "glm4_moe" => {
+                let a = "model.layers.1.self_attn";
+                assert_eq!(
+                    has(&format!("{a}.q_proj.bias")).unwrap(),
+                    (Dtype::Bf16, vec![96 * 128])
+                );
+                assert!(has(&format!("{a}.q_norm.weight")).is_none(), "no qk norm");
+                assert_eq!(
+                    has("model.layers.1.mlp.gate.e_score_correction_bias").unwrap(),
+                    (Dtype::F32, vec![128])
+                );
+                assert!(has("model.layers.1.mlp.shared_experts.up_proj.weight").is_some());
+                assert!(
+                    has("model.layers.0.mlp.gate_proj.weight").is_some(),
+                    "layer 0 dense"
+                );
+                assert!(
+                    has("model.layers.46.input_layernorm.weight").is_none(),
+                    "no MTP layer"
+                );
             }
             "olmoe" => {
                 assert_eq!(
@@ -439,6 +465,33 @@ fn an_existing_model_is_kept_unless_forced() {
         write_quiet(&single, &file, true).unwrap_err(),
         SynthError::NotADirectory { .. }
     ));
+}
+
+/// What synth writes for the GLM families (their fixture configs, 4-bit) loads and decodes,
+/// routing over most experts.
+#[test]
+fn glm_synth_models_load_and_decode() {
+    for name in ["glm4_moe_lite_f32", "glm4_moe_f32"] {
+        let dir = TempDir::new(name);
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir(name).join("config.json")).unwrap())
+                .unwrap();
+        let mut o = SynthOptions::new(Source::Config {
+            label: name.into(),
+            config,
+        });
+        o.quant = Some(Quant {
+            bits: 4,
+            group_size: 32,
+        });
+        write_quiet(&build(&o).unwrap(), &dir.0, false).unwrap();
+        let (spread, _) = decode(&dir.0, 48, false);
+        report(name, &spread);
+        assert_eq!(spread.len(), 2, "{name}: layers 1 and 2 are MoE");
+        for &(used, n, _) in &spread {
+            assert!(used * 2 >= n, "{name}: only {used} of {n} experts used");
+        }
+    }
 }
 
 #[test]

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use moestream_engine::{load_model, LoadOptions};
+use moestream_kernels::qdot::Precision;
+use std::path::{Path, PathBuf};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -50,4 +52,43 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Two threads, mlx-lm's float32 arithmetic, experts resident.
+pub fn exact_options() -> LoadOptions {
+    LoadOptions {
+        threads: Some(2),
+        warm: false,
+        precision: Precision::Exact,
+        stream: None,
+        ..Default::default()
+    }
+}
+
+/// A copy of fixture `name` in a temporary directory with its config.json changed by `edit`.
+pub fn edited(name: &str, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = fixture(name);
+    let dir = std::env::temp_dir().join(format!("moestream-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    dir
+}
+
+/// The error loading `dir` gives (which must fail); removes `dir`.
+pub fn load_error(dir: &Path) -> String {
+    let err = match load_model(dir, &exact_options(), &mut |_| {}) {
+        Ok(_) => panic!("{}: a bad config must not load", dir.display()),
+        Err(e) => e.to_string(),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    err
 }

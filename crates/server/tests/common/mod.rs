@@ -55,6 +55,11 @@ pub struct TestServer {
 }
 
 pub fn start(cfg: ServeConfig) -> TestServer {
+    start_with(engine(), cfg)
+}
+
+/// A server over another model.
+pub fn start_with(engine: Arc<Engine>, cfg: ServeConfig) -> TestServer {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,7 +68,7 @@ pub fn start(cfg: ServeConfig) -> TestServer {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let (router, state) = moestream_server::app(engine(), cfg);
+    let (router, state) = moestream_server::app(engine, cfg);
     runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         axum::serve(listener, router).await.unwrap();

@@ -99,7 +99,7 @@ fn mla(plan: &mut Plan, a: &str, c: &Cfg) {
 
 /// The `MoEGate`: a raw `[E, H]` weight in the model's float type and a float32 bias that
 /// only steers selection.
-fn router(plan: &mut Plan, gate: &str, experts: usize, hidden: usize) {
+pub(super) fn router(plan: &mut Plan, gate: &str, experts: usize, hidden: usize) {
     let float = plan.float.dtype();
     plan.raw(
         &format!("{gate}.weight"),

@@ -1,6 +1,7 @@
 //! Tensor lists per architecture (`model_type`), read from a config.json.
 
 mod common;
+mod glm4_moe;
 mod glm4_moe_lite;
 mod hybrid;
 mod mixtral;
@@ -20,6 +21,7 @@ pub const MODEL_TYPES: &[&str] = &[
     "qwen3_5",
     "qwen3_5_moe",
     "glm4_moe_lite",
+    "glm4_moe",
     "olmoe",
     "mixtral",
 ];
@@ -35,6 +37,7 @@ pub fn plan(config: &Value, plan: &mut Plan) -> Result<(), SynthError> {
         "qwen3_next" => qwen3_next::plan(config, plan),
         "qwen3_5" | "qwen3_5_moe" => qwen3_5::plan(config, plan),
         "glm4_moe_lite" => glm4_moe_lite::plan(config, plan),
+        "glm4_moe" => glm4_moe::plan(config, plan),
         "olmoe" => olmoe::plan(config, plan),
         "mixtral" => mixtral::plan(config, plan),
         other => Err(SynthError::Config(format!(
