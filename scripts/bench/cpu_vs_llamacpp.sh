@@ -8,10 +8,11 @@
 # Make the inputs with:
 #   moestream synth --preset qwen3-30b-a3b --out MLX_MODEL_DIR
 #   scripts/peers/make_gguf_qwen3moe.py GGUF_FILE      (see scripts/peers/README.md)
-# Environment: THREADS (default 2), PROMPT (512), GEN (128), REPS (llama-bench, 3).
+# Environment: THREADS (default 2), PROMPT (512), GEN (128), REPS (llama-bench, 3),
+# LLAMA_BENCH (a llama-bench binary, e.g. the NO_AMX=1 build), LLAMA_ARGS (e.g. "--repack 1,0").
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 MLX="$1"; GGUF="$2"; OUT="${3:-bench-results}"
@@ -24,6 +25,13 @@ echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== moestream (threads $THREADS)"
 MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$MLX" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
     --out "$OUT/moestream.json"
-echo "== llama.cpp (threads $THREADS)"
-THREADS="$THREADS" PROMPT="$PROMPT" GEN="$GEN" "$ROOT/scripts/peers/bench_llamacpp.sh" "$GGUF" | tee "$OUT/llamacpp.txt"
+# llama-bench's tg test decodes from an empty context; this run decodes after 8 tokens, the
+# same condition (the run above decodes after the whole prompt).
+echo "== moestream, decode from a short context (threads $THREADS)"
+MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$MLX" --prompt-tokens 8 --gen-tokens "$GEN" \
+    --out "$OUT/moestream-short.json"
+echo "== llama.cpp (threads $THREADS) ${LLAMA_ARGS:-}"
+# shellcheck disable=SC2086  # LLAMA_ARGS holds several llama-bench options
+THREADS="$THREADS" PROMPT="$PROMPT" GEN="$GEN" "$ROOT/scripts/peers/bench_llamacpp.sh" "$GGUF" ${LLAMA_ARGS:-} \
+    | tee "$OUT/llamacpp.txt"
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

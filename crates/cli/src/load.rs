@@ -30,8 +30,8 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     /// Keep 4-bit weights in the files' row-major layout. By default resident 4-bit weights
     /// are copied at load into a 16-row interleaved layout that the decode kernel reads at
-    /// memory speed (same values; float rounding differs slightly under the default int8
-    /// activations, not with --exact).
+    /// memory speed (same values; float summation order differs under the default int8
+    /// activations). --exact always keeps the row-major layout.
     #[arg(long)]
     pub row_major_weights: bool,
     /// Keep dense weights resident and read routed experts from disk on demand, through a

@@ -30,7 +30,8 @@ pub struct LoadOptions {
     /// Stream routed experts from disk instead of keeping them mapped.
     pub stream: Option<StreamOptions>,
     /// Keep 4-bit weights in the files' row-major layout instead of re-laying resident ones
-    /// into the interleaved layout the decode kernel is fastest on (a resident copy).
+    /// into the interleaved layout the int8 decode kernel is fastest on (a resident copy).
+    /// `Precision::Exact` always keeps the row-major layout.
     pub row_major_weights: bool,
 }
 
@@ -63,7 +64,9 @@ pub fn load_model(
     });
     let loader = WeightLoader::new(&store, &config.quant)
         .owning_dense(opts.stream.is_some())
-        .interleaving(!opts.row_major_weights);
+        // The interleaved layout serves the int8-activation kernel; f32 activations dequantize
+        // whole rows, which the row-major layout gives faster.
+        .interleaving(!opts.row_major_weights && opts.precision == Precision::Fast);
     let ctx = models::BuildContext {
         pool,
         stream: opts.stream,
