@@ -527,6 +527,22 @@ mod tests {
         }
     }
 
+    /// `n` random activation rows of `cols` values, and their int8 forms.
+    fn random_rows(rng: &mut Rng, n: usize, cols: usize) -> (Vec<Vec<f32>>, Vec<QuantizedRow>) {
+        let xs: Vec<Vec<f32>> = (0..n)
+            .map(|_| (0..cols).map(|_| rng.normal()).collect())
+            .collect();
+        let q = xs
+            .iter()
+            .map(|x| {
+                let mut qx = QuantizedRow::default();
+                qx.quantize(x);
+                qx
+            })
+            .collect();
+        (xs, q)
+    }
+
     #[test]
     fn vnni_kernels_match_the_int8_reference_and_stay_close_to_f32() {
         if !crate::simd::has_vnni() {
@@ -549,17 +565,7 @@ mod tests {
             let m = Random::new(&mut rng, rows, cols, bits, g);
             for w in m.views(rows, cols, bits, g) {
                 assert!(supported(&w));
-                let xs: Vec<Vec<f32>> = (0..n_x)
-                    .map(|_| (0..cols).map(|_| rng.normal()).collect())
-                    .collect();
-                let q: Vec<QuantizedRow> = xs
-                    .iter()
-                    .map(|x| {
-                        let mut qx = QuantizedRow::default();
-                        qx.quantize(x);
-                        qx
-                    })
-                    .collect();
+                let (xs, q) = random_rows(&mut rng, n_x, cols);
                 let all: Vec<u32> = (0..n_x as u32).collect();
                 let mut tiled = vec![0f32; rows * n_x];
                 dot_rows(&w, 0..rows, &q, &all, &mut Vec::new(), |r, i, v| {
@@ -622,17 +628,7 @@ mod tests {
                 .zip(il.views_in(rows, cols, 4, g, true))
             {
                 assert!(supported(&wi));
-                let xs: Vec<Vec<f32>> = (0..n_x)
-                    .map(|_| (0..cols).map(|_| rng.normal()).collect())
-                    .collect();
-                let q: Vec<QuantizedRow> = xs
-                    .iter()
-                    .map(|x| {
-                        let mut qx = QuantizedRow::default();
-                        qx.quantize(x);
-                        qx
-                    })
-                    .collect();
+                let (_, q) = random_rows(&mut rng, n_x, cols);
                 // Dequantized rows are the same values in either layout.
                 let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
                 for r in 0..rows {

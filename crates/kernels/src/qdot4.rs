@@ -19,6 +19,49 @@
 use crate::matrix::{FloatSlice, QuantMatrix};
 use crate::qdot::QuantizedRow;
 
+/// Runs `$call` with the scale/bias dtype as a const `$dt` and byte pointers `$s`/`$b` at
+/// item `$first` of `$w`'s scales and biases (`$len` items are used). Mixed dtypes (MLX
+/// never writes them) go through f32 copies.
+macro_rules! with_params {
+    ($w:expr, $first:expr, $len:expr, |$dt:ident, $s:ident, $b:ident| $call:expr) => {{
+        let first = $first;
+        match ($w.scales, $w.biases) {
+            (FloatSlice::Bf16(s), FloatSlice::Bf16(b)) => {
+                const $dt: u8 = x86::BF16;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (FloatSlice::F16(s), FloatSlice::F16(b)) => {
+                const $dt: u8 = x86::F16;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (FloatSlice::F32(s), FloatSlice::F32(b)) => {
+                const $dt: u8 = x86::F32;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (s, b) => {
+                const $dt: u8 = x86::F32;
+                let (mut sf, mut bf) = (vec![0f32; $len], vec![0f32; $len]);
+                s.read_into(first, &mut sf);
+                b.read_into(first, &mut bf);
+                let ($s, $b) = (sf.as_ptr() as *const u8, bf.as_ptr() as *const u8);
+                $call
+            }
+        }
+    }};
+}
+
 /// Weight rows per pass when one activation row is served (decode).
 pub const ROWS_DECODE: usize = 4;
 /// Weight rows per pass for tiles of several activation rows.
@@ -38,43 +81,10 @@ pub unsafe fn dot_block<const R: usize, const N: usize>(
     x: [&QuantizedRow; N],
     k: usize,
 ) -> [[f32; N]; R] {
-    let groups = w.groups_per_row();
-    let first = r0 * groups;
-    match (w.scales, w.biases) {
-        (FloatSlice::Bf16(s), FloatSlice::Bf16(b)) => x86::block::<R, N, { x86::BF16 }>(
-            w,
-            r0,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        (FloatSlice::F16(s), FloatSlice::F16(b)) => x86::block::<R, N, { x86::F16 }>(
-            w,
-            r0,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        (FloatSlice::F32(s), FloatSlice::F32(b)) => x86::block::<R, N, { x86::F32 }>(
-            w,
-            r0,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        // Mixed scale and bias dtypes do not occur in MLX files; widen through f32 copies.
-        (s, b) => {
-            let n = R * groups;
-            let (mut sf, mut bf) = (vec![0f32; n], vec![0f32; n]);
-            s.read_into(first, &mut sf);
-            b.read_into(first, &mut bf);
-            let (sp, bp) = (sf.as_ptr() as *const u8, bf.as_ptr() as *const u8);
-            x86::block::<R, N, { x86::F32 }>(w, r0, sp, bp, x, k)
-        }
-    }
+    let n = R * w.groups_per_row();
+    with_params!(w, r0 * w.groups_per_row(), n, |DT, s, b| {
+        x86::block::<R, N, DT>(w, r0, s, b, x, k)
+    })
 }
 
 /// `out[t][i]` = row `16 rg + i` of the interleaved matrix `w` dotted with `x[t]`: one row
@@ -91,41 +101,10 @@ pub unsafe fn dot_row_group<const N: usize>(
     x: [&QuantizedRow; N],
     k: usize,
 ) -> [[f32; crate::interleave::ROWS]; N] {
-    let first = rg * crate::interleave::ROWS * w.groups_per_row();
-    match (w.scales, w.biases) {
-        (FloatSlice::Bf16(s), FloatSlice::Bf16(b)) => x86::row_group::<N, { x86::BF16 }>(
-            w,
-            rg,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        (FloatSlice::F16(s), FloatSlice::F16(b)) => x86::row_group::<N, { x86::F16 }>(
-            w,
-            rg,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        (FloatSlice::F32(s), FloatSlice::F32(b)) => x86::row_group::<N, { x86::F32 }>(
-            w,
-            rg,
-            s[first..].as_ptr() as *const u8,
-            b[first..].as_ptr() as *const u8,
-            x,
-            k,
-        ),
-        (s, b) => {
-            let n = crate::interleave::ROWS * w.groups_per_row();
-            let (mut sf, mut bf) = (vec![0f32; n], vec![0f32; n]);
-            s.read_into(first, &mut sf);
-            b.read_into(first, &mut bf);
-            let (sp, bp) = (sf.as_ptr() as *const u8, bf.as_ptr() as *const u8);
-            x86::row_group::<N, { x86::F32 }>(w, rg, sp, bp, x, k)
-        }
-    }
+    let n = crate::interleave::ROWS * w.groups_per_row();
+    with_params!(w, rg * n, n, |DT, s, b| {
+        x86::row_group::<N, DT>(w, rg, s, b, x, k)
+    })
 }
 
 /// Bytes ahead of the current code word that the interleaved kernel prefetches.
