@@ -1,5 +1,7 @@
-//! The 4-bit int8-activation kernel: several weight rows against several activation rows in
-//! one pass, with the rows' scales and biases widened in registers.
+//! The 4-bit int8-activation kernels: [`dot_row_group`] over the interleaved layout of
+//! [`crate::interleave`] (resident weights: the decode hot path), and [`dot_block`] over
+//! MLX's row-major layout (streamed slots): several weight rows against several activation
+//! rows in one pass, with the rows' scales and biases widened in registers.
 //!
 //! Decode reads every weight byte once per token, so the kernel must keep up with memory:
 //! on a 2-core machine that leaves a few instructions per 64-byte chunk of codes. Earlier
@@ -112,8 +114,6 @@ const PREFETCH_AHEAD: usize = 4096;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    #[allow(unused_imports)]
-    use super::PREFETCH_AHEAD;
     use super::*;
     use std::arch::x86_64::*;
 
