@@ -1,7 +1,7 @@
 //! Loading helpers shared by the architecture files: the standard attention block, the dense
 //! SwiGLU MLP, the embedding/head pair and RoPE frequency schedules.
 
-use super::transformer::{Attention, DenseMlp};
+use super::transformer::{Attention, DenseMlp, FeedForward, Layer, Mixer};
 use crate::error::LoadError;
 use crate::weights::{Linear, WeightLoader};
 use serde_json::Value;
@@ -12,6 +12,24 @@ pub struct Heads {
     pub n_heads: usize,
     pub n_kv: usize,
     pub head_dim: usize,
+}
+
+/// A decoder layer at `p`: its mixer and feed-forward block between the checkpoint's two
+/// RMSNorms (`input_layernorm`, `post_attention_layernorm`), as every architecture here
+/// names them.
+pub fn decoder_layer(
+    w: &WeightLoader,
+    p: &str,
+    h: usize,
+    attn: Mixer,
+    ffn: FeedForward,
+) -> Result<Layer, LoadError> {
+    Ok(Layer {
+        input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
+        attn,
+        post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+        ffn,
+    })
 }
 
 /// The standard attention block at `{prefix}.self_attn`.

@@ -10,9 +10,9 @@
 //! two agree unless the selected scores sum below ~1e-13. The LM head is never tied.
 //! Every field is required, as in mlx-lm's `ModelArgs`.
 
-use super::common::{attention, rope_inv_freq, Heads};
+use super::common::{attention, decoder_layer, rope_inv_freq, Heads};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
-use super::transformer::{AttnConfig, Layer, Mixer, Transformer};
+use super::transformer::{AttnConfig, Mixer, Transformer};
 use super::{BuildContext, DecoderParts};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -117,12 +117,7 @@ pub fn load(
             moe.then_some(&router),
             c.intermediate_size,
         )?;
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Attention(attn),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn,
-        });
+        layers.push(decoder_layer(w, &p, h, Mixer::Attention(attn), ffn)?);
         experts.push(layer_experts);
     }
     ctx.assemble(

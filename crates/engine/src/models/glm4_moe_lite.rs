@@ -15,10 +15,10 @@
 //! splits it into `embed_q` / `unembed_out` at load; convert with `mlx_lm.convert` first),
 //! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
 
-use super::common::rope_inv_freq;
+use super::common::{decoder_layer, rope_inv_freq};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
-use super::transformer::{AttnConfig, Layer, Mixer, Transformer};
+use super::transformer::{AttnConfig, Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;
@@ -290,12 +290,7 @@ pub fn load(
             c.is_moe_layer(i).then_some(&router),
             c.intermediate_size,
         )?;
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Mla(Box::new(attn)),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn,
-        });
+        layers.push(decoder_layer(w, &p, h, Mixer::Mla(Box::new(attn)), ffn)?);
         experts.push(layer_experts);
     }
     ctx.assemble(

@@ -2,8 +2,8 @@
 //! q/k/v/o biases, RoPE with `rope_scaling` (default, linear, llama3), dense SwiGLU MLP.
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
-use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, Transformer};
+use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
+use super::transformer::{AttnConfig, FeedForward, Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;
@@ -80,18 +80,19 @@ pub fn build(
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Attention(attention(w, &p, h, heads, qk_norm, c.attention_bias)?),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn: FeedForward::Dense(Box::new(dense_mlp(
+        layers.push(decoder_layer(
+            w,
+            &p,
+            h,
+            Mixer::Attention(attention(w, &p, h, heads, qk_norm, c.attention_bias)?),
+            FeedForward::Dense(Box::new(dense_mlp(
                 w,
                 &format!("{p}.mlp"),
                 h,
                 c.intermediate_size,
                 c.mlp_bias,
             )?)),
-        });
+        )?);
     }
     ctx.assemble(
         DecoderParts {

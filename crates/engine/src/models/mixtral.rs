@@ -7,8 +7,8 @@
 //! `w3` (up), `w2` (down); mlx-lm's sanitize stacks them into `switch_mlp.{gate,up,down}_proj`,
 //! and both layouts load here (per-expert tensors stay views, nothing is copied).
 
-use super::common::{attention, embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, Transformer};
+use super::common::{attention, decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
+use super::transformer::{AttnConfig, FeedForward, Mixer, Transformer};
 use super::DecoderParts;
 use super::{load_experts_named, BuildContext};
 use crate::config::ModelConfig;
@@ -113,12 +113,13 @@ pub fn load(
             inter,
             MIXTRAL_EXPERT_NAMES,
         )?));
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Attention(attention(w, &p, h, heads, false, false)?),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn: FeedForward::Moe(block),
-        });
+        layers.push(decoder_layer(
+            w,
+            &p,
+            h,
+            Mixer::Attention(attention(w, &p, h, heads, false, false)?),
+            FeedForward::Moe(block),
+        )?);
     }
     ctx.assemble(
         DecoderParts {

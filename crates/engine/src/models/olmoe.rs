@@ -5,8 +5,8 @@
 //! honoured), optional biases on q/k/v/o. Every layer is MoE: softmax over all experts,
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
-use super::common::{embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{Attention, AttnConfig, FeedForward, Layer, Mixer, Transformer};
+use super::common::{decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
+use super::transformer::{Attention, AttnConfig, FeedForward, Mixer, Transformer};
 use super::DecoderParts;
 use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;
@@ -107,12 +107,13 @@ pub fn load(
             h,
             c.intermediate_size,
         )?));
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Attention(attn),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn: FeedForward::Moe(block),
-        });
+        layers.push(decoder_layer(
+            w,
+            &p,
+            h,
+            Mixer::Attention(attn),
+            FeedForward::Moe(block),
+        )?);
     }
     ctx.assemble(
         DecoderParts {

@@ -5,8 +5,8 @@
 //! `(i + 1) % decoder_sparse_step == 0`, else a dense SwiGLU MLP. The router is a softmax over
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
-use super::common::{attention, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Layer, Mixer, MoeBlock, Transformer};
+use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
+use super::transformer::{AttnConfig, FeedForward, Mixer, MoeBlock, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;
@@ -136,12 +136,13 @@ pub fn load(
                 None,
             )
         };
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn: Mixer::Attention(attention(w, &p, h, heads, true, false)?),
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+        layers.push(decoder_layer(
+            w,
+            &p,
+            h,
+            Mixer::Attention(attention(w, &p, h, heads, true, false)?),
             ffn,
-        });
+        )?);
         experts.push(layer_experts);
     }
     ctx.assemble(

@@ -10,10 +10,10 @@
 //! `(i + 1) % decoder_sparse_step == 0` (softmax router, top-k, optional renormalisation,
 //! plus a shared SwiGLU expert scaled by `sigmoid(shared_expert_gate(x))`), else a dense MLP.
 
-use super::common::{check_top_k, dense_mlp, rope_inv_freq, Heads};
+use super::common::{check_top_k, decoder_layer, dense_mlp, rope_inv_freq, Heads};
 use super::delta_net::DeltaNet;
 use super::transformer::{
-    Attention, AttnConfig, FeedForward, Layer, Mixer, MoeBlock, SharedExpert, Transformer,
+    Attention, AttnConfig, FeedForward, Mixer, MoeBlock, SharedExpert, Transformer,
 };
 use super::DecoderParts;
 use super::{load_experts, BuildContext};
@@ -231,12 +231,7 @@ pub fn build(
             let mlp = dense_mlp(w, &m, h, c.intermediate_size, false)?;
             (FeedForward::Dense(Box::new(mlp)), None)
         };
-        layers.push(Layer {
-            input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            attn,
-            post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            ffn,
-        });
+        layers.push(decoder_layer(w, &p, h, attn, ffn)?);
         experts.push(layer_experts);
     }
     ctx.assemble(
