@@ -116,6 +116,11 @@ fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
         // requires before any kernel reads `q`) is present; both slices hold BLOCK values.
         return unsafe { x86::quantize_block(xb, q) };
     }
+    quantize_block_scalar(xb, q)
+}
+
+/// The scalar reference of [`quantize_block`].
+fn quantize_block_scalar(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -541,6 +546,26 @@ mod tests {
             })
             .collect();
         (xs, q)
+    }
+
+    #[test]
+    fn simd_block_quantization_matches_the_scalar_reference() {
+        let mut rng = Rng::new(5);
+        for scale in [1e-3f32, 1.0, 300.0] {
+            for _ in 0..200 {
+                let mut x: Vec<f32> = (0..BLOCK).map(|_| rng.normal() * scale).collect();
+                // Values on a rounding midpoint: both paths round half to even.
+                x[3] = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0 * 2.5;
+                let (mut a, mut b) = ([0i8; BLOCK], [0i8; BLOCK]);
+                let (da, sa, qa) = quantize_block(&x, &mut a);
+                let (db, sb, qb) = quantize_block_scalar(&x, &mut b);
+                assert_eq!((a, da.to_bits(), qa), (b, db.to_bits(), qb));
+                assert!((sa - sb).abs() <= 1e-5 * scale * BLOCK as f32);
+            }
+        }
+        let (mut q, zero) = ([1i8; BLOCK], [0f32; BLOCK]);
+        assert_eq!(quantize_block(&zero, &mut q), (0.0, 0.0, 0));
+        assert_eq!(q, [0i8; BLOCK]);
     }
 
     #[test]
