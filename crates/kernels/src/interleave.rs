@@ -48,10 +48,16 @@ pub fn interleave_in_place<T: Copy + Default>(
     scratch.resize(block, T::default());
     for group in data.chunks_exact_mut(block) {
         scratch.copy_from_slice(group);
-        for i in 0..ROWS {
-            for j in 0..per_row {
-                group[j * ROWS + i] = scratch[i * per_row + j];
-            }
+        relay_group(scratch, group, per_row);
+    }
+}
+
+/// One row group: `src` row-major (`ROWS` rows of `per_row` items), `dst` interleaved.
+#[inline]
+fn relay_group<T: Copy>(src: &[T], dst: &mut [T], per_row: usize) {
+    for (i, row) in src.chunks_exact(per_row).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * ROWS + i] = v;
         }
     }
 }
@@ -73,11 +79,7 @@ pub fn interleave_into<T: Copy + Send + Sync>(
         for (s, d) in src.chunks(per_thread).zip(dst.chunks_mut(per_thread)) {
             scope.spawn(move || {
                 for (sg, dg) in s.chunks_exact(block).zip(d.chunks_exact_mut(block)) {
-                    for (i, row) in sg.chunks_exact(per_row).enumerate() {
-                        for (j, &v) in row.iter().enumerate() {
-                            dg[j * ROWS + i] = v;
-                        }
-                    }
+                    relay_group(sg, dg, per_row);
                 }
             });
         }
