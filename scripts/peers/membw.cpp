@@ -1,6 +1,6 @@
 // Memory read bandwidth probe for scripts/peers: OpenMP threads sum disjoint slices of a
-// buffer with wide loads (AVX-512 where the compiler targets it) and four accumulators;
-// prints the best of N passes in GB/s (1e9 bytes).
+// buffer with wide loads (AVX-512 where the compiler targets it, else AVX2, else 64-bit)
+// and four accumulators; prints the best of N passes in GB/s (1e9 bytes).
 // Usage: membw [MiB (default 1024)] [passes (default 5)]; threads from OMP_NUM_THREADS.
 #include <omp.h>
 
@@ -18,6 +18,18 @@ static inline word add(word a, const word * p) { return _mm512_add_epi64(a, _mm5
 static inline word add2(word a, word b) { return _mm512_add_epi64(a, b); }
 static inline long long fold(word a) { return _mm512_reduce_add_epi64(a); }
 static const char * kind = "AVX-512 loads";
+#elif defined(__AVX2__)
+#include <immintrin.h>
+typedef __m256i word;
+static inline word zero() { return _mm256_setzero_si256(); }
+static inline word fill(uint64_t v) { return _mm256_set1_epi64x((long long) v); }
+static inline word add(word a, const word * p) { return _mm256_add_epi64(a, _mm256_load_si256(p)); }
+static inline word add2(word a, word b) { return _mm256_add_epi64(a, b); }
+static inline long long fold(word a) {
+    const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    return _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
+}
+static const char * kind = "AVX2 loads";
 #else
 typedef uint64_t word;
 static inline word zero() { return 0; }
