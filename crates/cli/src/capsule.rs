@@ -39,7 +39,7 @@ pub fn machine() -> Value {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "ram_bytes": crate::sys::mem_total_bytes(),
         "kernel_isa": format!("{:?}", moestream_kernels::simd::isa()),
-        "vnni": moestream_kernels::simd::has_vnni(),
+        "int8_kernel": moestream_kernels::isa::int8().name(),
     })
 }
 

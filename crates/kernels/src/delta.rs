@@ -166,7 +166,7 @@ fn select_row_step() -> RowStep {
             return |s, q, k, g, v, b| unsafe { row_avx512(s, q, k, g, v, b) }
         }
         crate::simd::Isa::Avx2 => return |s, q, k, g, v, b| unsafe { row_avx2(s, q, k, g, v, b) },
-        crate::simd::Isa::Scalar => {}
+        crate::simd::Isa::Scalar | crate::simd::Isa::Neon => {}
     }
     row_step
 }

@@ -1,61 +1,10 @@
 //! Vector primitives with runtime CPU dispatch.
 //!
-//! The CPU features are probed once; every call then goes straight to the widest
-//! implementation available (AVX-512F, AVX2+FMA, or portable scalar code). A default build
-//! therefore never silently runs scalar code on a machine that has wide vectors.
+//! The CPU features are probed once ([`crate::isa`]); every call then goes straight to the
+//! widest implementation available (AVX-512F, AVX2+FMA, NEON, or portable scalar code). A
+//! default build therefore never silently runs scalar code on a machine that has wide vectors.
 
-use std::sync::OnceLock;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    Avx2,
-    Avx512,
-}
-
-/// The instruction set the fast paths use on this machine. `MOESTREAM_ISA=scalar|avx2` caps
-/// it (for tests and comparisons).
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let detected = detect();
-        match std::env::var("MOESTREAM_ISA").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            Ok("avx2") if detected != Isa::Scalar => Isa::Avx2,
-            _ => detected,
-        }
-    })
-}
-
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Scalar
-}
-
-/// Whether the int8 dot-product instructions (AVX-512 VNNI with BW) are usable.
-pub fn has_vnni() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            isa() == Isa::Avx512
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512bw")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
-}
+pub use crate::isa::{isa, Isa};
 
 /// Dot product of two equal-length f32 slices.
 #[inline]
@@ -68,6 +17,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of the aarch64 base ISA.
+        Isa::Neon => unsafe { neon::dot(a, b) },
         _ => dot_scalar(a, b),
     }
 }
@@ -80,6 +32,9 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() only reports features the CPU has.
         Isa::Avx512 | Isa::Avx2 => unsafe { x86::axpy_avx2(a, x, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of the aarch64 base ISA.
+        Isa::Neon => unsafe { neon::axpy(a, x, y) },
         _ => {
             for (yi, xi) in y.iter_mut().zip(x) {
                 *yi += a * xi;
@@ -97,6 +52,11 @@ pub fn widen_bf16(src: &[half::bf16], dst: &mut [f32]) {
     if isa() == Isa::Avx512 {
         // SAFETY: AVX-512F is present; lengths are equal.
         return unsafe { x86::widen_bf16_avx512(src, dst) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 {
+        // SAFETY: AVX2 is present; lengths are equal.
+        return unsafe { x86::widen_bf16_avx2(src, dst) };
     }
     for (o, v) in dst.iter_mut().zip(src) {
         *o = f32::from_bits((v.to_bits() as u32) << 16);
@@ -199,6 +159,23 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn widen_bf16_avx2(src: &[half::bf16], dst: &mut [f32]) {
+        let n = src.len();
+        let (ps, pd) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm_loadu_si128(ps.add(i) as *const __m128i);
+            let wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16);
+            _mm256_storeu_ps(pd.add(i), _mm256_castsi256_ps(wide));
+            i += 8;
+        }
+        while i < n {
+            *pd.add(i) = f32::from_bits((*ps.add(i) as u32) << 16);
+            i += 1;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len();
@@ -209,6 +186,49 @@ mod x86 {
             let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
             _mm256_storeu_ps(py.add(i), r);
             i += 8;
+        }
+        while i < n {
+            *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = vfmaq_f32(*acc, vld1q_f32(pa.add(i + 4 * k)), vld1q_f32(pb.add(i + 4 * k)));
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+            i += 4;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let va = vdupq_n_f32(a);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            vst1q_f32(py.add(i), vfmaq_f32(vld1q_f32(py.add(i)), va, vld1q_f32(px.add(i))));
+            i += 4;
         }
         while i < n {
             *py.add(i) += a * *px.add(i);

@@ -1,0 +1,63 @@
+//! How the 4-bit kernels reach a matrix's scales and biases: as raw pointers of a dtype
+//! fixed at compile time, so each kernel widens them in registers (bf16 is a shift, f16 a
+//! conversion, f32 a load) instead of copying them to f32 first.
+
+/// The dtype of a matrix's scales and biases, as a const parameter of the kernels.
+pub const BF16: u8 = 0;
+pub const F16: u8 = 1;
+pub const F32: u8 = 2;
+
+/// Bytes per scale or bias of dtype `DT`.
+#[inline(always)]
+pub const fn size_of<const DT: u8>() -> usize {
+    if DT == F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Runs `$call` with the scale/bias dtype as a const `$dt` and byte pointers `$s`/`$b` at
+/// item `$first` of `$w`'s scales and biases (`$len` items are used). Mixed dtypes (MLX
+/// never writes them) go through f32 copies.
+macro_rules! with_params {
+    ($w:expr, $first:expr, $len:expr, |$dt:ident, $s:ident, $b:ident| $call:expr) => {{
+        use $crate::matrix::FloatSlice;
+        let first = $first;
+        match ($w.scales, $w.biases) {
+            (FloatSlice::Bf16(s), FloatSlice::Bf16(b)) => {
+                const $dt: u8 = $crate::qdot::params::BF16;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (FloatSlice::F16(s), FloatSlice::F16(b)) => {
+                const $dt: u8 = $crate::qdot::params::F16;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (FloatSlice::F32(s), FloatSlice::F32(b)) => {
+                const $dt: u8 = $crate::qdot::params::F32;
+                let ($s, $b) = (
+                    s[first..].as_ptr() as *const u8,
+                    b[first..].as_ptr() as *const u8,
+                );
+                $call
+            }
+            (s, b) => {
+                const $dt: u8 = $crate::qdot::params::F32;
+                let (mut sf, mut bf) = (vec![0f32; $len], vec![0f32; $len]);
+                s.read_into(first, &mut sf);
+                b.read_into(first, &mut bf);
+                let ($s, $b) = (sf.as_ptr() as *const u8, bf.as_ptr() as *const u8);
+                $call
+            }
+        }
+    }};
+}
+pub(crate) use with_params;
