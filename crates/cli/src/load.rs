@@ -137,6 +137,8 @@ impl ModelArgs {
                 _ => mem_limit_bytes().is_some_and(|limit| weights_on_disk > limit),
             },
             io_engine: self.io_engine,
+            // Decided by the loader, which knows the kernels and the weight layout.
+            interleave_slots: false,
         });
         if self.cache_slots == 0 || self.io_depth == 0 {
             bail!("--cache-slots and --io-depth must be at least 1");

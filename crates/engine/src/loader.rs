@@ -62,14 +62,21 @@ pub fn load_model(
         Some(n) => ThreadPool::new(n),
         None => ThreadPool::with_default_threads(),
     });
+    // The interleaved layout serves the int8-activation kernels; f32 activations dequantize
+    // whole rows, which the row-major layout gives faster.
+    let interleave = !opts.row_major_weights
+        && opts.precision == Precision::Fast
+        && moestream_kernels::qdot::prefers_interleaved();
     let loader = WeightLoader::new(&store, &config.quant)
         .owning_dense(opts.stream.is_some())
-        // The interleaved layout serves the int8-activation kernel; f32 activations dequantize
-        // whole rows, which the row-major layout gives faster.
-        .interleaving(!opts.row_major_weights && opts.precision == Precision::Fast);
+        .interleaving(interleave);
+    let stream = opts.stream.map(|s| StreamOptions {
+        interleave_slots: interleave && moestream_kernels::qdot::needs_interleaved_4bit(),
+        ..s
+    });
     let ctx = models::BuildContext {
         pool,
-        stream: opts.stream,
+        stream,
         plan: Default::default(),
     };
     let mut model = models::build(&config, &loader, &ctx)?;

@@ -102,6 +102,62 @@ impl Linear {
         }
     }
 
+    /// Whether this matrix is 4-bit of a shape the interleaved layout serves (and still in
+    /// the file's row-major order).
+    pub fn can_interleave(&self) -> bool {
+        match &self.data {
+            WeightData::Quant {
+                bits,
+                group_size,
+                interleaved: false,
+                ..
+            } => moestream_kernels::interleave::can_interleave(
+                *bits,
+                self.rows,
+                self.cols,
+                *group_size,
+            ),
+            _ => false,
+        }
+    }
+
+    /// Re-lays copies of [`Linear::parts`] (`[packed, scales, biases]`, an expert slot) in
+    /// place into the interleaved order. Requires [`Linear::can_interleave`].
+    pub fn interleave_parts(&self, parts: [&mut [u8]; 3]) {
+        let WeightData::Quant {
+            scales, group_size, ..
+        } = &self.data
+        else {
+            unreachable!("interleave_parts on a dense matrix")
+        };
+        let [packed, s, b] = parts;
+        relay_bytes::<[u8; 4]>(packed, self.cols * 4 / 32);
+        for part in [s, b] {
+            match scales.dtype.size() {
+                4 => relay_bytes::<[u8; 4]>(part, self.cols / group_size),
+                _ => relay_bytes::<[u8; 2]>(part, self.cols / group_size),
+            }
+        }
+        /// Items as byte arrays: any alignment, one code path for every element size.
+        fn relay_bytes<T: bytemuck::Pod + Default>(data: &mut [u8], per_row: usize) {
+            let items = bytemuck::cast_slice_mut::<u8, T>(data);
+            moestream_kernels::interleave::interleave_in_place(items, per_row, &mut Vec::new());
+        }
+    }
+
+    /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
+    /// slot), in the interleaved order if `interleaved` (see [`Linear::interleave_parts`]).
+    /// Each part must be aligned for its element type.
+    pub fn matrix_over_in<'a>(&self, parts: &[&'a [u8]], interleaved: bool) -> Matrix<'a> {
+        match self.matrix_over(parts) {
+            Matrix::Quant(q) => Matrix::Quant(QuantMatrix {
+                interleaved: q.interleaved || interleaved,
+                ..q
+            }),
+            dense => dense,
+        }
+    }
+
     /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
     /// slot). Each part must be aligned for its element type.
     pub fn matrix_over<'a>(&self, parts: &[&'a [u8]]) -> Matrix<'a> {

@@ -74,6 +74,13 @@ pub fn prefers_interleaved() -> bool {
     crate::isa::int8() != Int8::None
 }
 
+/// Whether 4-bit weights can run the int8 kernels only in the interleaved layout on this
+/// machine (every family but AVX-512 VNNI, which also has a row-major 4-bit kernel): streamed
+/// expert slots are then re-laid as they arrive.
+pub fn needs_interleaved_4bit() -> bool {
+    !matches!(crate::isa::int8(), Int8::None | Int8::Avx512Vnni)
+}
+
 /// Rows `r0..r1` of `w` dotted with the quantized rows `q[x_rows[i]]`; `write(r, i, value)`
 /// receives each result. Requires [`supported`]`(w)`.
 #[inline]
