@@ -115,6 +115,18 @@ pub fn int8_available() -> Vec<Int8> {
     all
 }
 
+/// Every f32 instruction set this CPU can run, narrowest first (for tests).
+pub fn isa_available() -> Vec<Isa> {
+    let mut all = Vec::new();
+    for cap in [Cap::Scalar, Cap::Avx2, Cap::Avx512, Cap::Neon] {
+        let isa = detect(cap).0;
+        if !all.contains(&isa) {
+            all.push(isa);
+        }
+    }
+    all
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect(cap: Cap) -> (Isa, Int8) {
     use std::arch::is_x86_feature_detected as has;
@@ -179,6 +191,9 @@ mod tests {
         // Every available family is one the uncapped detection could reach or a narrower one.
         let avail = int8_available();
         assert!(full.1 == Int8::None || avail.contains(&full.1));
-        eprintln!("int8 kernel families on this CPU: {avail:?} (default {:?})", full.1);
+        eprintln!(
+            "int8 kernel families on this CPU: {avail:?} (default {:?})",
+            full.1
+        );
     }
 }

@@ -28,36 +28,43 @@ pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) -> f64 {
     best
 }
 
+/// Sums `s` with four vector registers of accumulators at the widest width this machine
+/// has (the lanes of [`sum_lanes`] vectorize under each function's target features).
 fn sum(s: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::isa() == crate::simd::Isa::Avx512 {
-        // SAFETY: AVX-512F is present.
-        return unsafe { sum_avx512(s) };
+    use crate::isa::{isa, Isa};
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() only reports features the CPU has.
+        Isa::Avx512 => unsafe { sum_avx512(s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { sum_avx2(s) },
+        // NEON (aarch64's base ISA) and scalar builds: four 128-bit registers.
+        _ => sum_lanes::<16>(s),
     }
-    let mut acc = [0f32; 8];
-    for c in s.chunks_exact(8) {
-        for k in 0..8 {
-            acc[k] += c[k];
-        }
-    }
-    acc.iter().sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(s: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let p = s.as_ptr();
-    let mut a = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= s.len() {
-        for (k, acc) in a.iter_mut().enumerate() {
-            *acc = _mm512_add_ps(*acc, _mm512_loadu_ps(p.add(i + 16 * k)));
+    sum_lanes::<64>(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(s: &[f32]) -> f32 {
+    sum_lanes::<32>(s)
+}
+
+/// `L` independent accumulators (no reassociation needed, so the compiler keeps them in
+/// `L / width` vector registers).
+#[inline(always)]
+fn sum_lanes<const L: usize>(s: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    for c in s.chunks_exact(L) {
+        for k in 0..L {
+            acc[k] += c[k];
         }
-        i += 64;
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(a[0], a[1]),
-        _mm512_add_ps(a[2], a[3]),
-    ))
+    acc.iter().sum()
 }

@@ -205,7 +205,11 @@ mod neon {
         let mut i = 0;
         while i + 16 <= n {
             for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = vfmaq_f32(*acc, vld1q_f32(pa.add(i + 4 * k)), vld1q_f32(pb.add(i + 4 * k)));
+                *acc = vfmaq_f32(
+                    *acc,
+                    vld1q_f32(pa.add(i + 4 * k)),
+                    vld1q_f32(pb.add(i + 4 * k)),
+                );
             }
             i += 16;
         }
@@ -213,7 +217,10 @@ mod neon {
             acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
             i += 4;
         }
-        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
         while i < n {
             s += *pa.add(i) * *pb.add(i);
             i += 1;
@@ -227,7 +234,10 @@ mod neon {
         let (px, py) = (x.as_ptr(), y.as_mut_ptr());
         let mut i = 0;
         while i + 4 <= n {
-            vst1q_f32(py.add(i), vfmaq_f32(vld1q_f32(py.add(i)), va, vld1q_f32(px.add(i))));
+            vst1q_f32(
+                py.add(i),
+                vfmaq_f32(vld1q_f32(py.add(i)), va, vld1q_f32(px.add(i))),
+            );
             i += 4;
         }
         while i < n {

@@ -450,7 +450,10 @@ impl ExpertStore for StreamedExperts {
                                 &mem[o..o + n]
                             })
                             .collect();
-                        lin.matrix_over_in(&parts, self.options.interleave_slots && lin.can_interleave())
+                        lin.matrix_over_in(
+                            &parts,
+                            self.options.interleave_slots && lin.can_interleave(),
+                        )
                     };
                     ExpertMats {
                         gate: view(0, &e.gate),

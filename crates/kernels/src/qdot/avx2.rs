@@ -13,6 +13,9 @@
 //! instruction's saturation nor the 16-bit sums ever clip; one `vpmaddwd` per block widens
 //! to 32 bits. The integer sums are therefore exact, as the reference's are.
 
+// Index loops address several register arrays (tiles, halves or quarters) by the same index.
+#![allow(clippy::needless_range_loop)]
+
 use super::format::{QuantizedRow, BLOCK};
 use super::params::{size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
@@ -47,7 +50,10 @@ pub unsafe fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     let b = _mm256_packs_epi16(w01, w23);
     let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, b);
-    let qs = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    let qs = _mm256_add_epi32(
+        _mm256_add_epi32(qi[0], qi[1]),
+        _mm256_add_epi32(qi[2], qi[3]),
+    );
     let sum = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
     (d, hsum(sum), hsum_epi32(qs))
 }

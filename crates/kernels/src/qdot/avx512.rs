@@ -161,11 +161,8 @@ pub unsafe fn block<const R: usize, const N: usize, const DT: u8>(
                         xo,
                     );
                     let d = _mm512_loadu_ps(x[t].d_spread.as_ptr().add(c * 16));
-                    acc[j][t] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_mul_ps(sv, d),
-                        acc[j][t],
-                    );
+                    acc[j][t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sv, d), acc[j][t]);
                 }
             }
             idx = _mm512_add_epi32(idx, step);

@@ -34,10 +34,10 @@ mod neon;
 #[cfg(test)]
 mod tests;
 
-pub use format::{QuantizedRow, BLOCK};
-pub use reference::dot_reference;
 use format::group_index;
+pub use format::{QuantizedRow, BLOCK};
 use params::with_params;
+pub use reference::dot_reference;
 use reference::RowParams;
 
 /// Which arithmetic the quantized matmuls use.
@@ -109,7 +109,11 @@ pub fn dot_rows_on(
     scratch: &mut Vec<f32>,
     mut write: impl FnMut(usize, usize, f32),
 ) {
-    assert!(supported_on(isa, w), "no {} int8 kernel for this matrix", isa.name());
+    assert!(
+        supported_on(isa, w),
+        "no {} int8 kernel for this matrix",
+        isa.name()
+    );
     let k = group_index(w.group_size).expect("supported_on checked the group size");
     if w.interleaved {
         let n = crate::interleave::ROWS;
@@ -296,4 +300,3 @@ fn x_tiles<const R: usize, const N: usize, W: FnMut(usize, usize, f32)>(
     }
     first
 }
-

@@ -14,6 +14,9 @@
 //!
 //! `sdot` is written as inline assembly: its intrinsic (`vdotq_s32`) is not stable Rust yet.
 
+// Index loops address several register arrays (tiles, halves or quarters) by the same index.
+#![allow(clippy::needless_range_loop)]
+
 use super::format::{QuantizedRow, BLOCK};
 use super::params::{size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
@@ -239,9 +242,11 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
                 let at = (c / 16) * 128 + (c % 16) * 4;
                 for t in 0..N {
                     let px = x[t].nibble_order.as_ptr().add(at);
-                    let even = vreinterpretq_s8_s32(vdupq_n_s32((px as *const i32).read_unaligned()));
-                    let odd =
-                        vreinterpretq_s8_s32(vdupq_n_s32((px.add(64) as *const i32).read_unaligned()));
+                    let even =
+                        vreinterpretq_s8_s32(vdupq_n_s32((px as *const i32).read_unaligned()));
+                    let odd = vreinterpretq_s8_s32(vdupq_n_s32(
+                        (px.add(64) as *const i32).read_unaligned(),
+                    ));
                     for q in 0..Q {
                         isum[t][q].add::<DOT>(lo[q], even);
                         isum[t][q].add::<DOT>(hi[q], odd);

@@ -82,4 +82,3 @@ pub fn dot_reference(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
     }
     acc + params.exact_part(x)
 }
-

@@ -118,7 +118,8 @@ fn quantizers() -> Vec<(&'static str, BlockQuantizer)> {
     let mut all: Vec<(&'static str, BlockQuantizer)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: AVX2 and FMA are present; BLOCK-long slices.
             all.push(("avx2", |x, q| unsafe { avx2::quantize_block(x, q) }));
         }
@@ -147,7 +148,10 @@ fn families() -> Vec<Int8> {
 fn simd_block_quantization_matches_the_scalar_reference() {
     let mut rng = Rng::new(5);
     let quantizers = quantizers();
-    eprintln!("block quantizers tested: {:?}", quantizers.iter().map(|q| q.0).collect::<Vec<_>>());
+    eprintln!(
+        "block quantizers tested: {:?}",
+        quantizers.iter().map(|q| q.0).collect::<Vec<_>>()
+    );
     for (name, quantize) in quantizers {
         for scale in [1e-3f32, 1.0, 300.0] {
             for _ in 0..200 {
@@ -172,33 +176,59 @@ fn simd_block_quantization_matches_the_scalar_reference() {
 /// the same reference values.
 fn check(isa: Int8, w: &QuantMatrix, w_ref: &QuantMatrix, xs: &[Vec<f32>], q: &[QuantizedRow]) {
     let (rows, n_x) = (w.rows, q.len());
-    let tag = format!("{} bits {} cols {} g {}", isa.name(), w.bits, w.cols, w.group_size);
+    let tag = format!(
+        "{} bits {} cols {} g {}",
+        isa.name(),
+        w.bits,
+        w.cols,
+        w.group_size
+    );
     let all: Vec<u32> = (0..n_x as u32).collect();
     let mut tiled = vec![0f32; rows * n_x];
     dot_rows_on(isa, w, 0..rows, q, &all, &mut Vec::new(), |r, i, v| {
         tiled[r * n_x + i] = v
     });
     // The granularity a task may start at: a row group when interleaved.
-    let step = if w.interleaved { crate::interleave::ROWS } else { 1 };
+    let step = if w.interleaved {
+        crate::interleave::ROWS
+    } else {
+        1
+    };
     for i in 0..n_x {
         // Alone (decode: one activation row) over pieces of the rows: bit-identical to the
         // tiled results (batch invariance).
         let mut alone = vec![f32::NAN; rows];
         for r0 in (0..rows).step_by(step) {
-            dot_rows_on(isa, w, r0..r0 + step, q, &[i as u32], &mut Vec::new(), |r, _, v| {
-                alone[r] = v
-            });
+            dot_rows_on(
+                isa,
+                w,
+                r0..r0 + step,
+                q,
+                &[i as u32],
+                &mut Vec::new(),
+                |r, _, v| alone[r] = v,
+            );
         }
         let mut whole = vec![f32::NAN; rows];
-        dot_rows_on(isa, w, 0..rows, q, &[i as u32], &mut Vec::new(), |r, _, v| {
-            whole[r] = v
-        });
+        dot_rows_on(
+            isa,
+            w,
+            0..rows,
+            q,
+            &[i as u32],
+            &mut Vec::new(),
+            |r, _, v| whole[r] = v,
+        );
         for r in 0..rows {
             let fast = tiled[r * n_x + i];
             assert_eq!(fast.to_bits(), alone[r].to_bits(), "{tag}: row {r} x {i}");
             assert_eq!(fast.to_bits(), whole[r].to_bits(), "{tag}: row {r} x {i}");
             let want = dot_reference(w_ref, r, &q[i]);
-            assert_eq!(want, dot_reference(w, r, &q[i]), "{tag}: reference, row {r}");
+            assert_eq!(
+                want,
+                dot_reference(w, r, &q[i]),
+                "{tag}: reference, row {r}"
+            );
             assert!(
                 (fast - want).abs() <= 1e-4 * (1.0 + want.abs()),
                 "{tag}: row {r} x {i}: {fast} vs {want}"
@@ -209,7 +239,10 @@ fn check(isa: Int8, w: &QuantMatrix, w_ref: &QuantMatrix, xs: &[Vec<f32>], q: &[
             }
             // int8 activations: error well under the row's magnitude (a bug is of its order).
             let scale: f32 = xs[i].iter().map(|v| v.abs()).sum::<f32>() * 0.1;
-            assert!((want - exact).abs() < 0.04 * scale, "{tag}: {want} vs exact {exact}");
+            assert!(
+                (want - exact).abs() < 0.04 * scale,
+                "{tag}: {want} vs exact {exact}"
+            );
         }
     }
 }
