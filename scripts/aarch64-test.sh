@@ -36,6 +36,8 @@ fi
 # Debian's compiler and rustdoc (their sysroot has the aarch64 standard library).
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+# Warnings in code only aarch64 compiles are errors, as clippy's are on x86.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-D warnings"
 # `-L /`: the multiarch arm64 libc (the cross sysroot's libc hangs in pthread_create under
 # this qemu).
 runner() { echo "qemu-aarch64 -cpu $1 -L /"; }

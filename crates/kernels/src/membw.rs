@@ -31,14 +31,13 @@ pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) -> f64 {
 /// Sums `s` with four vector registers of accumulators at the widest width this machine
 /// has (the lanes of [`sum_lanes`] vectorize under each function's target features).
 fn sum(s: &[f32]) -> f32 {
-    use crate::isa::{isa, Isa};
-    match isa() {
+    match crate::isa::isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() only reports features the CPU has.
-        Isa::Avx512 => unsafe { sum_avx512(s) },
+        crate::isa::Isa::Avx512 => unsafe { sum_avx512(s) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { sum_avx2(s) },
+        crate::isa::Isa::Avx2 => unsafe { sum_avx2(s) },
         // NEON (aarch64's base ISA) and scalar builds: four 128-bit registers.
         _ => sum_lanes::<16>(s),
     }
