@@ -199,7 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&capsule)?);
     } else {
         println!(
-            "prefill {:.1} tok/s ({} tokens, TTFT {:.2} s) | decode {:.2} tok/s = {:.0}% of the {:.1} tok/s roofline ({:.1} GB/s, {:.2} GB/token) | peak RSS {:.2} GiB",
+            "prefill {:.1} tok/s ({} tokens, TTFT {:.2} s) | decode {:.2} tok/s = {:.0}% of the {:.1} tok/s roofline ({:.1} GB/s, {:.2} GB/token) | peak RSS {:.2} GiB | kernels: {}",
             prefill_tok_s,
             args.prompt_tokens,
             ttft,
@@ -209,6 +209,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bandwidth / 1e9,
             info.bytes_per_token as f64 / 1e9,
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            moestream_kernels::isa::summary(),
         );
         if let Some((_, s)) = &spec {
             println!("{}", crate::spec_report::line(&s.stats));

@@ -5,14 +5,18 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// CPU flags our kernels dispatch on.
-const KERNEL_FLAGS: [&str; 7] = [
+const KERNEL_FLAGS: [&str; 10] = [
     "avx2",
     "fma",
+    "f16c",
+    "avx_vnni",
     "avx512f",
     "avx512bw",
     "avx512_vnni",
     "avx512_bf16",
     "amx_tile",
+    // aarch64 (/proc/cpuinfo "Features"): dot product and int8 matrix multiply.
+    "asimddp",
 ];
 
 /// The machine: CPU model and the flags that matter to our kernels, cores, RAM.
@@ -21,7 +25,7 @@ pub fn machine() -> Value {
     let field = |k: &str| {
         cpuinfo
             .lines()
-            .find(|l| l.starts_with(k))
+            .find(|l| l.starts_with(k) || (k == "flags" && l.starts_with("Features")))
             .and_then(|l| l.split(':').nth(1))
             .map(|v| v.trim().to_string())
     };

@@ -132,6 +132,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "decode_tok_s": stats.decode_tok_s(),
             "peak_rss_bytes": rss,
             "finish_reason": stats.finish.map(|f| f.as_str()),
+            "kernels": moestream_kernels::isa::summary(),
             "experts": experts_json(&engine),
             "speculative": crate::spec_report::json(stats.speculative.as_ref()),
         });
@@ -204,12 +205,13 @@ fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {
 
 fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
     format!(
-        "prefill: {} tokens at {:.1} tok/s | decode: {} tokens at {:.1} tok/s | peak RSS: {} | finish: {}",
+        "prefill: {} tokens at {:.1} tok/s | decode: {} tokens at {:.1} tok/s | peak RSS: {} | finish: {} | kernels: {}",
         s.prompt_tokens,
         s.prefill_tok_s(),
         s.generated_tokens,
         s.decode_tok_s(),
         rss.map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
         s.finish.map_or("?", |f| f.as_str()),
+        moestream_kernels::isa::summary(),
     )
 }

@@ -97,6 +97,17 @@ pub fn int8() -> Int8 {
     choice().1
 }
 
+/// The kernels in use, for run summaries: `"int8 avx2, f32 avx2"` (`MOESTREAM_ISA` included).
+pub fn summary() -> String {
+    let f32 = match isa() {
+        Isa::Scalar => "scalar",
+        Isa::Avx2 => "avx2",
+        Isa::Avx512 => "avx512",
+        Isa::Neon => "neon",
+    };
+    format!("int8 {}, f32 {f32}", int8().name())
+}
+
 /// Every int8 kernel family this CPU can run, narrowest first (tests hold each of them to
 /// the reference, not only the one [`int8`] picks).
 pub fn int8_available() -> Vec<Int8> {
