@@ -192,6 +192,11 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
     let nib = _mm256_set1_epi8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(32 * h0);
     let mut acc = [[_mm256_setzero_ps(); H]; N];
+    // The activation rows' arrays as raw pointers, read once (not through `x` per word).
+    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
+    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
+    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
     for g in 0..groups {
         let mut s = [_mm256_setzero_ps(); H];
         for h in 0..H {
@@ -201,15 +206,19 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
             // The exactly computed part: b_g Σx_g + m s_g resid_g.
             let sm = _mm256_mul_ps(s[h], mid);
             for t in 0..N {
-                let gs = _mm256_set1_ps(*x[t].group_sum[k].get_unchecked(g));
-                let gr = _mm256_set1_ps(*x[t].group_resid[k].get_unchecked(g));
+                let gs = _mm256_set1_ps(*xsum[t].add(g));
+                let gr = _mm256_set1_ps(*xres[t].add(g));
                 acc[t][h] = _mm256_fmadd_ps(b, gs, acc[t][h]);
                 acc[t][h] = _mm256_fmadd_ps(sm, gr, acc[t][h]);
             }
         }
         for blk in g * blocks_per_group..(g + 1) * blocks_per_group {
             let mut isum = [[_mm256_setzero_si256(); H]; N];
-            for c in blk * 4..blk * 4 + 4 {
+            // The block's 4 words lie in one 128-value chunk: even values at `at`, odd ones
+            // 64 bytes on (see `QuantizedRow::nibble_order`).
+            let chunk_at = (blk / 4) * 128 + (blk % 4) * 16;
+            for word in 0..4 {
+                let c = blk * 4 + word;
                 _mm_prefetch::<_MM_HINT_T0>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
                 let mut lo = [_mm256_setzero_si256(); H];
                 let mut hi = [_mm256_setzero_si256(); H];
@@ -218,10 +227,9 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
                     lo[h] = _mm256_and_si256(v, nib);
                     hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                 }
-                // Word c is word c % 16 of 128-value chunk c / 16.
-                let at = (c / 16) * 128 + (c % 16) * 4;
+                let at = chunk_at + 4 * word;
                 for t in 0..N {
-                    let px = x[t].nibble_order.as_ptr().add(at);
+                    let px = xq[t].add(at);
                     let even = _mm256_set1_epi32((px as *const i32).read_unaligned());
                     let odd = _mm256_set1_epi32((px.add(64) as *const i32).read_unaligned());
                     for h in 0..H {
@@ -231,7 +239,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
                 }
             }
             for t in 0..N {
-                let d = _mm256_set1_ps(*x[t].scale.get_unchecked(blk));
+                let d = _mm256_set1_ps(*xd[t].add(blk));
                 for h in 0..H {
                     let sd = _mm256_mul_ps(s[h], d);
                     let i32s = widen::<VNNI>(isum[t][h]);

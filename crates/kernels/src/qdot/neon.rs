@@ -213,6 +213,11 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
     let nib = vdupq_n_u8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(16 * q0);
     let mut acc = [[vdupq_n_f32(0.0); Q]; N];
+    // The activation rows' arrays as raw pointers, read once (not through `x` per word).
+    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
+    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
+    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
     for g in 0..groups {
         let mut s = [vdupq_n_f32(0.0); Q];
         for q in 0..Q {
@@ -222,15 +227,19 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
             // The exactly computed part: b_g Σx_g + m s_g resid_g.
             let sm = vmulq_f32(s[q], mid);
             for t in 0..N {
-                let gs = vdupq_n_f32(*x[t].group_sum[k].get_unchecked(g));
-                let gr = vdupq_n_f32(*x[t].group_resid[k].get_unchecked(g));
+                let gs = vdupq_n_f32(*xsum[t].add(g));
+                let gr = vdupq_n_f32(*xres[t].add(g));
                 acc[t][q] = vfmaq_f32(acc[t][q], b, gs);
                 acc[t][q] = vfmaq_f32(acc[t][q], sm, gr);
             }
         }
         for blk in g * blocks_per_group..(g + 1) * blocks_per_group {
             let mut isum = [[BlockSum::zero(); Q]; N];
-            for c in blk * 4..blk * 4 + 4 {
+            // The block's 4 words lie in one 128-value chunk: even values at `at`, odd ones
+            // 64 bytes on (see `QuantizedRow::nibble_order`).
+            let chunk_at = (blk / 4) * 128 + (blk % 4) * 16;
+            for word in 0..4 {
+                let c = blk * 4 + word;
                 let mut lo = [vdupq_n_s8(0); Q];
                 let mut hi = [vdupq_n_s8(0); Q];
                 for q in 0..Q {
@@ -238,10 +247,9 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
                     lo[q] = vreinterpretq_s8_u8(vandq_u8(v, nib));
                     hi[q] = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
                 }
-                // Word c is word c % 16 of 128-value chunk c / 16.
-                let at = (c / 16) * 128 + (c % 16) * 4;
+                let at = chunk_at + 4 * word;
                 for t in 0..N {
-                    let px = x[t].nibble_order.as_ptr().add(at);
+                    let px = xq[t].add(at);
                     let even =
                         vreinterpretq_s8_s32(vdupq_n_s32((px as *const i32).read_unaligned()));
                     let odd = vreinterpretq_s8_s32(vdupq_n_s32(
@@ -254,7 +262,7 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
                 }
             }
             for t in 0..N {
-                let d = vdupq_n_f32(*x[t].scale.get_unchecked(blk));
+                let d = vdupq_n_f32(*xd[t].add(blk));
                 for q in 0..Q {
                     let sd = vmulq_f32(s[q], d);
                     let sums = vcvtq_f32_s32(isum[t][q].rows::<DOT>());
