@@ -355,6 +355,13 @@ fn completion_prompt(p: Option<Value>) -> Result<PromptSpec, ApiError> {
     }
 }
 
+/// Stop strings a request may give, and the longest one, in bytes of UTF-8. OpenAI allows 4;
+/// these leave room for templates with many end markers. Matching costs the same per token
+/// whatever the stop strings (see `StopMatcher`); the bound keeps what a request holds, and
+/// the text held back while it might begin a stop string, small.
+pub const MAX_STOP_STRINGS: usize = 16;
+pub const MAX_STOP_BYTES: usize = 1024;
+
 fn stop_list(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
     let bad = || ApiError::invalid_param("stop", "'stop' must be a string or an array of strings");
     let list = match stop {
@@ -369,8 +376,27 @@ fn stop_list(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad()),
     };
-    if list.len() > 16 {
-        return Err(ApiError::invalid_param("stop", "at most 16 stop strings"));
+    if list.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "'stop' has {} strings; at most {MAX_STOP_STRINGS} are allowed",
+                list.len()
+            ),
+        ));
+    }
+    if let Some((i, s)) = list
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > MAX_STOP_BYTES)
+    {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "stop[{i}] is {} bytes long; a stop string may have at most {MAX_STOP_BYTES} bytes",
+                s.len()
+            ),
+        ));
     }
     Ok(list)
 }
