@@ -67,7 +67,7 @@ impl Default for ConnLimits {
 
 /// Over-cap connections being answered at once; beyond this they are closed unanswered, so
 /// that a flood cannot use more file descriptors than these.
-const MAX_REJECTING: usize = 8;
+const MAX_REJECTING: usize = 16;
 
 /// Serves `router` on `listener` under `limits` until `shutdown` resolves; then stops
 /// accepting, lets each connection finish its request, and returns once all are closed.
@@ -143,14 +143,14 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Answers a connection over the cap with a 503 and closes it, within a second.
+/// Answers a connection over the cap with a 503 and closes it, within a quarter second.
 async fn reject(mut stream: TcpStream, max: usize) {
     let response = over_capacity_response(max);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(Duration::from_millis(250), async {
         stream.write_all(&response).await?;
         stream.shutdown().await?;
-        // Read what the client sent, so that closing does not reset the connection and
-        // destroy the answer before the client reads it.
+        // Read the request the client sent, so that closing does not reset the connection
+        // (which would discard the answer before the client reads it).
         let mut buf = [0u8; 4096];
         let mut left = 64usize << 10;
         while left > 0 {
