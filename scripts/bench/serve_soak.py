@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 
 from serve_common import Server, machine, now
@@ -44,7 +45,7 @@ def chat_body(i, max_tokens, stop=None):
 
 async def http(host, port, method, path, body=b"", read_stream=False):
     """One request on its own connection (Connection: close): (status, headers, body text,
-    time to the first SSE data line or None)."""
+    time to the first SSE chunk with generated text, or None)."""
     reader, writer = await asyncio.open_connection(host, port)
     t0 = now()
     try:
@@ -67,7 +68,7 @@ async def http(host, port, method, path, body=b"", read_stream=False):
             data = await reader.read(65536)
             if not data:
                 break
-            if first is None and read_stream and b"data:" in data:
+            if first is None and read_stream and FIRST_TEXT.search(data):
                 first = now() - t0
             chunks.append(data)
         raw = b"".join(chunks)
@@ -76,6 +77,10 @@ async def http(host, port, method, path, body=b"", read_stream=False):
         return status, headers, raw.decode(errors="replace"), first
     finally:
         writer.close()
+
+
+# A chunk whose delta carries text (the chat stream's opening chunk has empty content).
+FIRST_TEXT = re.compile(rb'"content":"[^"]')
 
 
 def dechunk(raw):
@@ -238,7 +243,8 @@ async def run(server, a, bad_traffic):
             else:
                 st["completed"] += 1
                 latency.append(now() - t0)
-                ttft.append(first)
+                if first is not None:
+                    ttft.append(first)
                 st["tokens"] += tokens
 
     stopper = {"accepted_same_answer": 0, "accepted_wrong": 0, "huge_rejected_400": 0,
