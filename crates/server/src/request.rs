@@ -500,4 +500,33 @@ mod tests {
         assert_eq!(s.logprobs, Some(2));
         assert!(parse(br#"{"prompt":"a","logprobs":9}"#, Endpoint::Completion).is_err());
     }
+
+    #[test]
+    fn stop_strings_are_bounded_in_count_and_length() {
+        let body = |stop: Value| {
+            serde_json::json!({"messages": [{"role": "user", "content": "a"}], "stop": stop})
+                .to_string()
+        };
+        let at_limit: Vec<String> = (0..MAX_STOP_STRINGS)
+            .map(|i| format!("{i:0width$}", width = MAX_STOP_BYTES))
+            .collect();
+        assert_eq!(chat(&body(at_limit.clone().into())).unwrap().stop, at_limit);
+        let mut too_many = at_limit.clone();
+        too_many.push("x".into());
+        let e = chat(&body(too_many.into())).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("stop")));
+        assert!(
+            e.message.contains(&MAX_STOP_STRINGS.to_string()),
+            "{}",
+            e.message
+        );
+        // Bytes, not characters: 342 three-byte characters are 1026 bytes.
+        let e = chat(&body(serde_json::json!(["a", "\u{4e16}".repeat(342)]))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        assert!(
+            e.message.contains("stop[1]") && e.message.contains(&MAX_STOP_BYTES.to_string()),
+            "{}",
+            e.message
+        );
+    }
 }
