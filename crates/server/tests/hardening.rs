@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -160,7 +161,12 @@ fn connections_over_the_cap_get_a_503_with_retry_after_until_slots_free_up() {
     let srv = start(cfg);
     let a = srv.addr;
     let mut idle: Vec<TcpStream> = (0..3).map(|_| connect(a)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until the server has taken all three.
+    let t0 = Instant::now();
+    while srv.state.metrics.open_connections.load(Relaxed) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not accepted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = get(a, "/health");
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(
