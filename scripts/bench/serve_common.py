@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import threading
 import time
 
 
@@ -19,6 +20,14 @@ class Server:
         if self.addr is None:
             raise RuntimeError("the server did not start")
         self.base_url = f"http://{self.addr}/v1"
+        # Keep reading the server's log, so that a full pipe never blocks it.
+        self.log_tail = []
+
+        def drain():
+            for line in self.proc.stderr:
+                self.log_tail = (self.log_tail + [line])[-50:]
+
+        threading.Thread(target=drain, daemon=True).start()
 
     def rss_mib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -26,3 +26,19 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+/// The soft limit on open file descriptors (`Max open files` in /proc/self/limits).
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+/// File descriptors this process has open now.
+pub fn open_files() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}

@@ -55,7 +55,8 @@ fn the_openai_client_gets_what_generate_gives() {
     let stderr = child.stderr.take().unwrap();
     let _server = Server(child);
     let mut addr = None;
-    for line in BufReader::new(stderr).lines() {
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.split("on http://").nth(1) {
             addr = rest.split_whitespace().next().map(str::to_string);
@@ -63,6 +64,8 @@ fn the_openai_client_gets_what_generate_gives() {
         }
     }
     let addr = addr.expect("the server prints its address");
+    // The server logs client errors to stderr: keep reading it so a full pipe never blocks it.
+    std::thread::spawn(move || lines.for_each(drop));
     let out = Command::new(python)
         .arg(repo().join("scripts/tests/openai_client.py"))
         .args([

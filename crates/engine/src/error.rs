@@ -81,6 +81,10 @@ pub enum RunError {
     Experts(String),
     #[error("text: {0}")]
     Text(String),
+    /// The chat template failed on a conversation (kept whole: a server shows its clients
+    /// only part of it).
+    #[error("text: {0}")]
+    Template(moestream_text::TemplateError),
     #[error(
         "layer {0}: the sequence cache has no recurrent state there (made for another model?)"
     )]

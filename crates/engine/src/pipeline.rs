@@ -12,13 +12,17 @@ use crate::sampling::Sampler;
 use crate::speculative::{check_compatible, Draft, SpecSeq};
 use moestream_text::{RenderRequest, StopMatcher, StreamDecoder, TokenizerBundle};
 use serde_json::{Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct Engine {
     pub loaded: Loaded,
     pub text: TokenizerBundle,
     /// A draft model for speculative decoding (see [`Engine::load_draft`]).
     pub draft: Option<Draft>,
+    /// The directories the model and the draft were loaded from, as given (errors name
+    /// files under them; a server keeps these paths from its clients).
+    pub model_dir: PathBuf,
+    pub draft_dir: Option<PathBuf>,
 }
 
 /// One generated token and the text that became visible with it.
@@ -64,6 +68,8 @@ impl Engine {
             loaded,
             text,
             draft: None,
+            model_dir: dir.to_path_buf(),
+            draft_dir: None,
         })
     }
 
@@ -94,6 +100,7 @@ impl Engine {
         // would compete with the first for the cores.
         model.pool = std::sync::Arc::clone(&self.loaded.model.pool);
         self.draft = Some(Draft { model, num_draft });
+        self.draft_dir = Some(draft_dir.to_path_buf());
         Ok(())
     }
 
@@ -119,9 +126,7 @@ impl Engine {
         let mut req = RenderRequest::new(messages, extra);
         req.tools = tools;
         req.add_generation_prompt = true;
-        let rendered = template
-            .render(&req)
-            .map_err(|e| RunError::Text(e.to_string()))?;
+        let rendered = template.render(&req).map_err(RunError::Template)?;
         self.text
             .tokenizer
             .encode(&rendered, false)

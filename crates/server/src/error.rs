@@ -1,10 +1,13 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the
 //! matching HTTP status. Every failure a client can cause ends up here; none panics.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+/// Seconds a client is asked to wait (`Retry-After`) after a 503 `server_busy`.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -72,6 +75,26 @@ impl ApiError {
         .with_code("server_busy")
     }
 
+    /// 503 for a connection over `--max-connections` (sent raw by the connection layer).
+    pub fn busy_connections(max: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("the server has its maximum of {max} connections open; retry later"),
+        )
+        .with_code("server_busy")
+    }
+
+    /// 408: the request body did not arrive in time (the connection is closed after it).
+    pub fn body_timeout(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            detail.to_string(),
+        )
+        .with_code("request_timeout")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -103,6 +126,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        match self.code {
+            // Every 503 server_busy says when to come back.
+            Some("server_busy") => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // The rest of a late body may still come: do not read it as the next request.
+            Some("request_timeout") => {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        r
     }
 }

@@ -5,9 +5,11 @@
 //! forward pass per step; tokens come back to the handler over a channel and go out as JSON or
 //! server-sent events.
 
+pub mod conn;
 pub mod error;
 pub mod metrics;
 pub mod prompt_cache;
+pub mod redact;
 pub mod request;
 pub mod response;
 mod routes;
@@ -16,6 +18,7 @@ pub mod scheduler;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+pub use conn::ConnLimits;
 use metrics::Metrics;
 use moestream_engine::Engine;
 use request::Endpoint;
@@ -33,6 +36,8 @@ pub struct ServeConfig {
     /// Larger request bodies get a 413.
     pub max_body_bytes: usize,
     pub scheduler: SchedulerConfig,
+    /// Connection timeouts and cap.
+    pub conn: ConnLimits,
 }
 
 pub struct AppState {
@@ -40,6 +45,8 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub metrics: Arc<Metrics>,
     scheduler: SchedulerHandle,
+    /// Keeps the model directories out of what clients see.
+    pub redactor: redact::Redactor,
     started: u64,
     ids: AtomicU64,
 }
@@ -63,7 +70,13 @@ pub fn app(engine: Arc<Engine>, cfg: ServeConfig) -> (Router, Arc<AppState>) {
         cfg.scheduler.clone(),
         Arc::clone(&metrics),
     );
+    let mut dirs = vec![(engine.model_dir.as_path(), cfg.model_name.as_str())];
+    if let Some(d) = &engine.draft_dir {
+        dirs.push((d.as_path(), "draft-model"));
+    }
+    let redactor = redact::Redactor::new(dirs);
     let state = Arc::new(AppState {
+        redactor,
         engine,
         metrics,
         scheduler,
@@ -85,16 +98,33 @@ pub fn app(engine: Arc<Engine>, cfg: ServeConfig) -> (Router, Arc<AppState>) {
     (router, state)
 }
 
-/// Serves on `listener` until Ctrl-C.
+/// Serves on `listener` until Ctrl-C (then lets requests in flight finish).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     cfg: ServeConfig,
 ) -> std::io::Result<()> {
-    let (router, _) = app(engine, cfg);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let (router, state) = app(engine, cfg);
+    serve_router(listener, router, &state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serves a router made by [`app`] on `listener` with the connection limits of its
+/// configuration, until `shutdown` resolves.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: &AppState,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    conn::serve(
+        listener,
+        router,
+        state.cfg.conn.clone(),
+        Arc::clone(&state.metrics),
+        shutdown,
+    )
+    .await
 }

@@ -37,6 +37,15 @@ pub struct Metrics {
     pub spec_drafted: AtomicU64,
     pub spec_accepted: AtomicU64,
     pub spec_emitted: AtomicU64,
+    /// Connections open right now, and those refused at the connection cap.
+    pub open_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    /// Connections closed for a timeout: headers too slow (or none on a new connection),
+    /// a body too slow, idle between requests, or a client that stopped reading.
+    pub header_timeouts: AtomicU64,
+    pub body_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+    pub send_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -128,6 +137,18 @@ impl Metrics {
             "counter",
             "Requests refused because the queue was full.",
             get(&self.rejected_busy),
+        );
+        metric(
+            "moestream_open_connections",
+            "gauge",
+            "Client connections open.",
+            get(&self.open_connections),
+        );
+        metric(
+            "moestream_rejected_connections_total",
+            "counter",
+            "Connections refused (503 and close) because --max-connections were open.",
+            get(&self.rejected_connections),
         );
         metric(
             "moestream_cancelled_total",
@@ -238,6 +259,22 @@ impl Metrics {
             "Seconds stalled on expert reads.",
             experts.read_secs,
         );
+        let _ = writeln!(
+            out,
+            "# HELP moestream_connection_timeouts_total Connections closed for a timeout, by what was late.\n# TYPE moestream_connection_timeouts_total counter"
+        );
+        for (kind, c) in [
+            ("header", &self.header_timeouts),
+            ("body", &self.body_timeouts),
+            ("idle", &self.idle_timeouts),
+            ("send", &self.send_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "moestream_connection_timeouts_total{{kind=\"{kind}\"}} {}",
+                get(c)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP moestream_requests_total HTTP requests by route and status.\n# TYPE moestream_requests_total counter"

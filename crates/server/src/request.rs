@@ -355,6 +355,13 @@ fn completion_prompt(p: Option<Value>) -> Result<PromptSpec, ApiError> {
     }
 }
 
+/// Stop strings a request may give, and the longest one, in bytes of UTF-8. OpenAI allows 4;
+/// these leave room for templates with many end markers. Matching costs the same per token
+/// whatever the stop strings (see `StopMatcher`); the bound keeps what a request holds, and
+/// the text held back while it might begin a stop string, small.
+pub const MAX_STOP_STRINGS: usize = 16;
+pub const MAX_STOP_BYTES: usize = 1024;
+
 fn stop_list(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
     let bad = || ApiError::invalid_param("stop", "'stop' must be a string or an array of strings");
     let list = match stop {
@@ -369,8 +376,27 @@ fn stop_list(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad()),
     };
-    if list.len() > 16 {
-        return Err(ApiError::invalid_param("stop", "at most 16 stop strings"));
+    if list.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "'stop' has {} strings; at most {MAX_STOP_STRINGS} are allowed",
+                list.len()
+            ),
+        ));
+    }
+    if let Some((i, s)) = list
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > MAX_STOP_BYTES)
+    {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "stop[{i}] is {} bytes long; a stop string may have at most {MAX_STOP_BYTES} bytes",
+                s.len()
+            ),
+        ));
     }
     Ok(list)
 }
@@ -473,5 +499,34 @@ mod tests {
         let s = parse(br#"{"prompt":"a","logprobs":2}"#, Endpoint::Completion).unwrap();
         assert_eq!(s.logprobs, Some(2));
         assert!(parse(br#"{"prompt":"a","logprobs":9}"#, Endpoint::Completion).is_err());
+    }
+
+    #[test]
+    fn stop_strings_are_bounded_in_count_and_length() {
+        let body = |stop: Value| {
+            serde_json::json!({"messages": [{"role": "user", "content": "a"}], "stop": stop})
+                .to_string()
+        };
+        let at_limit: Vec<String> = (0..MAX_STOP_STRINGS)
+            .map(|i| format!("{i:0width$}", width = MAX_STOP_BYTES))
+            .collect();
+        assert_eq!(chat(&body(at_limit.clone().into())).unwrap().stop, at_limit);
+        let mut too_many = at_limit.clone();
+        too_many.push("x".into());
+        let e = chat(&body(too_many.into())).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("stop")));
+        assert!(
+            e.message.contains(&MAX_STOP_STRINGS.to_string()),
+            "{}",
+            e.message
+        );
+        // Bytes, not characters: 342 three-byte characters are 1026 bytes.
+        let e = chat(&body(serde_json::json!(["a", "\u{4e16}".repeat(342)]))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        assert!(
+            e.message.contains("stop[1]") && e.message.contains(&MAX_STOP_BYTES.to_string()),
+            "{}",
+            e.message
+        );
     }
 }

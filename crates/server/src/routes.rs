@@ -13,7 +13,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
-use moestream_engine::Engine;
+use moestream_engine::RunError;
+use moestream_text::TemplateError;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
@@ -64,7 +65,16 @@ async fn run(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     authorize(st, headers)?;
-    let bytes = body.map_err(|r| ApiError::invalid(r.body_text()).with_status(r.status()))?;
+    let bytes = body.map_err(|r| {
+        if crate::conn::is_body_timeout(&r) {
+            ApiError::body_timeout(format!(
+                "the request body did not arrive within {} s of its headers",
+                st.cfg.conn.body_timeout.as_secs_f64()
+            ))
+        } else {
+            ApiError::invalid(r.body_text()).with_status(r.status())
+        }
+    })?;
     let spec = request::parse(&bytes, endpoint)?;
     if let Some(name) = &spec.model {
         if name != &st.cfg.model_name {
@@ -72,9 +82,9 @@ async fn run(
         }
     }
     // Templates and tokenizers are CPU work: keep them off the async workers.
-    let engine = Arc::clone(&st.engine);
+    let state = Arc::clone(st);
     let prompt_spec = spec.prompt.clone();
-    let prompt = tokio::task::spawn_blocking(move || tokenize(&engine, prompt_spec))
+    let prompt = tokio::task::spawn_blocking(move || tokenize(&state, prompt_spec))
         .await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
     let max_tokens = check_lengths(st, &spec, endpoint, prompt.len())?;
@@ -115,7 +125,8 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn tokenize(engine: &Engine, prompt: PromptSpec) -> Result<Vec<u32>, ApiError> {
+fn tokenize(st: &AppState, prompt: PromptSpec) -> Result<Vec<u32>, ApiError> {
+    let engine = &st.engine;
     let ids = match prompt {
         PromptSpec::Chat {
             messages,
@@ -123,10 +134,13 @@ fn tokenize(engine: &Engine, prompt: PromptSpec) -> Result<Vec<u32>, ApiError> {
             template_args,
         } => engine
             .chat_prompt(&messages, tools.as_deref(), &template_args)
-            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?,
+            .map_err(|e| match e {
+                RunError::Template(e) => template_error(st, &e),
+                e => text_error(st, "messages", &e),
+            })?,
         PromptSpec::Text(text) => engine
             .raw_prompt(&text)
-            .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?,
+            .map_err(|e| text_error(st, "prompt", &e))?,
         PromptSpec::Ids(ids) => {
             let vocab = engine.model().info.vocab_size;
             if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
@@ -139,6 +153,61 @@ fn tokenize(engine: &Engine, prompt: PromptSpec) -> Result<Vec<u32>, ApiError> {
         }
     };
     Ok(ids)
+}
+
+/// A chat template that failed on the request's messages: the client learns which model's
+/// template (and its file, relative to the model directory) refused them and why in
+/// general terms; the template engine's own message, which quotes the server's paths and
+/// the template's internals, goes to the log.
+fn template_error(st: &AppState, e: &TemplateError) -> ApiError {
+    let name = &st.cfg.model_name;
+    tracing::warn!(model = %name, "chat template failed on a request: {e}");
+    let r = &st.redactor;
+    match e {
+        // The template's own words (a `raise_exception`), meant for the user.
+        TemplateError::Raised { origin, message } => ApiError::invalid_param(
+            "messages",
+            format!(
+                "the chat template of model '{name}' ({}) rejected the conversation: {}",
+                r.relative(origin),
+                r.redact(message)
+            ),
+        ),
+        TemplateError::Render { origin, source } => ApiError::invalid_param(
+            "messages",
+            format!(
+                "the chat template of model '{name}' ({}) could not render these messages \
+                 ({}); check that every field of each message has the type OpenAI's API \
+                 gives it (for example, tool_calls is an array of objects)",
+                r.relative(origin),
+                source.kind()
+            ),
+        ),
+        TemplateError::ReservedVariable { .. } => {
+            ApiError::invalid_param("chat_template_kwargs", r.redact(&e.to_string()))
+        }
+        _ => ApiError::invalid_param(
+            "messages",
+            format!("model '{name}': {}", r.redact(&e.to_string())),
+        ),
+    }
+}
+
+/// Tokenizer failures: shown without the server's paths (logged whole).
+fn text_error(st: &AppState, param: &str, e: &RunError) -> ApiError {
+    let detail = e.to_string();
+    let shown = st.redactor.redact(&detail);
+    if shown != detail {
+        tracing::warn!(model = %st.cfg.model_name, "tokenizing a request failed: {detail}");
+    }
+    ApiError::invalid_param(param, shown)
+}
+
+/// A generation that failed inside the engine (e.g. a failed expert read): the client sees
+/// the model's name and file names relative to its directory; the log gets the whole message.
+fn generation_failed(st: &AppState, detail: &str) -> ApiError {
+    tracing::error!(model = %st.cfg.model_name, "generation failed: {detail}");
+    ApiError::internal(format!("generation failed: {}", st.redactor.redact(detail)))
 }
 
 /// Checks the prompt against the limits; returns the generation budget.
@@ -205,9 +274,7 @@ async fn collect(
                 let lp = logprobs.as_mut().map(Logprobs::take);
                 return Ok(Json(env.full(&text, lp, finish, usage)).into_response());
             }
-            Event::Failed(msg) => {
-                return Err(ApiError::internal(format!("generation failed: {msg}")))
-            }
+            Event::Failed(msg) => return Err(generation_failed(st, &msg)),
         }
     }
     Err(ApiError::internal("the generation ended without a result"))
@@ -275,7 +342,7 @@ fn stream_response(
                 s.done = true;
             }
             Some(Event::Failed(msg)) => {
-                let e = ApiError::internal(format!("generation failed: {msg}"));
+                let e = generation_failed(&s.st, &msg);
                 out.push(data(e.body()));
                 out.push(done());
                 s.done = true;

@@ -359,6 +359,13 @@ fn beyond_the_queue_requests_get_503_and_the_rest_complete() {
     assert!(ok >= 1 && !busy.is_empty(), "{ok} ok, {} busy", busy.len());
     for r in busy {
         assert_error(r, 503, None);
+        assert_eq!(r.json()["error"]["code"], "server_busy");
+        // Clients are told when to come back.
+        assert!(
+            r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+            "{}",
+            r.headers
+        );
     }
     for (i, r) in replies.iter().enumerate().filter(|(_, r)| r.status == 200) {
         let want = lone(&messages(i), SamplingParams::default(), 200);

@@ -6,7 +6,7 @@
 use moestream_engine::generate::PREFILL_CHUNK;
 use moestream_engine::{Engine, LoadOptions};
 use moestream_server::scheduler::SchedulerConfig;
-use moestream_server::{AppState, ServeConfig};
+use moestream_server::{AppState, ConnLimits, ServeConfig};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,6 +45,7 @@ pub fn config() -> ServeConfig {
             prompt_cache_entries: 4,
             prompt_cache_bytes: 256 << 20,
         },
+        conn: ConnLimits::default(),
     }
 }
 
@@ -69,9 +70,12 @@ pub fn start_with(engine: Arc<Engine>, cfg: ServeConfig) -> TestServer {
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (router, state) = moestream_server::app(engine, cfg);
+    let served = Arc::clone(&state);
     runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        axum::serve(listener, router).await.unwrap();
+        moestream_server::serve_router(listener, router, &served, std::future::pending())
+            .await
+            .unwrap();
     });
     TestServer {
         addr,
