@@ -8,7 +8,13 @@ use std::time::Instant;
 /// Best read bandwidth in bytes/s over `passes` passes over a `bytes`-sized buffer.
 pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) -> f64 {
     let n = bytes / 4;
-    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    // The same huge-page backed memory the resident weights live in (see `hugebuf`).
+    let mut mem = crate::hugebuf::HugeBuf::zeroed(n * 4);
+    let buf: &mut [f32] = bytemuck::cast_slice_mut(&mut mem.as_mut_slice()[..n * 4]);
+    for (i, v) in buf.iter_mut().enumerate() {
+        *v = (i % 7) as f32;
+    }
+    let buf: &[f32] = buf;
     let parts = pool.threads() * 4;
     let chunk = n.div_ceil(parts);
     let mut best = 0f64;

@@ -1,5 +1,6 @@
 //! Shared, immutable byte ranges of mapped (or, rarely, copied) weight files.
 
+use moestream_kernels::hugebuf::HugeBuf;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,14 +14,16 @@ pub enum Backing {
         file: std::fs::File,
         path: PathBuf,
     },
-    Owned(Vec<u64>),
+    /// Weights copied at load (dense weights kept resident while streaming, re-laid 4-bit
+    /// matrices): huge-page backed where large, see [`HugeBuf`].
+    Owned(HugeBuf),
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
             Backing::Mapped { map, .. } => map,
-            Backing::Owned(v) => bytemuck::cast_slice(v),
+            Backing::Owned(v) => v.as_slice(),
         }
     }
 }
@@ -61,15 +64,13 @@ impl Bytes {
     /// Copies `src` into an owned aligned buffer (for tensors whose file offset is not
     /// aligned for their dtype, and for tensors built in memory).
     pub fn copied(src: &[u8]) -> Self {
-        let mut v = vec![0u64; src.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..src.len()].copy_from_slice(src);
-        Bytes::new(Arc::new(Backing::Owned(v)), 0, src.len())
+        Self::filled_with(src.len(), |dst| dst.copy_from_slice(src))
     }
 
     /// An owned aligned buffer of `len` bytes that `fill` writes (zeroed before).
     pub fn filled_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
-        let mut v = vec![0u64; len.div_ceil(8)];
-        fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..len]);
+        let mut v = HugeBuf::zeroed(len);
+        fill(&mut v.as_mut_slice()[..len]);
         Bytes::new(Arc::new(Backing::Owned(v)), 0, len)
     }
 
