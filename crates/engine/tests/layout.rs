@@ -24,21 +24,7 @@ fn load(precision: Precision, row_major_weights: bool) -> Loaded {
 /// A 40-token prompt, then 24 greedy tokens: (ids, logits of every step).
 fn greedy(m: &Loaded) -> (Vec<u32>, Vec<Vec<f32>>) {
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 470).collect();
-    let mut cache = m.model.new_cache();
-    let mut logits = Vec::new();
-    m.model
-        .forward(&prompt, &mut cache, false, &mut logits)
-        .unwrap();
-    let (mut ids, mut all) = (Vec::new(), vec![logits.clone()]);
-    for _ in 0..24 {
-        let id = argmax(&logits);
-        ids.push(id);
-        m.model
-            .forward(&[id], &mut cache, false, &mut logits)
-            .unwrap();
-        all.push(logits.clone());
-    }
-    (ids, all)
+    greedy_steps(m, &prompt, 24)
 }
 
 #[test]

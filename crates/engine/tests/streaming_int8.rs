@@ -27,21 +27,7 @@ fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {
 
 /// Prefill the prompt, then 12 greedy tokens: (ids, logits of every step).
 fn greedy(m: &Loaded, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut cache = m.model.new_cache();
-    let mut logits = Vec::new();
-    m.model
-        .forward(prompt, &mut cache, false, &mut logits)
-        .unwrap();
-    let (mut ids, mut all) = (Vec::new(), vec![logits.clone()]);
-    for _ in 0..12 {
-        let id = argmax(&logits);
-        ids.push(id);
-        m.model
-            .forward(&[id], &mut cache, false, &mut logits)
-            .unwrap();
-        all.push(logits.clone());
-    }
-    (ids, all)
+    greedy_steps(m, prompt, 12)
 }
 
 #[test]

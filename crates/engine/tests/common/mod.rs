@@ -54,6 +54,30 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// Prefills `prompt`, then decodes `steps` greedy tokens: (ids, logits of every step, the
+/// prompt's first).
+pub fn greedy_steps(
+    m: &moestream_engine::Loaded,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut cache = m.model.new_cache();
+    let mut logits = Vec::new();
+    m.model
+        .forward(prompt, &mut cache, false, &mut logits)
+        .unwrap();
+    let (mut ids, mut all) = (Vec::new(), vec![logits.clone()]);
+    for _ in 0..steps {
+        let id = argmax(&logits);
+        ids.push(id);
+        m.model
+            .forward(&[id], &mut cache, false, &mut logits)
+            .unwrap();
+        all.push(logits.clone());
+    }
+    (ids, all)
+}
+
 /// Two threads, mlx-lm's float32 arithmetic, experts resident.
 pub fn exact_options() -> LoadOptions {
     LoadOptions {
