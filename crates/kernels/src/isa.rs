@@ -7,7 +7,7 @@
 //!
 //! `MOESTREAM_ISA` caps both, so a narrower path can be measured (and tested) on a wider
 //! machine: `scalar`, `avx2` (no VNNI of any width: what an AMD Zen 2/3 has), `avxvnni`,
-//! `avx512`; on aarch64 `scalar`, `neon` (no dotprod: Cortex-A72), `dotprod`. A cap above what
+//! `avx512`; on aarch64 `scalar`, `neon` (no dotprod: Cortex-A72), `dotprod`, `i8mm`. A cap above what
 //! the CPU has changes nothing; an unknown value is reported once on stderr and ignored.
 
 use std::sync::OnceLock;
@@ -35,6 +35,9 @@ pub enum Int8 {
     Neon,
     /// `sdot` (Armv8.2 dotprod: Apple M1+, Graviton 2+, Neoverse, Grace).
     NeonDot,
+    /// `sdot` for one activation row, `smmla` (2x8 by 8x2 int8 tiles) for pairs of them
+    /// (Armv8.6 i8mm: Apple M2+, Graviton 3+, Neoverse V1/V2, Grace).
+    NeonI8mm,
 }
 
 impl Int8 {
@@ -47,6 +50,7 @@ impl Int8 {
             Int8::Avx512Vnni => "avx512vnni",
             Int8::Neon => "neon",
             Int8::NeonDot => "dotprod",
+            Int8::NeonI8mm => "i8mm",
         }
     }
 }
@@ -60,6 +64,7 @@ enum Cap {
     Avx512,
     Neon,
     DotProd,
+    I8mm,
     None,
 }
 
@@ -72,10 +77,11 @@ fn cap() -> Cap {
         Ok("avx512") => Cap::Avx512,
         Ok("neon") => Cap::Neon,
         Ok("dotprod") => Cap::DotProd,
+        Ok("i8mm") => Cap::I8mm,
         Ok(other) => {
             eprintln!(
                 "MOESTREAM_ISA={other:?} is not one of scalar, avx2, avxvnni, avx512, neon, \
-                 dotprod: ignored"
+                 dotprod, i8mm: ignored"
             );
             Cap::None
         }
@@ -117,6 +123,7 @@ pub fn int8_available() -> Vec<Int8> {
         Cap::Avx512,
         Cap::Neon,
         Cap::DotProd,
+        Cap::I8mm,
     ]
     .into_iter()
     .map(|c| detect(c).1)
@@ -169,7 +176,9 @@ fn detect(cap: Cap) -> (Isa, Int8) {
     if !allows(Cap::Neon) {
         return (Isa::Scalar, Int8::None);
     }
-    let int8 = if allows(Cap::DotProd) && has!("dotprod") {
+    let int8 = if allows(Cap::I8mm) && has!("dotprod") && has!("i8mm") {
+        Int8::NeonI8mm
+    } else if allows(Cap::DotProd) && has!("dotprod") {
         Int8::NeonDot
     } else {
         Int8::Neon

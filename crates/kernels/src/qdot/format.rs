@@ -107,7 +107,9 @@ pub fn block_quantizer() -> BlockQuantizer {
         #[cfg(target_arch = "x86_64")]
         Int8::Avx2 | Int8::AvxVnni => |x, q| unsafe { super::avx2::quantize_block(x, q) },
         #[cfg(target_arch = "aarch64")]
-        Int8::Neon | Int8::NeonDot => |x, q| unsafe { super::neon::quantize_block(x, q) },
+        Int8::Neon | Int8::NeonDot | Int8::NeonI8mm => {
+            |x, q| unsafe { super::neon::quantize_block(x, q) }
+        }
         _ => quantize_block_scalar,
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! Files: [`format`] (the activation format), [`reference`] (the scalar int8 reference every
 //! kernel is held to), one file of kernels per instruction set (`avx512`, `avx2` for AVX2 and
-//! AVX-VNNI, `neon` for NEON and dotprod), and this dispatcher, which picks the family
+//! AVX-VNNI, `neon` for NEON, dotprod and i8mm), and this dispatcher, which picks the family
 //! ([`crate::isa::int8`]) and tiles weight and activation rows for it.
 
 use crate::isa::Int8;
@@ -177,7 +177,7 @@ fn dot_q8(isa: Int8, row: &[u32], x: &QuantizedRow, p: &RowParams) -> f32 {
             #[cfg(target_arch = "x86_64")]
             Int8::Avx2 => avx2::dot_q8(row, qx, qs, s, d) + p.exact_part(x),
             #[cfg(target_arch = "aarch64")]
-            Int8::NeonDot => neon::dot_q8_dot(row, qx, qs, s, d) + p.exact_part(x),
+            Int8::NeonDot | Int8::NeonI8mm => neon::dot_q8_dot(row, qx, qs, s, d) + p.exact_part(x),
             #[cfg(target_arch = "aarch64")]
             Int8::Neon => neon::dot_q8(row, qx, qs, s, d) + p.exact_part(x),
             _ => unreachable!("no {} int8 kernel on this target", isa.name()),
@@ -209,6 +209,8 @@ fn row_group<const N: usize>(
                 Int8::Avx2 => avx2::row_group::<N, DT>(w, rg, s, b, x, k),
                 #[cfg(target_arch = "aarch64")]
                 Int8::NeonDot => neon::row_group_dot::<N, DT>(w, rg, s, b, x, k),
+                #[cfg(target_arch = "aarch64")]
+                Int8::NeonI8mm => neon::row_group_i8mm::<N, DT>(w, rg, s, b, x, k),
                 #[cfg(target_arch = "aarch64")]
                 Int8::Neon => neon::row_group::<N, DT>(w, rg, s, b, x, k),
                 _ => unreachable!("no {} int8 kernel on this target", isa.name()),

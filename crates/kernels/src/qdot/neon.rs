@@ -168,6 +168,129 @@ pub unsafe fn row_group_dot<const N: usize, const DT: u8>(
     row_group_body::<N, DT, true>(w, rg, scales, biases, x, k)
 }
 
+/// [`row_group`] with `smmla` for pairs of activation rows (an odd tile takes `sdot`):
+/// the same integer sums, the same float operations in the same order per lane, so the
+/// results are bit-identical to [`row_group_dot`]'s however rows are tiled.
+///
+/// # Safety
+/// As [`row_group`], and the CPU has dotprod and i8mm.
+#[target_feature(enable = "neon,dotprod,i8mm")]
+pub unsafe fn row_group_i8mm<const N: usize, const DT: u8>(
+    w: &QuantMatrix,
+    rg: usize,
+    scales: *const u8,
+    biases: *const u8,
+    x: [&QuantizedRow; N],
+    k: usize,
+) -> [[f32; 16]; N] {
+    if !N.is_multiple_of(2) {
+        return row_group_body::<N, DT, true>(w, rg, scales, biases, x, k);
+    }
+    let mut out = [[0f32; 16]; N];
+    for q0 in 0..4 {
+        pass_mmla::<N, DT>(w, rg, scales, biases, &x, k, q0, &mut out);
+    }
+    out
+}
+
+/// `acc += a . bᵀ` for `a`, `b` each two rows of 8 s8 values: `acc = [a0.b0, a0.b1, a1.b0,
+/// a1.b1]` (`smmla`).
+#[inline(always)]
+unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    asm!(
+        "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+        acc = inout(vreg) acc,
+        a = in(vreg) a,
+        b = in(vreg) b,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// Quarter `q0` (4 rows) of row group `rg` against `N` (even) activation rows, a pair at a
+/// time. A row's 8 values of a code word are its 4 low nibbles then its 4 high ones (a
+/// 32-bit zip of the two nibble vectors pairs rows 0-1 and rows 2-3), met by each activation
+/// row's 4 even then 4 odd values of that word.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pass_mmla<const N: usize, const DT: u8>(
+    w: &QuantMatrix,
+    rg: usize,
+    scales: *const u8,
+    biases: *const u8,
+    x: &[&QuantizedRow; N],
+    k: usize,
+    q0: usize,
+    out: &mut [[f32; 16]; N],
+) {
+    let (groups, words) = (w.groups_per_row(), w.words_per_row());
+    let blocks_per_group = w.group_size / BLOCK;
+    let esz = size_of::<DT>();
+    let mid = vdupq_n_f32(8.0); // 2^(bits-1)
+    let nib = vdupq_n_u8(0x0F);
+    let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(16 * q0);
+    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
+    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
+    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
+    let mut acc = [vdupq_n_f32(0.0); N];
+    for g in 0..groups {
+        let at = (g * 16 + 4 * q0) * esz;
+        let s = load::<DT>(scales.add(at));
+        let b = load::<DT>(biases.add(at));
+        // The exactly computed part: b_g Σx_g + m s_g resid_g.
+        let sm = vmulq_f32(s, mid);
+        for t in 0..N {
+            acc[t] = vfmaq_f32(acc[t], b, vdupq_n_f32(*xsum[t].add(g)));
+            acc[t] = vfmaq_f32(acc[t], sm, vdupq_n_f32(*xres[t].add(g)));
+        }
+        for blk in g * blocks_per_group..(g + 1) * blocks_per_group {
+            // Per pair of activation rows: rows 0-1 and rows 2-3 of the quarter.
+            let mut isum = [[vdupq_n_s32(0); 2]; N];
+            let chunk_at = (blk / 4) * 128 + (blk % 4) * 16;
+            for word in 0..4 {
+                let c = blk * 4 + word;
+                let v = vld1q_u8(codes.add(c * 64));
+                let lo = vreinterpretq_u32_u8(vandq_u8(v, nib));
+                let hi = vreinterpretq_u32_u8(vshrq_n_u8::<4>(v));
+                let r01 = vreinterpretq_s8_u32(vzip1q_u32(lo, hi));
+                let r23 = vreinterpretq_s8_u32(vzip2q_u32(lo, hi));
+                let at = chunk_at + 4 * word;
+                for p in 0..N / 2 {
+                    let word_of = |t: usize| {
+                        let px = xq[t].add(at);
+                        let even = (px as *const u32).read_unaligned() as u64;
+                        let odd = (px.add(64) as *const u32).read_unaligned() as u64;
+                        even | odd << 32
+                    };
+                    let xs = vreinterpretq_s8_u64(vcombine_u64(
+                        vcreate_u64(word_of(2 * p)),
+                        vcreate_u64(word_of(2 * p + 1)),
+                    ));
+                    isum[p][0] = smmla(isum[p][0], r01, xs);
+                    isum[p][1] = smmla(isum[p][1], r23, xs);
+                }
+            }
+            for p in 0..N / 2 {
+                // [r0 t0, r0 t1, r1 t0, r1 t1] and the same for rows 2-3: one row vector per
+                // activation row.
+                let rows = [
+                    vuzp1q_s32(isum[p][0], isum[p][1]),
+                    vuzp2q_s32(isum[p][0], isum[p][1]),
+                ];
+                for (u, r) in rows.into_iter().enumerate() {
+                    let t = 2 * p + u;
+                    let sd = vmulq_f32(s, vdupq_n_f32(*xd[t].add(blk)));
+                    acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(r), sd);
+                }
+            }
+        }
+    }
+    for t in 0..N {
+        vst1q_f32(out[t].as_mut_ptr().add(4 * q0), acc[t]);
+    }
+}
+
 /// One activation row takes all four quarters in one pass (decode: every code byte read
 /// once, in order); a tile of several takes one quarter per pass so its accumulators stay in
 /// registers.
