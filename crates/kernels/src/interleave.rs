@@ -53,11 +53,14 @@ pub fn interleave_in_place<T: Copy + Default>(
 }
 
 /// One row group: `src` row-major (`ROWS` rows of `per_row` items), `dst` interleaved.
+/// Writes go out in order; the 16 reads per item come from the row group's rows, which are
+/// in L1 (streamed experts re-laid as they arrive: decode 12-13.5 -> 14-15 tok/s against the
+/// write-strided order, BENCHMARKS.md).
 #[inline]
 fn relay_group<T: Copy>(src: &[T], dst: &mut [T], per_row: usize) {
-    for (i, row) in src.chunks_exact(per_row).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            dst[j * ROWS + i] = v;
+    for (j, out) in dst.chunks_exact_mut(ROWS).enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = src[i * per_row + j];
         }
     }
 }
