@@ -129,12 +129,21 @@ pub enum ReadSrc {
 }
 
 /// One read of `len` bytes into `dst`.
+/// A transform of the bytes a job read, run by the reader thread right after the read, with
+/// its parameter (an expert part re-laid for the kernels: `(re-lay, items per row)`). The
+/// readers run in parallel, so this spreads the work over the cores, off the compute thread.
+pub type AfterRead = (fn(&mut [u8], usize), usize);
+
 pub struct ReadJob {
     pub src: ReadSrc,
     pub len: usize,
     pub dst: *mut u8,
     /// After the read, move `len` bytes from `dst + from` to `dst + to`.
     fixup: Option<(usize, usize, usize)>,
+    /// Then transform the range (at its view offset).
+    after: Option<AfterRead>,
+    /// The range's length and its offset from `dst` once in place.
+    view: (usize, usize),
 }
 
 impl ReadJob {
@@ -163,6 +172,8 @@ impl ReadJob {
                     len,
                     dst: region,
                     fixup: (phase != at).then_some((phase, at, src.len())),
+                    after: None,
+                    view: (src.len(), at),
                 }
             }
             Some(file) => ReadJob {
@@ -173,21 +184,39 @@ impl ReadJob {
                 len: src.len(),
                 dst: region.wrapping_add(at),
                 fixup: None,
+                after: None,
+                view: (src.len(), 0),
             },
             None => ReadJob {
                 src: ReadSrc::Memory(src.clone()),
                 len: src.len(),
                 dst: region.wrapping_add(at),
                 fixup: None,
+                after: None,
+                view: (src.len(), 0),
             },
         }
     }
 
-    /// After a successful read: moves the range to its view offset if needed.
+    /// Runs `after` on the bytes once they are read (and in place).
+    pub fn then(self, after: Option<AfterRead>) -> Self {
+        ReadJob { after, ..self }
+    }
+
+    /// After a successful read: moves the range to its view offset if needed, then runs the
+    /// job's transform on it.
     fn finish(&self) {
         if let Some((from, to, len)) = self.fixup {
             // SAFETY: both ranges lie inside the region the read filled.
             unsafe { std::ptr::copy(self.dst.add(from), self.dst.add(to), len) }
+        }
+        if let Some((transform, param)) = self.after {
+            let (len, at) = self.view;
+            // SAFETY: the range the read filled, owned by this job until its batch completes.
+            transform(
+                unsafe { std::slice::from_raw_parts_mut(self.dst.add(at), len) },
+                param,
+            );
         }
     }
 

@@ -34,8 +34,9 @@ pub struct StreamOptions {
     pub direct_io: bool,
     /// io_uring (probed) or the pread pool.
     pub io_engine: IoEngine,
-    /// Re-lay 4-bit experts into the interleaved layout as they arrive in a slot (set by the
-    /// loader where the int8 kernels want that layout and have no row-major 4-bit kernel).
+    /// Re-lay 4-bit experts into the interleaved layout as they arrive in a slot, on the reader
+    /// threads (set by the loader where the int8 kernels want that layout and have no
+    /// row-major 4-bit kernel).
     pub interleave_slots: bool,
 }
 
@@ -201,8 +202,6 @@ struct Slots {
     slot_of: Vec<Option<u32>>,
     /// Whether the slot was filled by a prefetch and not used since.
     prefetched: Vec<bool>,
-    /// Whether the slot's expert was re-laid into the interleaved layout since it was read.
-    interleaved: Vec<bool>,
     pending: Option<Pending>,
     /// Experts the last call used (for `Prefetch::Prev`).
     last_ids: Vec<u32>,
@@ -258,7 +257,6 @@ impl StreamedExperts {
                         last_use: vec![0; n],
                         slot_of: vec![None; experts.len()],
                         prefetched: vec![false; n],
-                        interleaved: vec![false; n],
                         pending: None,
                         last_ids: Vec::with_capacity(experts.len()),
                         tick: 0,
@@ -342,27 +340,6 @@ impl StreamedExperts {
         }
     }
 
-    /// Re-lays the 4-bit projections of expert `id`, just read into `slot`, into the
-    /// interleaved layout (in place: the slot keeps its size).
-    fn interleave_slot(&self, l: &Layer, s: &Slots, slot: usize, id: u32) {
-        let e = &l.experts[id as usize];
-        for (k, lin) in [&e.gate, &e.up, &e.down].into_iter().enumerate() {
-            if !lin.can_interleave() {
-                continue;
-            }
-            let srcs = lin.parts();
-            let mut parts = l.layout.parts[k].iter().zip(&srcs).map(|(&(off, n), src)| {
-                let at = slot * l.layout.slot_bytes + off + l.layout.at(src);
-                // SAFETY: the part lies inside the slot, the layer is locked by the caller and
-                // no read is in flight into it (fill and settle waited for them); the three
-                // parts are disjoint.
-                unsafe { std::slice::from_raw_parts_mut(s.buf.ptr.add(at), n) }
-            });
-            let parts = [(); 3].map(|_| parts.next().expect("a quantized matrix has 3 parts"));
-            lin.interleave_parts(parts);
-        }
-    }
-
     /// Read jobs that fill `slot` with expert `id`.
     fn jobs_for(
         &self,
@@ -376,18 +353,22 @@ impl StreamedExperts {
         let e = &l.experts[id as usize];
         let mut bytes = 0u64;
         for (k, lin) in [&e.gate, &e.up, &e.down].into_iter().enumerate() {
-            for (src, &(off, len)) in lin.parts().into_iter().zip(&l.layout.parts[k]) {
+            // The 4-bit parts are re-laid by the reader threads as they land (see
+            // `StreamOptions::interleave_slots`).
+            let steps = (self.options.interleave_slots && lin.can_interleave())
+                .then(|| lin.interleave_steps());
+            for (p, (src, &(off, len))) in
+                lin.parts().into_iter().zip(&l.layout.parts[k]).enumerate()
+            {
                 debug_assert_eq!(src.len(), len);
                 bytes += len as u64;
                 // SAFETY: inside the slot; the buffer outlives the batch (the store settles
                 // every batch before touching or freeing its slots).
                 let region = unsafe { base.add(slot * slot_bytes + off) };
-                jobs.push(ReadJob::new(
-                    src,
-                    self.files.get(src),
-                    region,
-                    l.layout.direct,
-                ));
+                jobs.push(
+                    ReadJob::new(src, self.files.get(src), region, l.layout.direct)
+                        .then(steps.map(|s| s[p])),
+                );
             }
         }
         bytes
@@ -422,13 +403,6 @@ impl ExpertStore for StreamedExperts {
         let n_slots = slots.owner.len();
         for batch in ids.chunks(n_slots) {
             let placed = self.fill(l, layer, &mut slots, batch)?;
-            if self.options.interleave_slots {
-                for (&id, &slot) in batch.iter().zip(&placed) {
-                    if !std::mem::replace(&mut slots.interleaved[slot], true) {
-                        self.interleave_slot(l, &slots, slot, id);
-                    }
-                }
-            }
             let base = slots.buf.ptr as *const u8;
             let slot_bytes = l.layout.slot_bytes;
             let mats: Vec<ExpertMats> = batch
@@ -578,7 +552,6 @@ impl StreamedExperts {
                 s.slot_of[old as usize] = None;
             }
             bytes += self.jobs_for(l, base, slot, id, &mut jobs);
-            s.interleaved[slot] = false;
             s.owner[slot] = Some(id);
             s.slot_of[id as usize] = Some(slot as u32);
             s.prefetched[slot] = true;
@@ -642,7 +615,6 @@ impl StreamedExperts {
                 s.slot_of[old as usize] = None;
             }
             s.prefetched[slot] = false;
-            s.interleaved[slot] = false;
             bytes += self.jobs_for(l, base, slot, batch[i], &mut jobs);
             placed[i] = slot;
             s.last_use[slot] = tick;

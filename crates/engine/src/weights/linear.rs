@@ -10,6 +10,7 @@ use super::safetensors::{Dtype, Tensor};
 use super::store::WeightStore;
 use crate::config::QuantConfig;
 use crate::error::LoadError;
+use crate::experts::io::AfterRead;
 use half::{bf16, f16};
 use moestream_kernels::{DenseMatrix, FloatSlice, Matrix, QuantMatrix};
 
@@ -121,23 +122,23 @@ impl Linear {
         }
     }
 
-    /// Re-lays copies of [`Linear::parts`] (`[packed, scales, biases]`, an expert slot) in
-    /// place into the interleaved order. Requires [`Linear::can_interleave`].
-    pub fn interleave_parts(&self, parts: [&mut [u8]; 3]) {
+    /// How to re-lay a copy of each of [`Linear::parts`] (`[packed, scales, biases]`, an
+    /// expert slot) in place into the interleaved order: a function of the part's bytes and
+    /// its items per row, for each part. Requires [`Linear::can_interleave`].
+    pub fn interleave_steps(&self) -> [AfterRead; 3] {
         let WeightData::Quant {
             scales, group_size, ..
         } = &self.data
         else {
-            unreachable!("interleave_parts on a dense matrix")
+            unreachable!("interleave_steps on a dense matrix")
         };
-        let [packed, s, b] = parts;
-        relay_bytes::<[u8; 4]>(packed, self.cols * 4 / 32);
-        for part in [s, b] {
-            match scales.dtype.size() {
-                4 => relay_bytes::<[u8; 4]>(part, self.cols / group_size),
-                _ => relay_bytes::<[u8; 2]>(part, self.cols / group_size),
-            }
-        }
+        let groups = self.cols / group_size;
+        let params: AfterRead = match scales.dtype.size() {
+            4 => (relay_bytes::<[u8; 4]>, groups),
+            _ => (relay_bytes::<[u8; 2]>, groups),
+        };
+        return [(relay_bytes::<[u8; 4]>, self.cols * 4 / 32), params, params];
+
         /// Items as byte arrays: any alignment, one code path for every element size.
         fn relay_bytes<T: bytemuck::Pod + Default>(data: &mut [u8], per_row: usize) {
             let items = bytemuck::cast_slice_mut::<u8, T>(data);
@@ -146,7 +147,7 @@ impl Linear {
     }
 
     /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
-    /// slot), in the interleaved order if `interleaved` (see [`Linear::interleave_parts`]).
+    /// slot), in the interleaved order if `interleaved` (see [`Linear::interleave_steps`]).
     /// Each part must be aligned for its element type.
     pub fn matrix_over_in<'a>(&self, parts: &[&'a [u8]], interleaved: bool) -> Matrix<'a> {
         match self.matrix_over(parts) {
