@@ -1,5 +1,5 @@
 //! The token-level generation loop: prefill, then sample and decode one token at a time.
-//! Text concerns (detokenization, stop strings) live a layer up in [`crate::text_stream`].
+//! Text concerns (detokenization, stop strings) live a layer up, in the `moestream-text` crate.
 
 use crate::cache::SeqCache;
 use crate::error::RunError;

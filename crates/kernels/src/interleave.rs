@@ -7,7 +7,7 @@
 //! its own row, an activation word is broadcast to all lanes, a scale vector holds 16 rows'
 //! scales of one group, and the 16 results are stored without any horizontal reduction.
 //! llama.cpp's CPU backend gains about 1.6x in decode from repacking Q4_0 the same way
-//! (DESIGN.md); this is our own layout for MLX affine codes.
+//! (BENCHMARKS.md, scripts/peers/README.md); this is our own layout for MLX affine codes.
 //!
 //! For a matrix of `rows = 16 * R16` rows, `wpr` code words and `gpr` groups per row:
 //! - code word `c` of row `16 G + i` is at `(G * wpr + c) * 16 + i`;

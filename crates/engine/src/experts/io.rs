@@ -1,6 +1,7 @@
 //! The I/O engine of the streamed expert store: positional reads submitted as a batch and kept
 //! in flight together (queue depth), so a layer's misses overlap. SSDs need depth: one read
-//! at a time reaches a fraction of their bandwidth (see DESIGN.md).
+//! at a time reaches a fraction of their bandwidth (SwiftLM issue #24: ~5% of the SSD at depth
+//! 1; fio on the dev machine: 1.0 GB/s at depth 1, 2.2 GB/s at depth 16).
 //!
 //! Two engines serve the same queue: io_uring (one submitter thread keeps `depth` reads in
 //! the ring), probed at startup, and a pool of `depth` pread threads as the fallback. Reads
