@@ -1,12 +1,12 @@
 //! Module groups several architectures share, and the initialisation gains.
 //!
 //! Why these gains: with one small scale on every matrix a random MoE routes almost every
-//! token to the same few experts (`scripts/peers/routing_spread.py` measures the spread). What
-//! keeps routing spread is a residual stream that stays dominated by the token's own
-//! embedding: embeddings of RMS ~1, projections that *read* the normalised stream sized for outputs of RMS ~1, and the
-//! projections that *write* into the residual stream (attention output, expert down,
-//! GDN output) sized for small outputs, so 48 layers of random updates do not wash the
-//! token identity out. `synth/tests.rs` measures the resulting spread.
+//! token to the same few experts (`scripts/peers/routing_spread.py` measures the spread).
+//! What keeps routing spread is a residual stream that stays dominated by the token's own
+//! embedding: embeddings of RMS ~1, projections that *read* the normalised stream sized for
+//! outputs of RMS ~1, and the projections that *write* into the residual stream (attention
+//! output, expert down, GDN output) sized for small outputs, so 48 layers of random updates
+//! do not wash the token identity out. `synth/tests.rs` measures the resulting spread.
 
 use super::super::error::SynthError;
 use super::super::plan::{Init, Plan};
