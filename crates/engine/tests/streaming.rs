@@ -9,19 +9,12 @@ use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
 use moestream_engine::models::transformer::FeedForward;
-use moestream_engine::{load_model, LoadOptions, Loaded};
+use moestream_engine::Loaded;
 use moestream_kernels::qdot::Precision;
 use std::path::Path;
 
 fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {
-    let opts = LoadOptions {
-        threads: Some(2),
-        warm: false,
-        precision: Precision::Exact,
-        stream,
-        ..Default::default()
-    };
-    load_model(dir, &opts, &mut |_| {}).expect("fixture loads")
+    load_with(dir, Precision::Exact, stream)
 }
 
 /// Prefill the fixture prompt, then 16 greedy tokens: (ids, last logits).

@@ -10,19 +10,12 @@ mod common;
 use common::*;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
-use moestream_engine::{load_model, LoadOptions, Loaded};
+use moestream_engine::Loaded;
 use moestream_kernels::qdot::Precision;
 use std::path::Path;
 
 fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {
-    let opts = LoadOptions {
-        threads: Some(2),
-        warm: false,
-        precision: Precision::Fast,
-        stream,
-        ..Default::default()
-    };
-    load_model(dir, &opts, &mut |_| {}).expect("fixture loads")
+    load_with(dir, Precision::Fast, stream)
 }
 
 /// Prefill the prompt, then 12 greedy tokens: (ids, logits of every step).

@@ -117,19 +117,20 @@ pub fn summary() -> String {
 /// Every int8 kernel family this CPU can run, narrowest first (tests hold each of them to
 /// the reference, not only the one [`int8`] picks).
 pub fn int8_available() -> Vec<Int8> {
-    let mut all: Vec<Int8> = [
+    let caps = [
         Cap::Avx2,
         Cap::AvxVnni,
         Cap::Avx512,
         Cap::Neon,
         Cap::DotProd,
         Cap::I8mm,
-    ]
-    .into_iter()
-    .map(|c| detect(c).1)
-    .filter(|&k| k != Int8::None)
-    .collect();
-    all.dedup();
+    ];
+    let mut all = Vec::new();
+    for int8 in caps.map(|c| detect(c).1) {
+        if int8 != Int8::None && !all.contains(&int8) {
+            all.push(int8);
+        }
+    }
     all
 }
 

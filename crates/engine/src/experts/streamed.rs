@@ -340,6 +340,11 @@ impl StreamedExperts {
         }
     }
 
+    /// Whether `lin`'s copies in the slots are re-laid into the interleaved layout.
+    fn relays(&self, lin: &crate::weights::Linear) -> bool {
+        self.options.interleave_slots && lin.can_interleave()
+    }
+
     /// Read jobs that fill `slot` with expert `id`.
     fn jobs_for(
         &self,
@@ -355,8 +360,7 @@ impl StreamedExperts {
         for (k, lin) in [&e.gate, &e.up, &e.down].into_iter().enumerate() {
             // The 4-bit parts are re-laid by the reader threads as they land (see
             // `StreamOptions::interleave_slots`).
-            let steps = (self.options.interleave_slots && lin.can_interleave())
-                .then(|| lin.interleave_steps());
+            let steps = self.relays(lin).then(|| lin.interleave_steps());
             for (p, (src, &(off, len))) in
                 lin.parts().into_iter().zip(&l.layout.parts[k]).enumerate()
             {
@@ -424,10 +428,7 @@ impl ExpertStore for StreamedExperts {
                                 &mem[o..o + n]
                             })
                             .collect();
-                        lin.matrix_over_in(
-                            &parts,
-                            self.options.interleave_slots && lin.can_interleave(),
-                        )
+                        lin.matrix_over(&parts, self.relays(lin))
                     };
                     ExpertMats {
                         gate: view(0, &e.gate),

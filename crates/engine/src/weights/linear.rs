@@ -147,21 +147,9 @@ impl Linear {
     }
 
     /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
-    /// slot), in the interleaved order if `interleaved` (see [`Linear::interleave_steps`]).
-    /// Each part must be aligned for its element type.
-    pub fn matrix_over_in<'a>(&self, parts: &[&'a [u8]], interleaved: bool) -> Matrix<'a> {
-        match self.matrix_over(parts) {
-            Matrix::Quant(q) => Matrix::Quant(QuantMatrix {
-                interleaved: q.interleaved || interleaved,
-                ..q
-            }),
-            dense => dense,
-        }
-    }
-
-    /// The same matrix over other memory holding copies of [`Linear::parts`] (an expert
-    /// slot). Each part must be aligned for its element type.
-    pub fn matrix_over<'a>(&self, parts: &[&'a [u8]]) -> Matrix<'a> {
+    /// slot), re-laid into the interleaved order if `relaid` (see
+    /// [`Linear::interleave_steps`]). Each part must be aligned for its element type.
+    pub fn matrix_over<'a>(&self, parts: &[&'a [u8]], relaid: bool) -> Matrix<'a> {
         fn floats<'b>(dtype: Dtype, b: &'b [u8]) -> FloatSlice<'b> {
             match dtype {
                 Dtype::F32 => FloatSlice::F32(bytemuck::cast_slice(b)),
@@ -190,7 +178,7 @@ impl Linear {
                 cols: self.cols,
                 bits: *bits,
                 group_size: *group_size,
-                interleaved: *interleaved,
+                interleaved: *interleaved || relaid,
             }),
         }
     }

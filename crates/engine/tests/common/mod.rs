@@ -54,6 +54,22 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// Two threads, no warm-up, the given arithmetic and expert store (`None`: resident).
+pub fn load_with(
+    dir: &Path,
+    precision: Precision,
+    stream: Option<moestream_engine::experts::streamed::StreamOptions>,
+) -> moestream_engine::Loaded {
+    let opts = LoadOptions {
+        threads: Some(2),
+        warm: false,
+        precision,
+        stream,
+        ..Default::default()
+    };
+    load_model(dir, &opts, &mut |_| {}).expect("fixture loads")
+}
+
 /// Prefills `prompt`, then decodes `steps` greedy tokens: (ids, logits of every step, the
 /// prompt's first).
 pub fn greedy_steps(

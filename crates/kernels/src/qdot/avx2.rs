@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::format::{QuantizedRow, BLOCK};
-use super::params::{size_of, BF16, F16};
+use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
 use std::arch::x86_64::*;
 
@@ -114,39 +114,27 @@ unsafe fn widen<const VNNI: bool>(isum: __m256i) -> __m256i {
     }
 }
 
-/// `out[t][i]` = row `16 rg + i` of the interleaved 4-bit `w` dotted with `x[t]` (AVX2).
-///
-/// # Safety
-/// Needs AVX2, FMA and F16C; `w.interleaved`, 4-bit, `w.cols % 128 == 0`, group size 32, 64
-/// or 128, `16 (rg + 1) <= w.rows`, `N <= 4`, every `x[t]` quantized from a row of
-/// `w.cols` values; `scales`/`biases` point at the row group's first group, of dtype `DT`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn row_group<const N: usize, const DT: u8>(
-    w: &QuantMatrix,
-    rg: usize,
-    scales: *const u8,
-    biases: *const u8,
-    x: [&QuantizedRow; N],
-    k: usize,
-) -> [[f32; 16]; N] {
-    row_group_body::<N, DT, false>(w, rg, scales, biases, x, k)
-}
+row_group_entry!(
+    /// `out[t][i]` = row `16 rg + i` of the interleaved 4-bit `w` dotted with `x[t]` (AVX2).
+    ///
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `w.interleaved`, 4-bit, `w.cols % 128 == 0`, group size 32, 64
+    /// or 128, `16 (rg + 1) <= w.rows`, `N <= 4`, every `x[t]` quantized from a row of
+    /// `w.cols` values; `scales`/`biases` point at the row group's first group, of dtype `DT`.
+    row_group,
+    "avx2,fma,f16c",
+    row_group_body::<false>
+);
 
-/// [`row_group`] with 256-bit `vpdpbusd`.
-///
-/// # Safety
-/// As [`row_group`], and the CPU has AVX-VNNI.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub unsafe fn row_group_vnni<const N: usize, const DT: u8>(
-    w: &QuantMatrix,
-    rg: usize,
-    scales: *const u8,
-    biases: *const u8,
-    x: [&QuantizedRow; N],
-    k: usize,
-) -> [[f32; 16]; N] {
-    row_group_body::<N, DT, true>(w, rg, scales, biases, x, k)
-}
+row_group_entry!(
+    /// [`row_group`] with 256-bit `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`row_group`], and the CPU has AVX-VNNI.
+    row_group_vnni,
+    "avx2,fma,f16c,avxvnni",
+    row_group_body::<true>
+);
 
 /// One activation row takes both halves of the row group in one pass (decode: every code
 /// byte is read once, in order); a tile of several takes one half per pass so its
@@ -255,30 +243,32 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
     }
 }
 
-/// 8-bit row (`cols % 32 == 0`) against natural-order int8 activations, one 32-value block
-/// per step: `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i` (AVX2).
-///
-/// `vpmaddubsw` takes an unsigned and a signed operand and saturates pairs at 2^15, which
-/// u8 codes up to 255 against activations up to 127 would exceed. So the codes run as
-/// signed `q - 128` (the sign moved onto the activation: `|q - 128|` times `±qx` keeps each
-/// pair within 2 x 128 x 127 = 32,512) and `128 Σ qx_b` is added back to one lane, in
-/// integers: the block sum stays exact.
-///
-/// # Safety
-/// Needs AVX2 and FMA; `qx`, `qsum`, `s` (per block) and `d` cover `row`'s values.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q8(row: &[u32], qx: &[i8], qsum: &[i32], s: &[f32], d: &[f32]) -> f32 {
-    dot_q8_body::<false>(row, qx, qsum, s, d)
-}
+dot_q8_entry!(
+    /// 8-bit row (`cols % 32 == 0`) against natural-order int8 activations, one 32-value block
+    /// per step: `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i` (AVX2).
+    ///
+    /// `vpmaddubsw` takes an unsigned and a signed operand and saturates pairs at 2^15, which
+    /// u8 codes up to 255 against activations up to 127 would exceed. So the codes run as
+    /// signed `q - 128` (the sign moved onto the activation: `|q - 128|` times `±qx` keeps each
+    /// pair within 2 x 128 x 127 = 32,512) and `128 Σ qx_b` is added back to one lane, in
+    /// integers: the block sum stays exact.
+    ///
+    /// # Safety
+    /// Needs AVX2 and FMA; `qx`, `qsum`, `s` (per block) and `d` cover `row`'s values.
+    dot_q8,
+    "avx2,fma",
+    dot_q8_body::<false>
+);
 
-/// [`dot_q8`] with 256-bit `vpdpbusd` (u8 x s8 into 32-bit lanes, no offset needed).
-///
-/// # Safety
-/// As [`dot_q8`], and the CPU has AVX-VNNI.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn dot_q8_vnni(row: &[u32], qx: &[i8], qsum: &[i32], s: &[f32], d: &[f32]) -> f32 {
-    dot_q8_body::<true>(row, qx, qsum, s, d)
-}
+dot_q8_entry!(
+    /// [`dot_q8`] with 256-bit `vpdpbusd` (u8 x s8 into 32-bit lanes, no offset needed).
+    ///
+    /// # Safety
+    /// As [`dot_q8`], and the CPU has AVX-VNNI.
+    dot_q8_vnni,
+    "avx2,fma,avxvnni",
+    dot_q8_body::<true>
+);
 
 #[inline(always)]
 unsafe fn dot_q8_body<const VNNI: bool>(

@@ -18,7 +18,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::format::{QuantizedRow, BLOCK};
-use super::params::{size_of, BF16, F16};
+use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -134,39 +134,27 @@ impl BlockSum {
     }
 }
 
-/// `out[t][i]` = row `16 rg + i` of the interleaved 4-bit `w` dotted with `x[t]`.
-///
-/// # Safety
-/// `DOT` needs the dotprod extension; `w.interleaved`, 4-bit, `w.cols % 128 == 0`, group size
-/// 32, 64 or 128, `16 (rg + 1) <= w.rows`, `N <= 4`, every `x[t]` quantized from a row
-/// of `w.cols` values; `scales`/`biases` point at the row group's first group, of dtype `DT`.
-#[target_feature(enable = "neon")]
-pub unsafe fn row_group<const N: usize, const DT: u8>(
-    w: &QuantMatrix,
-    rg: usize,
-    scales: *const u8,
-    biases: *const u8,
-    x: [&QuantizedRow; N],
-    k: usize,
-) -> [[f32; 16]; N] {
-    row_group_body::<N, DT, false>(w, rg, scales, biases, x, k)
-}
+row_group_entry!(
+    /// `out[t][i]` = row `16 rg + i` of the interleaved 4-bit `w` dotted with `x[t]`.
+    ///
+    /// # Safety
+    /// `DOT` needs the dotprod extension; `w.interleaved`, 4-bit, `w.cols % 128 == 0`, group size
+    /// 32, 64 or 128, `16 (rg + 1) <= w.rows`, `N <= 4`, every `x[t]` quantized from a row
+    /// of `w.cols` values; `scales`/`biases` point at the row group's first group, of dtype `DT`.
+    row_group,
+    "neon",
+    row_group_body::<false>
+);
 
-/// [`row_group`] with `sdot`.
-///
-/// # Safety
-/// As [`row_group`], and the CPU has dotprod.
-#[target_feature(enable = "neon,dotprod")]
-pub unsafe fn row_group_dot<const N: usize, const DT: u8>(
-    w: &QuantMatrix,
-    rg: usize,
-    scales: *const u8,
-    biases: *const u8,
-    x: [&QuantizedRow; N],
-    k: usize,
-) -> [[f32; 16]; N] {
-    row_group_body::<N, DT, true>(w, rg, scales, biases, x, k)
-}
+row_group_entry!(
+    /// [`row_group`] with `sdot`.
+    ///
+    /// # Safety
+    /// As [`row_group`], and the CPU has dotprod.
+    row_group_dot,
+    "neon,dotprod",
+    row_group_body::<true>
+);
 
 /// [`row_group`] with `smmla` for pairs of activation rows (an odd tile takes `sdot`):
 /// the same integer sums, the same float operations in the same order per lane, so the
@@ -401,27 +389,29 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
     }
 }
 
-/// 8-bit row (`cols % 32 == 0`) against natural-order int8 activations, one 32-value block
-/// per step: `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i`.
-///
-/// The codes run as signed `q - 128` (a flip of the top bit) so that `sdot`/`smull` take
-/// them, and `128 Σ qx_b` is added back to one lane, in integers: the block sum stays exact.
-///
-/// # Safety
-/// `DOT` needs dotprod; `qx`, `qsum`, `s` (per block) and `d` cover `row`'s values.
-#[target_feature(enable = "neon")]
-pub unsafe fn dot_q8(row: &[u32], qx: &[i8], qsum: &[i32], s: &[f32], d: &[f32]) -> f32 {
-    dot_q8_body::<false>(row, qx, qsum, s, d)
-}
+dot_q8_entry!(
+    /// 8-bit row (`cols % 32 == 0`) against natural-order int8 activations, one 32-value block
+    /// per step: `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i`.
+    ///
+    /// The codes run as signed `q - 128` (a flip of the top bit) so that `sdot`/`smull` take
+    /// them, and `128 Σ qx_b` is added back to one lane, in integers: the block sum stays exact.
+    ///
+    /// # Safety
+    /// `DOT` needs dotprod; `qx`, `qsum`, `s` (per block) and `d` cover `row`'s values.
+    dot_q8,
+    "neon",
+    dot_q8_body::<false>
+);
 
-/// [`dot_q8`] with `sdot`.
-///
-/// # Safety
-/// As [`dot_q8`], and the CPU has dotprod.
-#[target_feature(enable = "neon,dotprod")]
-pub unsafe fn dot_q8_dot(row: &[u32], qx: &[i8], qsum: &[i32], s: &[f32], d: &[f32]) -> f32 {
-    dot_q8_body::<true>(row, qx, qsum, s, d)
-}
+dot_q8_entry!(
+    /// [`dot_q8`] with `sdot`.
+    ///
+    /// # Safety
+    /// As [`dot_q8`], and the CPU has dotprod.
+    dot_q8_dot,
+    "neon,dotprod",
+    dot_q8_body::<true>
+);
 
 #[inline(always)]
 unsafe fn dot_q8_body<const DOT: bool>(

@@ -61,3 +61,41 @@ macro_rules! with_params {
     }};
 }
 pub(crate) use with_params;
+
+/// Declares `pub unsafe fn $name<N, DT>`, a row-group kernel entry point compiled under
+/// `$features` that runs `$body::<N, DT, $flag>`: families sharing one kernel body (AVX2 and
+/// AVX-VNNI; NEON and dotprod) differ only in the target features their entry points enable.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! row_group_entry {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $body:ident::<$flag:literal>) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<const N: usize, const DT: u8>(
+            w: &$crate::matrix::QuantMatrix,
+            rg: usize,
+            scales: *const u8,
+            biases: *const u8,
+            x: [&$crate::qdot::QuantizedRow; N],
+            k: usize,
+        ) -> [[f32; 16]; N] {
+            $body::<N, DT, $flag>(w, rg, scales, biases, x, k)
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use row_group_entry;
+
+/// Declares `pub unsafe fn $name`, an 8-bit row kernel entry point compiled under
+/// `$features` that runs `$body::<$flag>` (see [`row_group_entry`]).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! dot_q8_entry {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $body:ident::<$flag:literal>) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(row: &[u32], qx: &[i8], qsum: &[i32], s: &[f32], d: &[f32]) -> f32 {
+            $body::<$flag>(row, qx, qsum, s, d)
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use dot_q8_entry;
