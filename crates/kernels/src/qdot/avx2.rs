@@ -16,7 +16,7 @@
 // Index loops address several register arrays (tiles, halves or quarters) by the same index.
 #![allow(clippy::needless_range_loop)]
 
-use super::format::{QuantizedRow, BLOCK};
+use super::format::{QuantizedRow, RowPtrs, BLOCK};
 use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
 use std::arch::x86_64::*;
@@ -180,11 +180,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
     let nib = _mm256_set1_epi8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(32 * h0);
     let mut acc = [[_mm256_setzero_ps(); H]; N];
-    // The activation rows' arrays as raw pointers, read once (not through `x` per word).
-    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
-    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
-    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
-    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
+    let xp = RowPtrs::new(x, k);
     for g in 0..groups {
         let mut s = [_mm256_setzero_ps(); H];
         for h in 0..H {
@@ -194,8 +190,8 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
             // The exactly computed part: b_g Σx_g + m s_g resid_g.
             let sm = _mm256_mul_ps(s[h], mid);
             for t in 0..N {
-                let gs = _mm256_set1_ps(*xsum[t].add(g));
-                let gr = _mm256_set1_ps(*xres[t].add(g));
+                let gs = _mm256_set1_ps(*xp.sum[t].add(g));
+                let gr = _mm256_set1_ps(*xp.resid[t].add(g));
                 acc[t][h] = _mm256_fmadd_ps(b, gs, acc[t][h]);
                 acc[t][h] = _mm256_fmadd_ps(sm, gr, acc[t][h]);
             }
@@ -217,7 +213,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
                 }
                 let at = chunk_at + 4 * word;
                 for t in 0..N {
-                    let px = xq[t].add(at);
+                    let px = xp.q[t].add(at);
                     let even = _mm256_set1_epi32((px as *const i32).read_unaligned());
                     let odd = _mm256_set1_epi32((px.add(64) as *const i32).read_unaligned());
                     for h in 0..H {
@@ -227,7 +223,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
                 }
             }
             for t in 0..N {
-                let d = _mm256_set1_ps(*xd[t].add(blk));
+                let d = _mm256_set1_ps(*xp.d[t].add(blk));
                 for h in 0..H {
                     let sd = _mm256_mul_ps(s[h], d);
                     let i32s = widen::<VNNI>(isum[t][h]);

@@ -127,3 +127,25 @@ pub fn quantize_block_scalar(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     }
     (d, xb.iter().sum(), qsum)
 }
+
+/// `N` activation rows as raw pointers to the arrays the interleaved kernels read (the codes
+/// in nibble order, the block scales, the per-group sums and residuals for group-size index
+/// `k`), taken once per pass instead of through the rows for every word.
+pub(super) struct RowPtrs<const N: usize> {
+    pub q: [*const i8; N],
+    pub d: [*const f32; N],
+    pub sum: [*const f32; N],
+    pub resid: [*const f32; N],
+}
+
+impl<const N: usize> RowPtrs<N> {
+    #[inline(always)]
+    pub fn new(x: &[&QuantizedRow; N], k: usize) -> Self {
+        RowPtrs {
+            q: std::array::from_fn(|t| x[t].nibble_order.as_ptr()),
+            d: std::array::from_fn(|t| x[t].scale.as_ptr()),
+            sum: std::array::from_fn(|t| x[t].group_sum[k].as_ptr()),
+            resid: std::array::from_fn(|t| x[t].group_resid[k].as_ptr()),
+        }
+    }
+}

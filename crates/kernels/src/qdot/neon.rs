@@ -17,7 +17,7 @@
 // Index loops address several register arrays (tiles, halves or quarters) by the same index.
 #![allow(clippy::needless_range_loop)]
 
-use super::format::{QuantizedRow, BLOCK};
+use super::format::{QuantizedRow, RowPtrs, BLOCK};
 use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
 use crate::matrix::QuantMatrix;
 use std::arch::aarch64::*;
@@ -217,10 +217,7 @@ unsafe fn pass_mmla<const N: usize, const DT: u8>(
     let mid = vdupq_n_f32(8.0); // 2^(bits-1)
     let nib = vdupq_n_u8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(16 * q0);
-    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
-    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
-    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
-    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
+    let xp = RowPtrs::new(x, k);
     let mut acc = [vdupq_n_f32(0.0); N];
     for g in 0..groups {
         let at = (g * 16 + 4 * q0) * esz;
@@ -229,8 +226,8 @@ unsafe fn pass_mmla<const N: usize, const DT: u8>(
         // The exactly computed part: b_g Σx_g + m s_g resid_g.
         let sm = vmulq_f32(s, mid);
         for t in 0..N {
-            acc[t] = vfmaq_f32(acc[t], b, vdupq_n_f32(*xsum[t].add(g)));
-            acc[t] = vfmaq_f32(acc[t], sm, vdupq_n_f32(*xres[t].add(g)));
+            acc[t] = vfmaq_f32(acc[t], b, vdupq_n_f32(*xp.sum[t].add(g)));
+            acc[t] = vfmaq_f32(acc[t], sm, vdupq_n_f32(*xp.resid[t].add(g)));
         }
         for blk in g * blocks_per_group..(g + 1) * blocks_per_group {
             // Per pair of activation rows: rows 0-1 and rows 2-3 of the quarter.
@@ -246,7 +243,7 @@ unsafe fn pass_mmla<const N: usize, const DT: u8>(
                 let at = chunk_at + 4 * word;
                 for p in 0..N / 2 {
                     let word_of = |t: usize| {
-                        let px = xq[t].add(at);
+                        let px = xp.q[t].add(at);
                         let even = (px as *const u32).read_unaligned() as u64;
                         let odd = (px.add(64) as *const u32).read_unaligned() as u64;
                         even | odd << 32
@@ -268,7 +265,7 @@ unsafe fn pass_mmla<const N: usize, const DT: u8>(
                 ];
                 for (u, r) in rows.into_iter().enumerate() {
                     let t = 2 * p + u;
-                    let sd = vmulq_f32(s, vdupq_n_f32(*xd[t].add(blk)));
+                    let sd = vmulq_f32(s, vdupq_n_f32(*xp.d[t].add(blk)));
                     acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(r), sd);
                 }
             }
@@ -324,11 +321,7 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
     let nib = vdupq_n_u8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(16 * q0);
     let mut acc = [[vdupq_n_f32(0.0); Q]; N];
-    // The activation rows' arrays as raw pointers, read once (not through `x` per word).
-    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].nibble_order.as_ptr());
-    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scale.as_ptr());
-    let xsum: [*const f32; N] = std::array::from_fn(|t| x[t].group_sum[k].as_ptr());
-    let xres: [*const f32; N] = std::array::from_fn(|t| x[t].group_resid[k].as_ptr());
+    let xp = RowPtrs::new(x, k);
     for g in 0..groups {
         let mut s = [vdupq_n_f32(0.0); Q];
         for q in 0..Q {
@@ -338,8 +331,8 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
             // The exactly computed part: b_g Σx_g + m s_g resid_g.
             let sm = vmulq_f32(s[q], mid);
             for t in 0..N {
-                let gs = vdupq_n_f32(*xsum[t].add(g));
-                let gr = vdupq_n_f32(*xres[t].add(g));
+                let gs = vdupq_n_f32(*xp.sum[t].add(g));
+                let gr = vdupq_n_f32(*xp.resid[t].add(g));
                 acc[t][q] = vfmaq_f32(acc[t][q], b, gs);
                 acc[t][q] = vfmaq_f32(acc[t][q], sm, gr);
             }
@@ -360,7 +353,7 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
                 }
                 let at = chunk_at + 4 * word;
                 for t in 0..N {
-                    let px = xq[t].add(at);
+                    let px = xp.q[t].add(at);
                     let even =
                         vreinterpretq_s8_s32(vdupq_n_s32((px as *const i32).read_unaligned()));
                     let odd = vreinterpretq_s8_s32(vdupq_n_s32(
@@ -373,7 +366,7 @@ unsafe fn pass<const N: usize, const Q: usize, const DT: u8, const DOT: bool>(
                 }
             }
             for t in 0..N {
-                let d = vdupq_n_f32(*xd[t].add(blk));
+                let d = vdupq_n_f32(*xp.d[t].add(blk));
                 for q in 0..Q {
                     let sd = vmulq_f32(s[q], d);
                     let sums = vcvtq_f32_s32(isum[t][q].rows::<DOT>());
