@@ -65,7 +65,7 @@ pub fn affine_params(ty: GgmlType) -> Option<(u32, usize)> {
 pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
     let (bits, group) = affine_params(ty).expect("a block quant type");
     let (block_elems, block_bytes) = ty.block().expect("sized");
-    assert!(cols.is_multiple_of(block_elems) && cols * bits as usize % 32 == 0);
+    assert!(cols.is_multiple_of(block_elems) && (cols * bits as usize).is_multiple_of(32));
     let row_bytes = cols / block_elems * block_bytes;
     assert!(raw.len().is_multiple_of(row_bytes), "whole rows");
     let rows = raw.len() / row_bytes;

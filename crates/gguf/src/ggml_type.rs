@@ -92,7 +92,8 @@ impl GgmlType {
     /// Bytes of `n` elements (`None` if `n` is not whole blocks or the type has no size).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.block()?;
-        (n % elems as u64 == 0).then(|| n / elems as u64 * bytes as u64)
+        n.is_multiple_of(elems as u64)
+            .then(|| n / elems as u64 * bytes as u64)
     }
 
     pub fn is_float(self) -> bool {

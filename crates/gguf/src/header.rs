@@ -156,7 +156,7 @@ impl Gguf {
                     "tensor {name}: offset {offset} is not a multiple of the alignment {alignment}"
                 )));
             }
-            let end = offset.checked_add(len).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(len);
             if end > data_len {
                 return Err(r.err(format!(
                     "truncated: tensor {name} ({} bytes of {}) ends at byte {end} of the data \
