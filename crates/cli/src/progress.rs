@@ -20,6 +20,9 @@ impl LoadBar {
     pub fn update(&mut self, p: LoadProgress) {
         let (stage, done, total, template) = match p {
             LoadProgress::Mapping(d, t) => (1, d, t, "mapping weights {bar:30} {pos}/{len} files"),
+            LoadProgress::Converting(d, t) => {
+                (3, d, t, "converting GGUF tensors {bar:30} {pos}/{len}")
+            }
             LoadProgress::Warming(d, t) => (
                 2,
                 d,

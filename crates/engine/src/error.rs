@@ -57,6 +57,9 @@ pub enum LoadError {
     Text(String),
     #[error("{0}")]
     DraftMismatch(String),
+    /// A malformed, truncated or unsupported GGUF file (the message names the file).
+    #[error("{0}")]
+    Gguf(#[from] moestream_gguf::GgufError),
 }
 
 impl LoadError {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod experts;
+pub mod gguf;
 pub mod models;
 pub mod weights;
 

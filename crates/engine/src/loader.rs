@@ -17,6 +17,31 @@ pub enum LoadProgress {
     Mapping(usize, usize),
     /// Pages read into memory: (done, total) bytes.
     Warming(usize, usize),
+    /// GGUF tensors renamed and re-laid: (done, total) tensors.
+    Converting(usize, usize),
+}
+
+/// Says which GGUF tensor a loader's missing HF tensor is.
+struct GgufNames(&'static str);
+
+impl GgufNames {
+    fn explain(&self, path: &Path, e: LoadError) -> LoadError {
+        match e {
+            LoadError::MissingTensor { tensor, needed_by } => {
+                let arch = crate::gguf::ARCHES.iter().find(|a| a.gguf == self.0);
+                let gguf = arch.and_then(|a| crate::gguf::gguf_name(a, &tensor));
+                LoadError::MissingTensor {
+                    tensor: format!(
+                        "{} in {}",
+                        gguf.unwrap_or_else(|| tensor.clone()),
+                        path.display()
+                    ),
+                    needed_by,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -53,11 +78,26 @@ pub fn load_model(
     opts: &LoadOptions,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Loaded, LoadError> {
-    if !dir.is_dir() {
+    let gguf = if crate::gguf::is_gguf(dir) {
+        Some(crate::gguf::open(dir, &mut |d, t| {
+            progress(LoadProgress::Converting(d, t))
+        })?)
+    } else if !dir.is_dir() {
         return Err(LoadError::NoModelDir(dir.to_path_buf()));
-    }
-    let config = ModelConfig::load(dir)?;
-    let store = WeightStore::open(dir, &mut |d, t| progress(LoadProgress::Mapping(d, t)))?;
+    } else {
+        None
+    };
+    let (config, store, gguf_names) = match gguf {
+        Some(g) => {
+            let names = GgufNames(g.arch);
+            (g.config, g.store, Some(names))
+        }
+        None => (
+            ModelConfig::load(dir)?,
+            WeightStore::open(dir, &mut |d, t| progress(LoadProgress::Mapping(d, t)))?,
+            None,
+        ),
+    };
     let pool = Arc::new(match opts.threads {
         Some(n) => ThreadPool::new(n),
         None => ThreadPool::with_default_threads(),
@@ -79,7 +119,10 @@ pub fn load_model(
         stream,
         plan: Default::default(),
     };
-    let mut model = models::build(&config, &loader, &ctx)?;
+    let mut model = models::build(&config, &loader, &ctx).map_err(|e| match &gguf_names {
+        Some(names) => names.explain(dir, e),
+        None => e,
+    })?;
     let budget_plan = *ctx.plan.lock().unwrap_or_else(|e| e.into_inner());
     model.precision = opts.precision;
     let unused_tensors = loader.unused();

@@ -37,7 +37,9 @@ pub fn get_q(row: &[u32], bits: u32, j: usize) -> u32 {
 /// Fast paths for 4 and 8 bits work word by word; the others go value by value.
 #[inline]
 pub fn unpack_to_f32(row: &[u32], bits: u32, start: usize, out: &mut [f32]) {
-    debug_assert_eq!(start % 32, 0);
+    // Group starts are multiples of 16 (llama.cpp's K-quants use groups of 16): word-aligned
+    // for 2, 4 and 8 bits; 3, 5 and 6 bits go value by value from the exact bit offset.
+    debug_assert_eq!(start % 16, 0);
     let first_word = start * bits as usize / 32;
     match bits {
         4 => {
@@ -62,9 +64,8 @@ pub fn unpack_to_f32(row: &[u32], bits: u32, start: usize, out: &mut [f32]) {
             }
         }
         _ => {
-            let words = &row[first_word..];
             for (j, o) in out.iter_mut().enumerate() {
-                *o = get_q(words, bits, j) as f32;
+                *o = get_q(row, bits, start + j) as f32;
             }
         }
     }

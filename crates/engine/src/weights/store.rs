@@ -87,10 +87,12 @@ impl WeightStore {
 
     /// A store over tensors built in memory (tests).
     pub fn from_tensors(tensors: BTreeMap<String, Tensor>) -> Self {
-        WeightStore {
-            tensors,
-            files: Vec::new(),
-        }
+        Self::from_parts(tensors, Vec::new())
+    }
+
+    /// A store over tensors another reader made (GGUF), from `files`.
+    pub fn from_parts(tensors: BTreeMap<String, Tensor>, files: Vec<PathBuf>) -> Self {
+        WeightStore { tensors, files }
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {

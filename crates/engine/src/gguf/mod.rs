@@ -1,0 +1,64 @@
+//! GGUF files as a model: the metadata becomes the architecture's config, the tensors are
+//! renamed to the Hugging Face/MLX names the loaders know, and block-quantized tensors are
+//! re-laid as MLX affine `weight`/`scales`/`biases` triples (exactly: see
+//! `moestream_gguf::affine`), so every architecture loader and kernel runs them unchanged.
+//! Float tensors stay views into the mapped file.
+
+mod arch;
+mod convert;
+
+use crate::config::ModelConfig;
+use crate::error::LoadError;
+use crate::weights::WeightStore;
+use moestream_gguf::Gguf;
+use std::path::{Path, PathBuf};
+
+pub use arch::{gguf_name, ARCHES};
+
+/// Whether `path` names a GGUF file (rather than a model directory).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        && !path.is_dir()
+}
+
+/// A GGUF model opened for loading.
+pub struct GgufModel {
+    pub config: ModelConfig,
+    pub store: WeightStore,
+    /// `general.architecture`.
+    pub arch: &'static str,
+    /// Every file of the model (several for a split model).
+    pub files: Vec<PathBuf>,
+}
+
+/// Maps and parses every file of the model at `path`, checks the architecture and converts
+/// the tensors. `progress(done, total)` counts tensors.
+pub fn open(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<GgufModel, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::NoModelDir(path.to_path_buf()));
+    }
+    let files = moestream_gguf::split::files_of(path)?;
+    let mut parsed = Vec::with_capacity(files.len());
+    for f in &files {
+        parsed.push(convert::map_file(f)?);
+    }
+    let first: &Gguf = &parsed[0].1;
+    let arch = arch::find(first)?;
+    let (vocab, tied) = {
+        let all = || parsed.iter().flat_map(|(_, g)| g.tensors.iter());
+        let embd = all()
+            .find(|t| t.name == "token_embd.weight")
+            .ok_or_else(|| first.error("tensor token_embd.weight is missing"))?;
+        (embd.shape[0], !all().any(|t| t.name == "output.weight"))
+    };
+    let raw = arch::config(first, arch, vocab, tied)?;
+    let config = ModelConfig::from_value(raw)?;
+    let store = convert::store(&parsed, arch, &config, progress)?;
+    Ok(GgufModel {
+        config,
+        store,
+        arch: arch.gguf,
+        files,
+    })
+}
