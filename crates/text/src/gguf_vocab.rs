@@ -837,3 +837,435 @@ fn with_post_processor(
     });
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::TempDir;
+    use crate::{BundleError, TokenizerBundle};
+    use moestream_gguf::GgufWriter;
+    use std::path::PathBuf;
+
+    const BYTE: i64 = 6;
+
+    fn strings(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+    }
+
+    fn ints(items: &[i64]) -> Value {
+        Value::Array(items.iter().map(|&t| Value::I32(t as i32)).collect())
+    }
+
+    fn floats(items: &[f32]) -> Value {
+        Value::Array(items.iter().map(|&s| Value::F32(s)).collect())
+    }
+
+    /// Writes a GGUF holding `meta` (and no tensors) into `dir`.
+    fn write(dir: &TempDir, meta: &[(&str, Value)]) -> PathBuf {
+        let mut w = GgufWriter::new();
+        w.meta("general.architecture", Value::String("llama".into()));
+        for (k, v) in meta {
+            w.meta(k, v.clone());
+        }
+        let path = dir.path().join("model.gguf");
+        w.write(&path).expect("write gguf");
+        path
+    }
+
+    /// GPT-2's printable stand-in for each byte (byte-level BPE).
+    fn byte_symbol(b: u8) -> char {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        if printable(b) {
+            return char::from(b);
+        }
+        let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+        char::from_u32(256 + shifted).expect("below U+0200")
+    }
+
+    /// A byte-level vocabulary: the 256 byte symbols, a few merged words, then a control
+    /// token `<|end|>`, a user-defined `<think>` and `<|bos|>` (control).
+    fn gpt2_meta(extra: &[(&str, Value)]) -> Vec<(&'static str, Value)> {
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_symbol(b).to_string()).collect();
+        let merges = ["h i", "Ġ hi", "Ġhi !"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        let mut types = vec![1; tokens.len()];
+        for (t, ty) in [("<|end|>", 3), ("<think>", 4), ("<|bos|>", 3)] {
+            tokens.push(t.to_string());
+            types.push(ty);
+        }
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut meta = vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+            ("tokenizer.ggml.tokens", strings(&refs)),
+            ("tokenizer.ggml.token_type", ints(&types)),
+            ("tokenizer.ggml.merges", strings(&merges)),
+            ("tokenizer.ggml.bos_token_id", Value::U32(261)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(259)),
+        ];
+        for (k, v) in extra {
+            meta.retain(|(key, _)| key != k);
+            let k: &'static str = Box::leak(k.to_string().into_boxed_str());
+            meta.push((k, v.clone()));
+        }
+        meta
+    }
+
+    fn gpt2_bundle(extra: &[(&str, Value)]) -> TokenizerBundle {
+        let dir = TempDir::new();
+        let path = write(&dir, &gpt2_meta(extra));
+        TokenizerBundle::from_gguf(&path).expect("bundle")
+    }
+
+    #[test]
+    fn byte_level_bpe_merges_and_matches_special_tokens() {
+        let bundle = gpt2_bundle(&[]);
+        let tok = &bundle.tokenizer;
+        // "hi" and " hi" merge; qwen2's split keeps "!" apart, so the "Ġhi !" merge never
+        // applies; "<|end|>" and "<think>" are matched in the text.
+        let ids = tok.encode("hi hi!<|end|><think>x", true).expect("encode");
+        assert_eq!(ids, vec![256, 257, b'!' as u32, 259, 260, b'x' as u32]);
+        // Not a BOS: add_bos_token defaults to false for BPE vocabularies.
+        assert_eq!(tok.decode(&ids, false).unwrap(), "hi hi!<|end|><think>x");
+        // Control tokens are special (skipped), user-defined ones are not.
+        assert_eq!(tok.decode(&ids, true).unwrap(), "hi hi!<think>x");
+        // Any bytes survive a round trip.
+        let text = "é 😀\n\t ";
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        assert_eq!(bundle.eos_token_ids, BTreeSet::from([259]));
+        assert!(bundle.chat_template.is_none());
+    }
+
+    #[test]
+    fn add_bos_and_eos_follow_the_metadata() {
+        let bundle = gpt2_bundle(&[
+            ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+            ("tokenizer.ggml.add_eos_token", Value::Bool(true)),
+        ]);
+        let ids = bundle.tokenizer.encode("hi", true).unwrap();
+        assert_eq!(ids, vec![261, 256, 259]);
+        assert_eq!(bundle.tokenizer.encode("hi", false).unwrap(), vec![256]);
+        // llama3's pre-tokenizer turns BOS on by default, as in llama.cpp.
+        let bundle = gpt2_bundle(&[("tokenizer.ggml.pre", Value::String("llama-bpe".into()))]);
+        assert_eq!(bundle.tokenizer.encode("hi", true).unwrap(), vec![261, 256]);
+    }
+
+    #[test]
+    fn eos_set_template_and_named_special_tokens() {
+        let bundle = gpt2_bundle(&[
+            ("tokenizer.ggml.eot_token_id", Value::U32(260)),
+            ("tokenizer.ggml.eom_token_id", Value::U32(5)),
+            ("tokenizer.ggml.eos_token_ids", ints(&[7, 8])),
+            (
+                "tokenizer.chat_template",
+                Value::String("{{ bos_token }}{{ messages[0].content }}{{ eos_token }}".into()),
+            ),
+            (
+                "tokenizer.chat_template.tool_use",
+                Value::String("tools".into()),
+            ),
+        ]);
+        assert_eq!(bundle.eos_token_ids, BTreeSet::from([5, 7, 8, 259, 260]));
+        let template = bundle.chat_template.as_ref().expect("template");
+        assert_eq!(
+            template.names().collect::<Vec<_>>(),
+            ["default", "tool_use"]
+        );
+        let messages = [serde_json::json!({"role": "user", "content": "hi"})];
+        let extra = serde_json::Map::new();
+        let text = template
+            .render(&crate::RenderRequest::new(&messages, &extra))
+            .expect("render");
+        assert_eq!(text, "<|bos|>hi<|end|>");
+        assert_eq!(bundle.config.special_token("eos_token"), Some("<|end|>"));
+    }
+
+    /// A SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens, then pieces
+    /// with scores (higher merges first).
+    fn spm_meta(extra: &[(&str, Value)]) -> Vec<(String, Value)> {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        let mut scores = vec![0.0f32; 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(BYTE);
+            scores.push(0.0);
+        }
+        let pieces = [
+            ("▁", -1.0),
+            ("h", -2.0),
+            ("e", -3.0),
+            ("l", -4.0),
+            ("o", -5.0),
+            ("a", -6.0),
+            ("b", -7.0),
+            ("c", -8.0),
+            ("ll", -10.0),
+            ("▁h", -11.0),
+            ("▁he", -12.0),
+            ("llo", -13.0),
+            ("▁hello", -14.0),
+            ("ab", -20.0),
+            ("bc", -21.0),
+        ];
+        for (p, s) in pieces {
+            tokens.push(p.to_string());
+            types.push(1);
+            scores.push(s);
+        }
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut meta = vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("llama".into()),
+            ),
+            ("tokenizer.ggml.tokens".into(), strings(&refs)),
+            ("tokenizer.ggml.token_type".into(), ints(&types)),
+            ("tokenizer.ggml.scores".into(), floats(&scores)),
+        ];
+        for (k, v) in extra {
+            meta.retain(|(key, _)| key != k);
+            meta.push((k.to_string(), v.clone()));
+        }
+        meta
+    }
+
+    fn spm_bundle(extra: &[(&str, Value)]) -> Result<TokenizerBundle, BundleError> {
+        let dir = TempDir::new();
+        let meta = spm_meta(extra);
+        let meta: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let path = write(&dir, &meta);
+        TokenizerBundle::from_gguf(&path)
+    }
+
+    /// Id of a piece in [`spm_meta`]'s vocabulary.
+    fn spm_id(bundle: &TokenizerBundle, piece: &str) -> u32 {
+        bundle.tokenizer.token_to_id(piece).expect(piece)
+    }
+
+    #[test]
+    fn sentencepiece_bpe_merges_by_score_with_byte_fallback() {
+        let bundle = spm_bundle(&[]).expect("bundle");
+        let tok = &bundle.tokenizer;
+        let id = |p| spm_id(&bundle, p);
+        // BOS by default (llama.cpp: add_bos for SPM); the space prefix; "▁hello" merges.
+        let ids = tok.encode("hello", true).unwrap();
+        assert_eq!(ids, vec![1, id("▁hello")]);
+        // "é" is outside the vocabulary: its UTF-8 bytes.
+        let ids = tok.encode("hello é", false).unwrap();
+        assert_eq!(ids, vec![id("▁hello"), id("▁"), id("<0xC3>"), id("<0xA9>")]);
+        assert_eq!(tok.decode(&ids, false).unwrap(), "hello é");
+        // "ab" scores higher than "bc": "abc" is "ab c" (llama.cpp takes the best-scoring
+        // pair first); "▁" is kept apart because "▁a" is not a piece.
+        assert_eq!(
+            tok.encode("abc", false).unwrap(),
+            vec![id("▁"), id("ab"), id("c")]
+        );
+        // A special token in the text is matched, and the text after it gets its own
+        // space prefix, as llama.cpp prefixes each fragment after a special token.
+        let ids = tok.encode("hello</s>hello", false).unwrap();
+        assert_eq!(ids, vec![id("▁hello"), 2, id("▁hello")]);
+        assert_eq!(tok.decode(&ids, true).unwrap(), "hello hello");
+        assert_eq!(bundle.eos_token_ids, BTreeSet::from([2]));
+        assert_eq!(bundle.config.special_token("unk_token"), Some("<unk>"));
+    }
+
+    #[test]
+    fn sentencepiece_scores_decide_between_overlapping_merges() {
+        // With "bc" above "ab", "abc" becomes "a bc".
+        let dir = TempDir::new();
+        let mut meta = spm_meta(&[]);
+        let (_, Value::Array(scores)) = meta
+            .iter_mut()
+            .find(|(k, _)| k == "tokenizer.ggml.scores")
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        let n = scores.len();
+        scores[n - 1] = Value::F32(-19.0);
+        let meta: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let bundle = TokenizerBundle::from_gguf(write(&dir, &meta)).expect("bundle");
+        let id = |p| spm_id(&bundle, p);
+        assert_eq!(
+            bundle.tokenizer.encode("abc", false).unwrap(),
+            vec![id("▁"), id("a"), id("bc")]
+        );
+    }
+
+    #[test]
+    fn add_space_prefix_off() {
+        let bundle =
+            spm_bundle(&[("tokenizer.ggml.add_space_prefix", Value::Bool(false))]).unwrap();
+        let id = |p| spm_id(&bundle, p);
+        let ids = bundle.tokenizer.encode("hello", false).unwrap();
+        assert_eq!(ids, vec![id("h"), id("e"), id("llo")]);
+        assert_eq!(bundle.tokenizer.decode(&ids, false).unwrap(), "hello");
+    }
+
+    /// The error of loading `meta`, checked to name the file and `key`.
+    fn error_of(meta: &[(&str, Value)], key: &str) -> String {
+        let dir = TempDir::new();
+        let path = write(&dir, meta);
+        let err = TokenizerBundle::from_gguf(&path).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(key), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        // No tokenizer at all.
+        error_of(&[], "tokenizer.ggml.model");
+        // Unsupported models and pre-tokenizers.
+        let msg = error_of(
+            &gpt2_meta(&[("tokenizer.ggml.model", Value::String("bert".into()))]),
+            "tokenizer.ggml.model",
+        );
+        assert!(msg.contains("'bert'"), "{msg}");
+        let msg = error_of(
+            &gpt2_meta(&[("tokenizer.ggml.pre", Value::String("martian".into()))]),
+            "tokenizer.ggml.pre",
+        );
+        assert!(msg.contains("'martian'"), "{msg}");
+        // Array lengths.
+        error_of(
+            &gpt2_meta(&[("tokenizer.ggml.token_type", ints(&[1, 1]))]),
+            "tokenizer.ggml.token_type",
+        );
+        let meta = spm_meta(&[("tokenizer.ggml.scores", floats(&[0.0; 5]))]);
+        let meta: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        error_of(&meta, "tokenizer.ggml.scores");
+        // Ids outside the vocabulary.
+        error_of(
+            &gpt2_meta(&[("tokenizer.ggml.eos_token_id", Value::U32(100_000))]),
+            "tokenizer.ggml.eos_token_id",
+        );
+        error_of(
+            &gpt2_meta(&[("tokenizer.ggml.eos_token_ids", ints(&[3, 100_000]))]),
+            "tokenizer.ggml.eos_token_ids",
+        );
+        // Missing merges, wrong types, duplicates.
+        let mut no_merges = gpt2_meta(&[]);
+        no_merges.retain(|(k, _)| *k != "tokenizer.ggml.merges");
+        error_of(&no_merges, "tokenizer.ggml.merges");
+        error_of(
+            &gpt2_meta(&[("tokenizer.ggml.add_bos_token", Value::U32(1))]),
+            "tokenizer.ggml.add_bos_token",
+        );
+        error_of(
+            &gpt2_meta(&[("tokenizer.ggml.tokens", strings(&["a", "b", "a"]))]),
+            "tokenizer.ggml.tokens",
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_gguf_is_named() {
+        let dir = TempDir::with_files(&[("x.gguf", "not a gguf file at all")]);
+        let path = dir.path().join("x.gguf");
+        let err = TokenizerBundle::from_gguf(&path).expect_err("must fail");
+        assert!(err.to_string().contains("x.gguf"), "{err}");
+        let err = TokenizerBundle::from_gguf(dir.path().join("missing.gguf")).expect_err("fail");
+        assert!(err.to_string().contains("missing.gguf"), "{err}");
+    }
+
+    /// The vocabulary scripts/peers/make_gguf_qwen3moe.py writes: byte symbols, all their
+    /// pairs, then pair + byte triples up to Qwen3's special tokens, each with the merge
+    /// that builds it; Qwen3's special ids; `[PADn]` unused entries to 151936.
+    #[test]
+    fn the_synthetic_qwen3_moe_vocabulary_loads() {
+        const FIRST_SPECIAL: usize = 151_643;
+        const VOCAB: usize = 151_936;
+        let syms: Vec<String> = (0..=255u8).map(|b| byte_symbol(b).to_string()).collect();
+        let mut tokens = syms.clone();
+        let mut merges = Vec::new();
+        'pairs: for a in &syms {
+            for b in &syms {
+                if tokens.len() == FIRST_SPECIAL {
+                    break 'pairs;
+                }
+                tokens.push(format!("{a}{b}"));
+                merges.push(format!("{a} {b}"));
+            }
+        }
+        let pairs: Vec<String> = tokens[256..].to_vec();
+        'triples: for ab in &pairs {
+            for c in &syms {
+                if tokens.len() == FIRST_SPECIAL {
+                    break 'triples;
+                }
+                tokens.push(format!("{ab}{c}"));
+                merges.push(format!("{ab} {c}"));
+            }
+        }
+        let mut types = vec![1i64; tokens.len()];
+        let specials = [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|object_ref_start|>",
+            "<|object_ref_end|>",
+            "<|box_start|>",
+            "<|box_end|>",
+            "<|quad_start|>",
+            "<|quad_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|vision_pad|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<tool_call>",
+            "</tool_call>",
+            "<|fim_prefix|>",
+            "<|fim_middle|>",
+            "<|fim_suffix|>",
+            "<|fim_pad|>",
+            "<|repo_name|>",
+            "<|file_sep|>",
+            "<tool_response>",
+            "</tool_response>",
+            "<think>",
+            "</think>",
+        ];
+        for s in specials {
+            tokens.push(s.to_string());
+            types.push(if s.starts_with("<|") { 3 } else { 4 });
+        }
+        while tokens.len() < VOCAB {
+            tokens.push(format!("[PAD{}]", tokens.len()));
+            types.push(5);
+        }
+        let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let merge_refs: Vec<&str> = merges.iter().map(String::as_str).collect();
+        let dir = TempDir::new();
+        let path = write(
+            &dir,
+            &[
+                ("tokenizer.ggml.model", Value::String("gpt2".into())),
+                ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+                ("tokenizer.ggml.tokens", strings(&token_refs)),
+                ("tokenizer.ggml.token_type", ints(&types)),
+                ("tokenizer.ggml.merges", strings(&merge_refs)),
+                ("tokenizer.ggml.bos_token_id", Value::U32(151_643)),
+                ("tokenizer.ggml.eos_token_id", Value::U32(151_645)),
+                ("tokenizer.ggml.padding_token_id", Value::U32(151_643)),
+                ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+            ],
+        );
+        let bundle = TokenizerBundle::from_gguf(&path).expect("the Qwen3-MoE vocabulary loads");
+        let tok = &bundle.tokenizer;
+        assert_eq!(tok.vocab_size(), VOCAB);
+        let text = "<|im_start|>user\nHello, wörld!<think>x</think><|im_end|>";
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(ids[0], 151_644);
+        assert_eq!(*ids.last().unwrap(), 151_645);
+        assert!(ids.contains(&151_667) && ids.contains(&151_668));
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        assert!(tok.is_special(151_645) && !tok.is_special(151_667));
+        assert_eq!(bundle.eos_token_ids, BTreeSet::from([151_645]));
+    }
+}
