@@ -1,13 +1,15 @@
-//! Everything text-related a model directory provides, loaded together.
+//! Everything text-related a model directory or a GGUF file provides, loaded together.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use moestream_gguf::{Gguf, GgufError};
 use serde_json::Value;
 
 use crate::chat_template::{ChatTemplate, TemplateError};
 use crate::detokenize::StreamDecoder;
+use crate::gguf_vocab::GgufVocab;
 use crate::json_file::{self, JsonFileError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::tokenizer_config::{TokenizerConfig, TokenizerConfigError};
@@ -22,6 +24,9 @@ pub enum BundleError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     File(#[from] JsonFileError),
+    /// A GGUF file that cannot be read, or whose tokenizer metadata is missing or malformed.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
     #[error("{path}: field `eos_token_id` must be a token id or a list of token ids, got {found}")]
     BadEosField { path: PathBuf, found: String },
 }
@@ -51,6 +56,45 @@ impl TokenizerBundle {
             chat_template,
             config,
             eos_token_ids,
+        })
+    }
+
+    /// Loads the tokenizer, chat template and EOS ids from a GGUF file's metadata (the
+    /// first file of a split model holds it). The file is memory-mapped: only the pages of
+    /// its header are read.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let path = path.as_ref();
+        let first = moestream_gguf::split::files_of(path)?.swap_remove(0);
+        let io_error = |e: std::io::Error| GgufError {
+            path: first.clone(),
+            message: format!("cannot read: {e}"),
+        };
+        let file = std::fs::File::open(&first).map_err(io_error)?;
+        // SAFETY: the map is read-only and dropped before returning; model files are not
+        // modified while being loaded (the same assumption every mmap-based loader makes).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
+        let gguf = Gguf::parse(&map, &first)?;
+        Self::from_parsed_gguf(&gguf)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) for a file already parsed.
+    pub fn from_parsed_gguf(gguf: &Gguf) -> Result<Self, BundleError> {
+        let vocab = GgufVocab::read(gguf)?;
+        let json = serde_json::to_vec(vocab.tokenizer_json()).expect("a JSON value serializes");
+        let tokenizer = Arc::new(Tokenizer::from_bytes(&json, &gguf.path)?);
+        // The metadata stands in for tokenizer_config.json, so the chat template is built
+        // the same way: from a config's `chat_template` entry and named special tokens.
+        let config = TokenizerConfig {
+            path: Some(gguf.path.clone()),
+            special_tokens: vocab.special_tokens(),
+            chat_template: vocab.chat_template.clone(),
+        };
+        let chat_template = ChatTemplate::from_config_entry(&config)?;
+        Ok(Self {
+            tokenizer,
+            chat_template,
+            config,
+            eos_token_ids: vocab.eos_token_ids,
         })
     }
 

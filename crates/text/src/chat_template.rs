@@ -104,6 +104,21 @@ impl ChatTemplate {
         config: &TokenizerConfig,
     ) -> Result<Option<Self>, TemplateError> {
         let sources = loader::find_templates(dir, config)?;
+        Self::from_found(sources, config)
+    }
+
+    /// The template(s) of `config`'s `chat_template` entry alone, named after
+    /// `config.path` in errors: for a config that stands for no model directory, such as
+    /// the one built from a GGUF file's metadata.
+    pub fn from_config_entry(config: &TokenizerConfig) -> Result<Option<Self>, TemplateError> {
+        let sources = loader::config_templates(config)?;
+        Self::from_found(sources, config)
+    }
+
+    fn from_found(
+        sources: Vec<TemplateSource>,
+        config: &TokenizerConfig,
+    ) -> Result<Option<Self>, TemplateError> {
         if sources.is_empty() {
             return Ok(None);
         }

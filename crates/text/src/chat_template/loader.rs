@@ -33,6 +33,12 @@ pub fn find_templates(
     if !files.is_empty() {
         return Ok(files);
     }
+    config_templates(config)
+}
+
+/// The templates of `config`'s `chat_template` entry alone, without looking for template
+/// files (a GGUF file's config, which has no directory of its own).
+pub fn config_templates(config: &TokenizerConfig) -> Result<Vec<TemplateSource>, TemplateError> {
     match (&config.chat_template, &config.path) {
         (Some(entry), Some(path)) => templates_from_config(path, entry),
         _ => Ok(Vec::new()),
