@@ -17,7 +17,8 @@ pub const EMBEDDED_MODEL: &str =
 /// Flags every model-running subcommand shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory (mlx-community or Hugging Face safetensors). Default: the tiny
+    /// Model: a GGUF file (`FILE.gguf`, or any part of a split `NAME-00001-of-0000N.gguf`) or
+    /// a directory (mlx-community or Hugging Face safetensors). Default: the tiny
     /// random-weight model embedded in the repository.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -257,8 +258,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((v * mult as f64) as u64)
 }
 
-/// Bytes of `*.safetensors` files in `dir` (0 if unreadable: the loader reports that).
+/// Bytes of `*.safetensors` files in `dir`, or of the file for a GGUF model (0 if
+/// unreadable: the loader reports that).
 fn dir_weight_bytes(dir: &Path) -> u64 {
+    if dir.is_file() {
+        return std::fs::metadata(dir).map_or(0, |m| m.len());
+    }
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())

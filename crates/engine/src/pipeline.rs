@@ -56,8 +56,12 @@ impl Engine {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, LoadError> {
         let loaded = load_model(dir, opts, progress)?;
-        let text =
-            TokenizerBundle::from_model_dir(dir).map_err(|e| LoadError::Text(e.to_string()))?;
+        let text = if crate::gguf::is_gguf(dir) {
+            TokenizerBundle::from_gguf(dir)
+        } else {
+            TokenizerBundle::from_model_dir(dir)
+        }
+        .map_err(|e| LoadError::Text(e.to_string()))?;
         let vocab = loaded.model.info.vocab_size;
         if let Some(&id) = text.eos_token_ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(LoadError::Config(format!(
