@@ -58,7 +58,7 @@ pub enum LoadError {
     #[error("{0}")]
     DraftMismatch(String),
     /// A malformed, truncated or unsupported GGUF file (the message names the file).
-    #[error("{0}")]
+    #[error(transparent)]
     Gguf(#[from] moestream_gguf::GgufError),
 }
 

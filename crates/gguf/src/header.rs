@@ -93,7 +93,7 @@ impl Gguf {
         for (n, what) in [(n_tensors, "tensor"), (n_kv, "metadata")] {
             if n > (bytes.len() / 8) as u64 {
                 return Err(r.err(format!(
-                    "the {what} count {n} cannot fit in a {}-byte file",
+                    "truncated or corrupt: the {what} count {n} cannot fit in a {}-byte file",
                     bytes.len()
                 )));
             }

@@ -18,40 +18,9 @@ const BLOCK_TYPES: [GgmlType; 10] = [
     GgmlType::Q6K,
 ];
 
-/// xorshift64*: deterministic test bytes.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-/// Random blocks of `ty` whose f16 fields (d, dmin/m) are finite values of moderate size:
-/// every other byte pattern is a valid block.
-fn random_blocks(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
-    let (_, bytes) = ty.block().unwrap();
-    let half_fields: &[usize] = match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-        GgmlType::Q2K => &[80, 82],
-        GgmlType::Q3K => &[108],
-        GgmlType::Q6K => &[208],
-        _ => &[],
-    };
-    let mut out = vec![0u8; n * bytes];
-    for b in out.chunks_exact_mut(bytes) {
-        for x in b.iter_mut() {
-            *x = rng.next() as u8;
-        }
-        for &at in half_fields {
-            let v = (rng.next() % 2000) as f32 / 1000.0 - 1.0;
-            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v * 0.01).to_le_bytes());
-        }
-    }
-    out
+fn random(ty: GgmlType, n: usize, seed: &mut u64) -> Vec<u8> {
+    *seed += 1;
+    crate::writer::random_blocks(ty, n, *seed)
 }
 
 fn unpack(codes: &[u32], bits: u32, j: usize) -> u32 {
@@ -66,12 +35,12 @@ fn unpack(codes: &[u32], bits: u32, j: usize) -> u32 {
 
 #[test]
 fn every_block_type_maps_onto_affine_rows_that_dequantize_as_llama_cpp_does() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut seed = 0x9E37_79B9_7F4A_7C15;
     for ty in BLOCK_TYPES {
         let (elems, _) = ty.block().unwrap();
         let cols = 2 * elems.max(64);
         let rows = 3;
-        let raw = random_blocks(ty, rows * cols / elems, &mut rng);
+        let raw = random(ty, rows * cols / elems, &mut seed);
         let a = to_affine(ty, &raw, cols);
         let (bits, group) = affine_params(ty).unwrap();
         assert_eq!((a.bits, a.group), (bits, group));
@@ -101,17 +70,17 @@ fn every_block_type_maps_onto_affine_rows_that_dequantize_as_llama_cpp_does() {
 
 #[test]
 fn legacy_types_keep_f16_scales_and_k_types_are_flagged_when_they_need_f32() {
-    let mut rng = Rng(7);
+    let mut seed = 7;
     for ty in [
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q8_0,
     ] {
-        let raw = random_blocks(ty, 8, &mut rng);
+        let raw = random(ty, 8, &mut seed);
         assert!(to_affine(ty, &raw, 256).params_fit_f16(), "{}", ty.name());
     }
-    let raw = random_blocks(GgmlType::Q4K, 8, &mut rng);
+    let raw = random(GgmlType::Q4K, 8, &mut seed);
     assert!(!to_affine(GgmlType::Q4K, &raw, 256).params_fit_f16());
 }
 

@@ -26,7 +26,7 @@ fn type_id(ty: GgmlType) -> u32 {
 }
 
 /// A GGUF file being assembled in memory.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     /// (name, shape slowest-first, type, bytes)
@@ -140,5 +140,153 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
                 put_value(out, i);
             }
         }
+    }
+}
+
+/// Random blocks of `ty` (`n` of them) whose f16 fields (`d`, `dmin`/`m`) are finite and
+/// small: every other byte pattern is a valid block. Deterministic in `seed`.
+pub fn random_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let Some((_, bytes)) = ty.block() else {
+        return Vec::new();
+    };
+    let half_fields: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::F16 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+        _ => &[],
+    };
+    let mut out = vec![0u8; n * bytes];
+    for b in out.chunks_exact_mut(bytes) {
+        for x in b.iter_mut() {
+            *x = next() as u8;
+        }
+        for &at in half_fields {
+            let v = (next() % 2000) as f32 / 1000.0 - 1.0;
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v * 0.02).to_le_bytes());
+        }
+        match ty {
+            GgmlType::F32 => {
+                let v = (next() % 2000) as f32 / 1000.0 - 1.0;
+                b.copy_from_slice(&(v * 0.05).to_le_bytes());
+            }
+            GgmlType::Bf16 => {
+                let v = (next() % 2000) as f32 / 1000.0 - 1.0;
+                b.copy_from_slice(&half::bf16::from_f32(v * 0.05).to_le_bytes());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A tiny llama-architecture model (2 layers, hidden 256, 4 query and 2 KV heads of 64,
+/// FFN 512, vocabulary 384, untied head) with every matrix in `ty` and F32 norms, as
+/// llama.cpp would lay it out (q/k rows in its permuted order). No tokenizer metadata:
+/// for loader tests and error cases.
+pub fn tiny_llama(ty: GgmlType, seed: u64) -> GgufWriter {
+    let (h, ff, vocab, heads, kv, hd) = (256usize, 512usize, 384usize, 4usize, 2usize, 64usize);
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into()))
+        .meta("llama.block_count", Value::U32(2))
+        .meta("llama.context_length", Value::U32(512))
+        .meta("llama.embedding_length", Value::U32(h as u32))
+        .meta("llama.feed_forward_length", Value::U32(ff as u32))
+        .meta("llama.attention.head_count", Value::U32(heads as u32))
+        .meta("llama.attention.head_count_kv", Value::U32(kv as u32))
+        .meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .meta("llama.rope.freq_base", Value::F32(10000.0))
+        .meta("llama.rope.dimension_count", Value::U32(hd as u32));
+    let mut seed = seed;
+    let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| {
+        seed = seed.wrapping_add(0x9E37_79B9);
+        let (elems, _) = ty.block().expect("a sized type");
+        w.tensor(
+            name,
+            &[rows, cols],
+            ty,
+            random_blocks(ty, rows * cols / elems, seed),
+        );
+    };
+    let ones = |n: usize| (0..n).flat_map(|_| 1f32.to_le_bytes()).collect::<Vec<u8>>();
+    matrix(&mut w, "token_embd.weight", vocab, h);
+    for l in 0..2 {
+        let p = format!("blk.{l}");
+        w.tensor(
+            &format!("{p}.attn_norm.weight"),
+            &[h],
+            GgmlType::F32,
+            ones(h),
+        );
+        matrix(&mut w, &format!("{p}.attn_q.weight"), heads * hd, h);
+        matrix(&mut w, &format!("{p}.attn_k.weight"), kv * hd, h);
+        matrix(&mut w, &format!("{p}.attn_v.weight"), kv * hd, h);
+        matrix(&mut w, &format!("{p}.attn_output.weight"), h, heads * hd);
+        w.tensor(
+            &format!("{p}.ffn_norm.weight"),
+            &[h],
+            GgmlType::F32,
+            ones(h),
+        );
+        matrix(&mut w, &format!("{p}.ffn_gate.weight"), ff, h);
+        matrix(&mut w, &format!("{p}.ffn_up.weight"), ff, h);
+        matrix(&mut w, &format!("{p}.ffn_down.weight"), h, ff);
+    }
+    w.tensor("output_norm.weight", &[h], GgmlType::F32, ones(h));
+    matrix(&mut w, "output.weight", vocab, h);
+    w
+}
+
+impl GgufWriter {
+    /// The same file with every block-quantized tensor dequantized to F32 (llama.cpp's
+    /// formulas, [`crate::reference`]): the reference a loader of `self` is compared with.
+    pub fn dequantized(&self) -> GgufWriter {
+        let mut out = GgufWriter {
+            metadata: self.metadata.clone(),
+            tensors: Vec::new(),
+        };
+        for (name, shape, ty, bytes) in &self.tensors {
+            if ty.is_float() {
+                out.tensors
+                    .push((name.clone(), shape.clone(), *ty, bytes.clone()));
+            } else {
+                let v = crate::reference::dequantize(*ty, bytes);
+                let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                out.tensors
+                    .push((name.clone(), shape.clone(), GgmlType::F32, b));
+            }
+        }
+        out
+    }
+
+    /// Drops the tensors `name` (for error tests).
+    pub fn without(&mut self, name: &str) -> &mut Self {
+        self.tensors.retain(|(n, _, _, _)| n != name);
+        self
+    }
+
+    /// Sets metadata `key` (replacing it if present).
+    pub fn set_meta(&mut self, key: &str, v: Value) -> &mut Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.to_string(), v));
+        self
+    }
+
+    /// Changes the type id of tensor `name` without touching its bytes (for error tests:
+    /// an unsupported type of the same block size).
+    pub fn retype(&mut self, name: &str, ty: GgmlType) -> &mut Self {
+        for t in self.tensors.iter_mut().filter(|t| t.0 == name) {
+            t.2 = ty;
+        }
+        self
     }
 }

@@ -42,6 +42,9 @@ struct Job<'a> {
     unpermute_heads: Option<usize>,
 }
 
+/// The named tensors one GGUF tensor becomes.
+type Converted = Vec<(String, Tensor)>;
+
 /// The weight store of a parsed (possibly split) GGUF model.
 pub fn store(
     parsed: &[(Arc<Backing>, Gguf)],
@@ -93,7 +96,7 @@ pub fn store(
     let total = jobs.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let out: Mutex<Vec<Result<Vec<(String, Tensor)>, LoadError>>> = Mutex::new(Vec::new());
+    let out: Mutex<Vec<Result<Converted, LoadError>>> = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -134,7 +137,7 @@ fn float_dtype(ty: GgmlType) -> Dtype {
 }
 
 /// The tensors one GGUF tensor becomes: itself (float), or `weight`/`scales`/`biases`.
-fn convert(job: &Job) -> Result<Vec<(String, Tensor)>, LoadError> {
+fn convert(job: &Job) -> Result<Converted, LoadError> {
     let info = job.info;
     let mapped = Bytes::new(Arc::clone(job.backing), info.offset, info.len);
     let rows = info.numel() / info.cols();
