@@ -4,7 +4,7 @@
 
 use moestream_gguf::writer::tiny_llama;
 use moestream_gguf::{GgmlType, GgufWriter, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn moestream(args: &[&str]) -> Output {
@@ -24,7 +24,7 @@ fn file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// `generate` and `serve` on `path` both exit 1 naming `path`'s file and every needle.
-fn refused(path: &PathBuf, needles: &[&str]) {
+fn refused(path: &Path, needles: &[&str]) {
     let p = path.to_str().unwrap();
     let name = path.file_name().unwrap().to_str().unwrap();
     for args in [
