@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side, in one run, on the same shapes and thread count: moestream and llama.cpp on a
 # random-weight Qwen3-30B-A3B-shaped model (moestream: mlx format, 4-bit group 64, bf16
-# scales; llama.cpp: GGUF Q4_0, the same 4.5 bits per weight).
+# scales; llama.cpp: GGUF Q4_0, the same 4.5 bits per weight), and moestream on the GGUF
+# file itself (its blocks re-laid as affine rows at load).
 #
 #   scripts/bench/cpu_vs_llamacpp.sh MLX_MODEL_DIR GGUF_FILE [OUT_DIR]
 #
@@ -27,9 +28,15 @@ MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$MLX" --prompt-tokens "$PROMP
     --out "$OUT/moestream.json"
 # llama-bench's tg test decodes from an empty context; this run decodes after 8 tokens, the
 # same condition (the run above decodes after the whole prompt).
+echo "== moestream on the GGUF file (threads $THREADS)"
+MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$GGUF" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
+    --out "$OUT/moestream-gguf.json"
 echo "== moestream, decode from a short context (threads $THREADS)"
 MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$MLX" --prompt-tokens 8 --gen-tokens "$GEN" \
     --out "$OUT/moestream-short.json"
+echo "== moestream on the GGUF file, decode from a short context (threads $THREADS)"
+MOESTREAM_THREADS="$THREADS" "$BIN" bench --model "$GGUF" --prompt-tokens 8 --gen-tokens "$GEN" \
+    --out "$OUT/moestream-gguf-short.json"
 echo "== llama.cpp (threads $THREADS) ${LLAMA_ARGS:-}"
 # shellcheck disable=SC2086  # LLAMA_ARGS holds several llama-bench options
 THREADS="$THREADS" PROMPT="$PROMPT" GEN="$GEN" "$ROOT/scripts/peers/bench_llamacpp.sh" "$GGUF" ${LLAMA_ARGS:-} \

@@ -23,8 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A step whose top-1/top-2 gap in llama.cpp's log-probabilities is below this is a near-tie:
-/// either token is a correct greedy choice within the two engines' rounding.
+/// either token is a correct greedy choice within the two engines' rounding. SmolLM2 (real
+/// weights, 30 layers of 8-bit activation rounding in llama.cpp) needs a wide margin; the
+/// random-weight MoE cut, whose log-probabilities agree to ~0.03, a narrow one.
 const NEAR_TIE: f32 = 0.5;
+const NEAR_TIE_MOE: f32 = 0.06;
 
 fn fixture(name: &str) -> Value {
     let p = common::repo_root().join("fixtures/gguf").join(name);
@@ -58,7 +61,7 @@ struct Agreement {
     free_diverged_at_tie: bool,
 }
 
-fn compare(m: &Loaded, case: &Value) -> Agreement {
+fn compare(m: &Loaded, case: &Value, near_tie: f32) -> Agreement {
     let prompt = common::ids(&case["prompt_ids"]);
     let want = common::ids(&case["ids"]);
     let top5 = case["top5"].as_array().expect("top5");
@@ -85,7 +88,7 @@ fn compare(m: &Loaded, case: &Value) -> Agreement {
             })
             .collect();
         let gap = theirs[0].1 - theirs[1].1;
-        if gap < NEAR_TIE {
+        if gap < near_tie {
             a.near_ties += 1;
             first_tie.get_or_insert(s);
         } else if argmax(&lp) != id {
@@ -114,12 +117,26 @@ impl Agreement {
     }
 }
 
-/// Checks every case of `cases` on `model` with top-5 tolerances (max, mean); prints a line
-/// per case and returns the failures.
-fn check(label: &str, m: &Loaded, cases: &[Value], max_tol: f32, mean_tol: f64) -> Vec<String> {
+/// How close to llama.cpp a model must be.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    /// Largest and mean |difference| of the top-5 log-probabilities.
+    max: f32,
+    mean: f64,
+    /// llama.cpp's top-2 gap below which a step is a near-tie.
+    near_tie: f32,
+}
+
+/// Checks every case of `cases` on `model`; prints a line per case and returns the failures.
+fn check(label: &str, m: &Loaded, cases: &[Value], tol: Tolerance) -> Vec<String> {
+    let Tolerance {
+        max: max_tol,
+        mean: mean_tol,
+        near_tie,
+    } = tol;
     let mut failures = Vec::new();
     for c in cases {
-        let a = compare(m, c);
+        let a = compare(m, c, near_tie);
         let name = c["name"].as_str().unwrap_or("?");
         println!(
             "{label} {name}: top-1 equal at {}/{} steps ({} near-ties skipped); top-5 |d logprob| max {:.3} mean {:.3}; free-running greedy equal for {}/{} tokens",
@@ -188,7 +205,12 @@ fn smollm2_q4_1_follows_llama_cpp() {
     // The default precision (int8 activations where a kernel exists); `--exact` measured
     // alike (BENCHMARKS.md) but is left out here to keep CI short.
     let m = load(&path, Precision::Fast);
-    let failures = check("Q4_1", &m, cases, 1.5, 0.12);
+    let tol = Tolerance {
+        max: 1.5,
+        mean: 0.12,
+        near_tie: NEAR_TIE,
+    };
+    let failures = check("Q4_1", &m, cases, tol);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -237,7 +259,34 @@ fn every_gguf_type_follows_llama_cpp() {
             })
             .collect();
         let m = load(&path, Precision::Fast);
-        failures.extend(check(ty, &m, &cases, max_tol, mean_tol));
+        let tol = Tolerance {
+            max: max_tol,
+            mean: mean_tol,
+            near_tie: NEAR_TIE,
+        };
+        failures.extend(check(ty, &m, &cases, tol));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn qwen3moe_cut_follows_llama_cpp() {
+    let Some(dir) = std::env::var_os("MOESTREAM_GGUF_MOE_DIR") else {
+        eprintln!("SKIPPED: MOESTREAM_GGUF_MOE_DIR is not set (scripts/peers/gguf_moe_reference.sh writes the 8-layer qwen3moe GGUF files)");
+        return;
+    };
+    let mut failures = Vec::new();
+    for ty in ["Q4_0", "Q4_K_S", "Q8_0"] {
+        let f = fixture(&format!("qwen3moe8_{ty}.json"));
+        let path = Path::new(&dir).join(f["file"].as_str().unwrap());
+        let m = load(&path, Precision::Fast);
+        let tol = Tolerance {
+            max: 0.1,
+            mean: 0.02,
+            near_tie: NEAR_TIE_MOE,
+        };
+        let cases = f["cases"].as_array().unwrap();
+        failures.extend(check(&format!("qwen3moe {ty}"), &m, cases, tol));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
