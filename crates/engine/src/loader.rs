@@ -79,9 +79,11 @@ pub fn load_model(
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Loaded, LoadError> {
     let gguf = if crate::gguf::is_gguf(dir) {
-        Some(crate::gguf::open(dir, &mut |d, t| {
-            progress(LoadProgress::Converting(d, t))
-        })?)
+        Some(crate::gguf::open(
+            dir,
+            opts.stream.is_some(),
+            &mut |d, t| progress(LoadProgress::Converting(d, t)),
+        )?)
     } else if !dir.is_dir() {
         return Err(LoadError::NoModelDir(dir.to_path_buf()));
     } else {

@@ -194,31 +194,50 @@ pub fn random_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
 /// llama.cpp would lay it out (q/k rows in its permuted order). No tokenizer metadata:
 /// for loader tests and error cases.
 pub fn tiny_llama(ty: GgmlType, seed: u64) -> GgufWriter {
+    tiny("llama", ty, seed)
+}
+
+/// [`tiny_llama`]'s shapes as a `qwen3moe` model: per-head q/k norms and, in every layer,
+/// 8 routed experts (2 per token, FFN 256) stacked in `ffn_{gate,up,down}_exps`, with an
+/// F32 router.
+pub fn tiny_qwen3moe(ty: GgmlType, seed: u64) -> GgufWriter {
+    tiny("qwen3moe", ty, seed)
+}
+
+fn tiny(arch: &str, ty: GgmlType, seed: u64) -> GgufWriter {
     let (h, ff, vocab, heads, kv, hd) = (256usize, 512usize, 384usize, 4usize, 2usize, 64usize);
+    let (experts, used, expert_ff) = (8usize, 2u32, 256usize);
+    let moe = arch == "qwen3moe";
+    let key = |k: &str| format!("{arch}.{k}");
     let mut w = GgufWriter::new();
-    w.meta("general.architecture", Value::String("llama".into()))
-        .meta("llama.block_count", Value::U32(2))
-        .meta("llama.context_length", Value::U32(512))
-        .meta("llama.embedding_length", Value::U32(h as u32))
-        .meta("llama.feed_forward_length", Value::U32(ff as u32))
-        .meta("llama.attention.head_count", Value::U32(heads as u32))
-        .meta("llama.attention.head_count_kv", Value::U32(kv as u32))
-        .meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-        .meta("llama.rope.freq_base", Value::F32(10000.0))
-        .meta("llama.rope.dimension_count", Value::U32(hd as u32));
+    w.meta("general.architecture", Value::String(arch.into()))
+        .meta(&key("block_count"), Value::U32(2))
+        .meta(&key("context_length"), Value::U32(512))
+        .meta(&key("embedding_length"), Value::U32(h as u32))
+        .meta(&key("feed_forward_length"), Value::U32(ff as u32))
+        .meta(&key("attention.head_count"), Value::U32(heads as u32))
+        .meta(&key("attention.head_count_kv"), Value::U32(kv as u32))
+        .meta(&key("attention.key_length"), Value::U32(hd as u32))
+        .meta(&key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+        .meta(&key("rope.freq_base"), Value::F32(10000.0))
+        .meta(&key("rope.dimension_count"), Value::U32(hd as u32));
+    if moe {
+        w.meta(&key("expert_count"), Value::U32(experts as u32))
+            .meta(&key("expert_used_count"), Value::U32(used))
+            .meta(
+                &key("expert_feed_forward_length"),
+                Value::U32(expert_ff as u32),
+            );
+    }
     let mut seed = seed;
-    let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| {
+    let mut tensor = |w: &mut GgufWriter, name: &str, shape: &[usize], ty: GgmlType| {
         seed = seed.wrapping_add(0x9E37_79B9);
         let (elems, _) = ty.block().expect("a sized type");
-        w.tensor(
-            name,
-            &[rows, cols],
-            ty,
-            random_blocks(ty, rows * cols / elems, seed),
-        );
+        let n = shape.iter().product::<usize>() / elems;
+        w.tensor(name, shape, ty, random_blocks(ty, n, seed));
     };
     let ones = |n: usize| (0..n).flat_map(|_| 1f32.to_le_bytes()).collect::<Vec<u8>>();
-    matrix(&mut w, "token_embd.weight", vocab, h);
+    tensor(&mut w, "token_embd.weight", &[vocab, h], ty);
     for l in 0..2 {
         let p = format!("blk.{l}");
         w.tensor(
@@ -227,22 +246,57 @@ pub fn tiny_llama(ty: GgmlType, seed: u64) -> GgufWriter {
             GgmlType::F32,
             ones(h),
         );
-        matrix(&mut w, &format!("{p}.attn_q.weight"), heads * hd, h);
-        matrix(&mut w, &format!("{p}.attn_k.weight"), kv * hd, h);
-        matrix(&mut w, &format!("{p}.attn_v.weight"), kv * hd, h);
-        matrix(&mut w, &format!("{p}.attn_output.weight"), h, heads * hd);
+        tensor(&mut w, &format!("{p}.attn_q.weight"), &[heads * hd, h], ty);
+        tensor(&mut w, &format!("{p}.attn_k.weight"), &[kv * hd, h], ty);
+        tensor(&mut w, &format!("{p}.attn_v.weight"), &[kv * hd, h], ty);
+        tensor(
+            &mut w,
+            &format!("{p}.attn_output.weight"),
+            &[h, heads * hd],
+            ty,
+        );
         w.tensor(
             &format!("{p}.ffn_norm.weight"),
             &[h],
             GgmlType::F32,
             ones(h),
         );
-        matrix(&mut w, &format!("{p}.ffn_gate.weight"), ff, h);
-        matrix(&mut w, &format!("{p}.ffn_up.weight"), ff, h);
-        matrix(&mut w, &format!("{p}.ffn_down.weight"), h, ff);
+        if moe {
+            w.tensor(
+                &format!("{p}.attn_q_norm.weight"),
+                &[hd],
+                GgmlType::F32,
+                ones(hd),
+            );
+            w.tensor(
+                &format!("{p}.attn_k_norm.weight"),
+                &[hd],
+                GgmlType::F32,
+                ones(hd),
+            );
+            tensor(
+                &mut w,
+                &format!("{p}.ffn_gate_inp.weight"),
+                &[experts, h],
+                GgmlType::F32,
+            );
+            let up = [experts, expert_ff, h];
+            tensor(&mut w, &format!("{p}.ffn_gate_exps.weight"), &up, ty);
+            tensor(&mut w, &format!("{p}.ffn_up_exps.weight"), &up, ty);
+            tensor(
+                &mut w,
+                &format!("{p}.ffn_down_exps.weight"),
+                &[experts, h, expert_ff],
+                ty,
+            );
+        } else {
+            tensor(&mut w, &format!("{p}.ffn_gate.weight"), &[ff, h], ty);
+            tensor(&mut w, &format!("{p}.ffn_up.weight"), &[ff, h], ty);
+            tensor(&mut w, &format!("{p}.ffn_down.weight"), &[h, ff], ty);
+        }
     }
     w.tensor("output_norm.weight", &[h], GgmlType::F32, ones(h));
-    matrix(&mut w, "output.weight", vocab, h);
+    tensor(&mut w, "output.weight", &[vocab, h], ty);
     w
 }
 

@@ -32,8 +32,15 @@ pub fn map_file(path: &Path) -> Result<(Arc<Backing>, Gguf), LoadError> {
 }
 
 /// One tensor to convert, with where its bytes live.
-struct Job<'a> {
-    info: &'a TensorInfo,
+impl Job<'_> {
+    /// The GGUF file the tensor is in.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+pub(super) struct Job<'a> {
+    pub info: &'a TensorInfo,
     backing: &'a Arc<Backing>,
     file: Arc<PathBuf>,
     /// The HF name (`None`: kept under its GGUF name, reported as unused).
@@ -42,14 +49,15 @@ struct Job<'a> {
     unpermute_heads: Option<usize>,
 }
 
-/// The named tensors one GGUF tensor becomes.
-type Converted = Vec<(String, Tensor)>;
-
-/// The weight store of a parsed (possibly split) GGUF model.
+/// The weight store of a parsed (possibly split) GGUF model. With `experts_on_disk` (a
+/// cache directory), the routed experts are re-laid into a file there (or found there from an
+/// earlier run) and mapped from it, so `--stream-experts` reads them from disk; everything
+/// else is converted in memory.
 pub fn store(
     parsed: &[(Arc<Backing>, Gguf)],
     arch: &Arch,
     config: &ModelConfig,
+    experts_on_disk: Option<&Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<WeightStore, LoadError> {
     let heads = |k: &str| {
@@ -93,10 +101,38 @@ pub fn store(
             });
         }
     }
+    // Streamed experts must come from a file: they are re-laid into one on disk, once.
+    let (on_disk, in_memory): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| experts_on_disk.is_some() && is_expert(&j.info.name));
+    let mut tensors = BTreeMap::new();
+    for part in convert_in_memory(&in_memory, progress)? {
+        let (name, t) = part.into_tensor(None);
+        tensors.insert(name, t);
+    }
+    if let Some(dir) = experts_on_disk {
+        for (name, t) in super::disk_cache::load_or_write(dir, &on_disk, progress)? {
+            tensors.insert(name, t);
+        }
+    }
+    let files = parsed.iter().map(|(_, g)| g.path.clone()).collect();
+    Ok(WeightStore::from_parts(tensors, files))
+}
+
+/// Stacked routed-expert tensors (`blk.N.ffn_{gate,up,down}_exps.weight`).
+pub(super) fn is_expert(gguf_name: &str) -> bool {
+    gguf_name.contains("_exps.")
+}
+
+/// Converts `jobs` on every core (tensors are independent).
+fn convert_in_memory(
+    jobs: &[Job],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Part>, LoadError> {
     let total = jobs.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let out: Mutex<Vec<Result<Converted, LoadError>>> = Mutex::new(Vec::new());
+    let out: Mutex<Vec<Result<Vec<Part>, LoadError>>> = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -118,14 +154,11 @@ pub fn store(
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     });
-    let mut tensors = BTreeMap::new();
+    let mut parts = Vec::new();
     for r in out.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        for (name, t) in r? {
-            tensors.insert(name, t);
-        }
+        parts.extend(r?);
     }
-    let files = parsed.iter().map(|(_, g)| g.path.clone()).collect();
-    Ok(WeightStore::from_parts(tensors, files))
+    Ok(parts)
 }
 
 fn float_dtype(ty: GgmlType) -> Dtype {
@@ -136,8 +169,55 @@ fn float_dtype(ty: GgmlType) -> Dtype {
     }
 }
 
+/// One tensor a conversion produced: a view of the mapped file (float tensors) or bytes made
+/// here (re-laid block types, un-permuted rows).
+pub(super) struct Part {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: PartData,
+    /// The GGUF tensor it came from (named in errors) and its file.
+    pub source: String,
+    pub file: Arc<PathBuf>,
+}
+
+pub(super) enum PartData {
+    Mapped(Bytes),
+    Owned(Vec<u8>),
+}
+
+impl PartData {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            PartData::Mapped(b) => b.as_slice(),
+            PartData::Owned(v) => v,
+        }
+    }
+}
+
+impl Part {
+    /// The part as a store tensor, its bytes in memory (copied into an aligned buffer if made
+    /// here) or at `bytes` when given.
+    pub fn into_tensor(self, bytes: Option<Bytes>) -> (String, Tensor) {
+        let bytes = bytes.unwrap_or_else(|| match self.data {
+            PartData::Mapped(b) => b,
+            PartData::Owned(v) => Bytes::copied(&v),
+        });
+        (
+            self.name,
+            Tensor {
+                name: self.source,
+                dtype: self.dtype,
+                shape: self.shape,
+                bytes,
+                file: self.file,
+            },
+        )
+    }
+}
+
 /// The tensors one GGUF tensor becomes: itself (float), or `weight`/`scales`/`biases`.
-fn convert(job: &Job) -> Result<Converted, LoadError> {
+pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
     let info = job.info;
     let mapped = Bytes::new(Arc::clone(job.backing), info.offset, info.len);
     let rows = info.numel() / info.cols();
@@ -146,31 +226,34 @@ fn convert(job: &Job) -> Result<Converted, LoadError> {
         file: job.file.as_ref().clone(),
         problem,
     };
-    let bytes = match job.unpermute_heads {
+    let data = match job.unpermute_heads {
         Some(heads) => {
             if heads == 0 || !rows.is_multiple_of(2 * heads) {
                 return Err(bad(format!(
                     "{rows} rows cannot be {heads} heads of rotary pairs"
                 )));
             }
-            Bytes::filled_with(info.len, |dst| {
-                unpermute(mapped.as_slice(), rows, heads, dst)
-            })
+            let mut v = vec![0u8; info.len];
+            unpermute(mapped.as_slice(), rows, heads, &mut v);
+            PartData::Owned(v)
         }
-        None => mapped,
+        None => PartData::Mapped(mapped.clone()),
     };
     let name = job.hf.clone().unwrap_or_else(|| info.name.clone());
-    let tensor = |dtype, shape: Vec<usize>, bytes| Tensor {
-        name: info.name.clone(),
+    let part = |name: String, dtype, shape: Vec<usize>, data| Part {
+        name,
         dtype,
         shape,
-        bytes,
+        data,
+        source: info.name.clone(),
         file: Arc::clone(&job.file),
     };
     if info.ty.is_float() {
-        return Ok(vec![(
+        return Ok(vec![part(
             name,
-            tensor(float_dtype(info.ty), info.shape.clone(), bytes),
+            float_dtype(info.ty),
+            info.shape.clone(),
+            data,
         )]);
     }
     let Some((bits, group)) = affine_params(info.ty) else {
@@ -183,36 +266,41 @@ fn convert(job: &Job) -> Result<Converted, LoadError> {
         )));
     };
     let cols = info.cols();
-    let a = to_affine(info.ty, bytes.as_slice(), cols);
+    let a = to_affine(info.ty, data.as_slice(), cols);
+    // The blocks are not read again: keep them out of the resident set (a 30B model would
+    // otherwise count twice, as blocks and as affine rows).
+    mapped.release_pages();
     let lead = &info.shape[..info.shape.len() - 1];
     let shaped = |last: usize| [lead, &[last]].concat();
-    let words: &[u8] = bytemuck::cast_slice(&a.codes);
-    let params = |v: &[f32], f16: bool| -> Bytes {
+    let f16 = a.params_fit_f16();
+    let params = |v: &[f32]| -> Vec<u8> {
         if f16 {
-            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            Bytes::copied(bytemuck::cast_slice(&h))
+            v.iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect()
         } else {
-            Bytes::copied(bytemuck::cast_slice(v))
+            bytemuck::cast_slice(v).to_vec()
         }
     };
-    let f16 = a.params_fit_f16();
     let pdtype = if f16 { Dtype::F16 } else { Dtype::F32 };
     Ok(vec![
-        (
+        part(
             format!("{module}.weight"),
-            tensor(
-                Dtype::U32,
-                shaped(cols * bits as usize / 32),
-                Bytes::copied(words),
-            ),
+            Dtype::U32,
+            shaped(cols * bits as usize / 32),
+            PartData::Owned(bytemuck::cast_slice(&a.codes).to_vec()),
         ),
-        (
+        part(
             format!("{module}.scales"),
-            tensor(pdtype, shaped(cols / group), params(&a.scales, f16)),
+            pdtype,
+            shaped(cols / group),
+            PartData::Owned(params(&a.scales)),
         ),
-        (
+        part(
             format!("{module}.biases"),
-            tensor(pdtype, shaped(cols / group), params(&a.biases, f16)),
+            pdtype,
+            shaped(cols / group),
+            PartData::Owned(params(&a.biases)),
         ),
     ])
 }

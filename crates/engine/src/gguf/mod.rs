@@ -6,6 +6,7 @@
 
 mod arch;
 mod convert;
+mod disk_cache;
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -33,8 +34,13 @@ pub struct GgufModel {
 }
 
 /// Maps and parses every file of the model at `path`, checks the architecture and converts
-/// the tensors. `progress(done, total)` counts tensors.
-pub fn open(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<GgufModel, LoadError> {
+/// the tensors; with `stream_experts`, the routed experts go to a file on disk (see
+/// [`disk_cache`]). `progress(done, total)` counts tensors.
+pub fn open(
+    path: &Path,
+    stream_experts: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<GgufModel, LoadError> {
     if !path.is_file() {
         return Err(LoadError::NoModelDir(path.to_path_buf()));
     }
@@ -54,7 +60,12 @@ pub fn open(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<GgufM
     };
     let raw = arch::config(first, arch, vocab, tied)?;
     let config = ModelConfig::from_value(raw)?;
-    let store = convert::store(&parsed, arch, &config, progress)?;
+    let cache = if stream_experts {
+        Some(disk_cache::dir_for(path)?)
+    } else {
+        None
+    };
+    let store = convert::store(&parsed, arch, &config, cache.as_deref(), progress)?;
     Ok(GgufModel {
         config,
         store,

@@ -110,6 +110,26 @@ impl Bytes {
         }
     }
 
+    /// Drops this process's mapping of the range's whole pages (`MADV_DONTNEED`), for a
+    /// mapped range whose bytes were copied elsewhere: they stop counting in the resident set
+    /// and leave the page cache to the kernel. A later read would fault them back in from the
+    /// file, so this never changes what the range holds. A no-op for in-memory ranges.
+    pub fn release_pages(&self) {
+        if let Backing::Mapped { map, .. } = &*self.backing {
+            let page = 4096usize;
+            let base = map.as_ptr() as usize;
+            let start = (base + self.start).next_multiple_of(page);
+            let end = (base + self.start + self.len) / page * page;
+            if end > start {
+                // SAFETY: a page-aligned range inside our own read-only file mapping; on such
+                // a mapping MADV_DONTNEED only drops page-table entries.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        }
+    }
+
     /// Whether the range is mapped from a file (false for in-memory copies).
     pub fn is_mapped(&self) -> bool {
         matches!(*self.backing, Backing::Mapped { .. })

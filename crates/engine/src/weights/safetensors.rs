@@ -27,7 +27,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    fn parse(s: &str) -> Option<Dtype> {
+    pub fn parse(s: &str) -> Option<Dtype> {
         Some(match s {
             "F32" => Dtype::F32,
             "F16" => Dtype::F16,
@@ -41,6 +41,22 @@ impl Dtype {
             "BOOL" => Dtype::Bool,
             _ => return None,
         })
+    }
+
+    /// The safetensors name of the dtype.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::Bf16 => "BF16",
+            Dtype::F64 => "F64",
+            Dtype::U32 => "U32",
+            Dtype::I32 => "I32",
+            Dtype::I64 => "I64",
+            Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
+            Dtype::Bool => "BOOL",
+        }
     }
 
     pub fn size(self) -> usize {
@@ -202,18 +218,7 @@ pub fn write_file(
     }
     let mut offset = 0usize;
     for (name, dtype, shape, bytes) in tensors {
-        let d = match dtype {
-            Dtype::F32 => "F32",
-            Dtype::F16 => "F16",
-            Dtype::Bf16 => "BF16",
-            Dtype::F64 => "F64",
-            Dtype::U32 => "U32",
-            Dtype::I32 => "I32",
-            Dtype::I64 => "I64",
-            Dtype::U8 => "U8",
-            Dtype::I8 => "I8",
-            Dtype::Bool => "BOOL",
-        };
+        let d = dtype.as_str();
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": d, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
