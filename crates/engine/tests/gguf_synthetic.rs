@@ -29,6 +29,9 @@ const TYPES: [GgmlType; 13] = [
     GgmlType::Q6K,
 ];
 
+/// A tiny-model writer of `moestream_gguf::writer`.
+type Builder = fn(GgmlType, u64) -> GgufWriter;
+
 const PROMPT: [u32; 5] = [1, 77, 300, 5, 42];
 
 fn scratch(tag: &str) -> PathBuf {
@@ -52,8 +55,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 #[test]
 fn each_type_gives_the_logits_of_its_f32_dequantization() {
     let dir = scratch("types");
-    let builders: [(&str, fn(GgmlType, u64) -> GgufWriter); 2] =
-        [("llama", tiny_llama), ("qwen3moe", tiny_qwen3moe)];
+    let builders: [(&str, Builder); 2] = [("llama", tiny_llama), ("qwen3moe", tiny_qwen3moe)];
     for (arch, build) in builders {
         for (i, ty) in TYPES.into_iter().enumerate() {
             let w = build(ty, 100 + i as u64);
