@@ -28,6 +28,10 @@ use std::process::Command;
 /// random-weight MoE cut, whose log-probabilities agree to ~0.03, a narrow one.
 const NEAR_TIE: f32 = 0.5;
 const NEAR_TIE_MOE: f32 = 0.06;
+/// The 13 requantizations of SmolLM2 (from its Q4_1, so each carries two roundings) differ
+/// from llama.cpp by up to ~0.65 on the types that agree least (Q4_0 with llama.cpp's 8-bit
+/// activations): a top-2 gap below that is within the two engines' difference.
+const NEAR_TIE_TYPES: f32 = 0.75;
 
 fn fixture(name: &str) -> Value {
     let p = common::repo_root().join("fixtures/gguf").join(name);
@@ -262,7 +266,7 @@ fn every_gguf_type_follows_llama_cpp() {
         let tol = Tolerance {
             max: max_tol,
             mean: mean_tol,
-            near_tie: NEAR_TIE,
+            near_tie: NEAR_TIE_TYPES,
         };
         failures.extend(check(ty, &m, &cases, tol));
     }

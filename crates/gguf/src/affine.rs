@@ -64,20 +64,53 @@ pub fn affine_params(ty: GgmlType) -> Option<(u32, usize)> {
 /// header validated the tensor's extent).
 pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
     let (bits, group) = affine_params(ty).expect("a block quant type");
+    let (words, groups) = affine_len(ty, raw.len(), cols);
+    let mut out = AffineRows {
+        bits,
+        group,
+        codes: vec![0; words],
+        scales: vec![0.0; groups],
+        biases: vec![0.0; groups],
+    };
+    to_affine_into(
+        ty,
+        raw,
+        cols,
+        &mut out.codes,
+        &mut out.scales,
+        &mut out.biases,
+    );
+    out
+}
+
+/// (code words, groups) of the affine form of `raw_len` bytes of `ty` in rows of `cols`.
+pub fn affine_len(ty: GgmlType, raw_len: usize, cols: usize) -> (usize, usize) {
+    let (bits, group) = affine_params(ty).expect("a block quant type");
+    let (block_elems, block_bytes) = ty.block().expect("sized");
+    let n = raw_len / block_bytes * block_elems;
+    debug_assert!(cols.is_multiple_of(block_elems));
+    (n * bits as usize / 32, n / group)
+}
+
+/// [`to_affine`] into memory the caller owns (sized by [`affine_len`]), so a loader can
+/// write the codes straight into their final buffer.
+pub fn to_affine_into(
+    ty: GgmlType,
+    raw: &[u8],
+    cols: usize,
+    codes_out: &mut [u32],
+    scales: &mut [f32],
+    biases: &mut [f32],
+) {
+    let (bits, group) = affine_params(ty).expect("a block quant type");
     let (block_elems, block_bytes) = ty.block().expect("sized");
     assert!(cols.is_multiple_of(block_elems) && (cols * bits as usize).is_multiple_of(32));
     let row_bytes = cols / block_elems * block_bytes;
     assert!(raw.len().is_multiple_of(row_bytes), "whole rows");
-    let rows = raw.len() / row_bytes;
+    let (words, groups) = affine_len(ty, raw.len(), cols);
+    assert!(codes_out.len() == words && scales.len() == groups && biases.len() == groups);
     let words_per_row = cols * bits as usize / 32;
     let groups_per_block = block_elems / group;
-    let mut out = AffineRows {
-        bits,
-        group,
-        codes: vec![0; rows * words_per_row],
-        scales: vec![0.0; rows * cols / group],
-        biases: vec![0.0; rows * cols / group],
-    };
     let mut codes = vec![0u8; cols];
     for (r, row) in raw.chunks_exact(row_bytes).enumerate() {
         let gbase = r * cols / group;
@@ -87,17 +120,16 @@ pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
                 ty,
                 block,
                 &mut codes[b * block_elems..(b + 1) * block_elems],
-                &mut out.scales[g..g + groups_per_block],
-                &mut out.biases[g..g + groups_per_block],
+                &mut scales[g..g + groups_per_block],
+                &mut biases[g..g + groups_per_block],
             );
         }
         pack(
             &codes,
             bits,
-            &mut out.codes[r * words_per_row..(r + 1) * words_per_row],
+            &mut codes_out[r * words_per_row..(r + 1) * words_per_row],
         );
     }
-    out
 }
 
 fn half(b: &[u8], at: usize) -> f32 {

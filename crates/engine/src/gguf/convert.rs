@@ -9,7 +9,7 @@ use crate::weights::bytes::{Backing, Bytes};
 use crate::weights::safetensors::{Dtype, Tensor};
 use crate::weights::WeightStore;
 use moestream_gguf::affine::affine_params;
-use moestream_gguf::{to_affine, GgmlType, Gguf, TensorInfo};
+use moestream_gguf::{affine_len, to_affine_into, GgmlType, Gguf, TensorInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,46 +170,28 @@ fn float_dtype(ty: GgmlType) -> Dtype {
 }
 
 /// One tensor a conversion produced: a view of the mapped file (float tensors) or bytes made
-/// here (re-laid block types, un-permuted rows).
+/// here (re-laid block types, un-permuted rows), written straight into their final,
+/// huge-page backed buffers (zeroing fresh pages is most of the cost of a load).
 pub(super) struct Part {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub data: PartData,
+    pub data: Bytes,
     /// The GGUF tensor it came from (named in errors) and its file.
     pub source: String,
     pub file: Arc<PathBuf>,
 }
 
-pub(super) enum PartData {
-    Mapped(Bytes),
-    Owned(Vec<u8>),
-}
-
-impl PartData {
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            PartData::Mapped(b) => b.as_slice(),
-            PartData::Owned(v) => v,
-        }
-    }
-}
-
 impl Part {
-    /// The part as a store tensor, its bytes in memory (copied into an aligned buffer if made
-    /// here) or at `bytes` when given.
+    /// The part as a store tensor, its bytes in memory, or at `bytes` when given.
     pub fn into_tensor(self, bytes: Option<Bytes>) -> (String, Tensor) {
-        let bytes = bytes.unwrap_or_else(|| match self.data {
-            PartData::Mapped(b) => b,
-            PartData::Owned(v) => Bytes::copied(&v),
-        });
         (
             self.name,
             Tensor {
                 name: self.source,
                 dtype: self.dtype,
                 shape: self.shape,
-                bytes,
+                bytes: bytes.unwrap_or(self.data),
                 file: self.file,
             },
         )
@@ -233,11 +215,11 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
                     "{rows} rows cannot be {heads} heads of rotary pairs"
                 )));
             }
-            let mut v = vec![0u8; info.len];
-            unpermute(mapped.as_slice(), rows, heads, &mut v);
-            PartData::Owned(v)
+            Bytes::filled_with(info.len, |dst| {
+                unpermute(mapped.as_slice(), rows, heads, dst)
+            })
         }
-        None => PartData::Mapped(mapped.clone()),
+        None => mapped.clone(),
     };
     let name = job.hf.clone().unwrap_or_else(|| info.name.clone());
     let part = |name: String, dtype, shape: Vec<usize>, data| Part {
@@ -266,20 +248,36 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
         )));
     };
     let cols = info.cols();
-    let a = to_affine(info.ty, data.as_slice(), cols);
+    let (words, groups) = affine_len(info.ty, info.len, cols);
+    let (mut scales, mut biases) = (vec![0f32; groups], vec![0f32; groups]);
+    let codes = Bytes::filled_with(words * 4, |dst| {
+        let codes = bytemuck::cast_slice_mut(dst);
+        to_affine_into(
+            info.ty,
+            data.as_slice(),
+            cols,
+            codes,
+            &mut scales,
+            &mut biases,
+        )
+    });
     // The blocks are not read again: keep them out of the resident set (a 30B model would
     // otherwise count twice, as blocks and as affine rows).
     mapped.release_pages();
     let lead = &info.shape[..info.shape.len() - 1];
     let shaped = |last: usize| [lead, &[last]].concat();
-    let f16 = a.params_fit_f16();
-    let params = |v: &[f32]| -> Vec<u8> {
+    // f16 where every value is exactly an f16 (the legacy types): half the bytes.
+    let exact = |x: &f32| half::f16::from_f32(*x).to_f32() == *x;
+    let f16 = scales.iter().all(exact) && biases.iter().all(exact);
+    let params = |v: &[f32]| -> Bytes {
         if f16 {
-            v.iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect()
+            Bytes::filled_with(v.len() * 2, |dst| {
+                for (d, &x) in dst.chunks_exact_mut(2).zip(v) {
+                    d.copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
+                }
+            })
         } else {
-            bytemuck::cast_slice(v).to_vec()
+            Bytes::copied(bytemuck::cast_slice(v))
         }
     };
     let pdtype = if f16 { Dtype::F16 } else { Dtype::F32 };
@@ -288,19 +286,19 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
             format!("{module}.weight"),
             Dtype::U32,
             shaped(cols * bits as usize / 32),
-            PartData::Owned(bytemuck::cast_slice(&a.codes).to_vec()),
+            codes,
         ),
         part(
             format!("{module}.scales"),
             pdtype,
             shaped(cols / group),
-            PartData::Owned(params(&a.scales)),
+            params(&scales),
         ),
         part(
             format!("{module}.biases"),
             pdtype,
             shaped(cols / group),
-            PartData::Owned(params(&a.biases)),
+            params(&biases),
         ),
     ])
 }
