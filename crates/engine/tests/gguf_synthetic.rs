@@ -13,22 +13,6 @@ use moestream_gguf::{GgmlType, GgufWriter};
 use moestream_kernels::qdot::Precision;
 use std::path::{Path, PathBuf};
 
-const TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Bf16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
 /// A tiny-model writer of `moestream_gguf::writer`.
 type Builder = fn(GgmlType, u64) -> GgufWriter;
 
@@ -57,7 +41,7 @@ fn each_type_gives_the_logits_of_its_f32_dequantization() {
     let dir = scratch("types");
     let builders: [(&str, Builder); 2] = [("llama", tiny_llama), ("qwen3moe", tiny_qwen3moe)];
     for (arch, build) in builders {
-        for (i, ty) in TYPES.into_iter().enumerate() {
+        for (i, ty) in GgmlType::RUNNABLE.into_iter().enumerate() {
             let w = build(ty, 100 + i as u64);
             let (q, f) = (dir.join("q.gguf"), dir.join("f.gguf"));
             w.write(&q).unwrap();

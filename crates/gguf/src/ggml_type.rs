@@ -23,6 +23,23 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Every type moestream runs: the float types, then the block types.
+    pub const RUNNABLE: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Bf16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
     pub fn from_id(id: u32) -> GgmlType {
         match id {
             0 => GgmlType::F32,

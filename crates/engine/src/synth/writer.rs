@@ -24,21 +24,6 @@ impl Entry<'_> {
     }
 }
 
-pub fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F32 => "F32",
-        Dtype::F16 => "F16",
-        Dtype::Bf16 => "BF16",
-        Dtype::F64 => "F64",
-        Dtype::U32 => "U32",
-        Dtype::I32 => "I32",
-        Dtype::I64 => "I64",
-        Dtype::U8 => "U8",
-        Dtype::I8 => "I8",
-        Dtype::Bool => "BOOL",
-    }
-}
-
 /// The header bytes (length prefix included) for tensors laid out in `entries` order.
 pub fn header(entries: &[Entry<'_>], metadata: &[(&str, &str)]) -> Vec<u8> {
     let mut map = Map::new();
@@ -54,7 +39,7 @@ pub fn header(entries: &[Entry<'_>], metadata: &[(&str, &str)]) -> Vec<u8> {
         let end = offset + e.bytes();
         map.insert(
             e.name.to_string(),
-            json!({"dtype": dtype_name(e.dtype), "shape": e.shape, "data_offsets": [offset, end]}),
+            json!({"dtype": e.dtype.as_str(), "shape": e.shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
