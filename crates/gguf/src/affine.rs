@@ -64,7 +64,7 @@ pub fn affine_params(ty: GgmlType) -> Option<(u32, usize)> {
 /// header validated the tensor's extent).
 pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
     let (bits, group) = affine_params(ty).expect("a block quant type");
-    let (words, groups) = affine_len(ty, raw.len(), cols);
+    let (words, groups) = affine_len(ty, raw.len(), bits);
     let mut out = AffineRows {
         bits,
         group,
@@ -76,6 +76,7 @@ pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
         ty,
         raw,
         cols,
+        bits,
         &mut out.codes,
         &mut out.scales,
         &mut out.biases,
@@ -83,35 +84,51 @@ pub fn to_affine(ty: GgmlType, raw: &[u8], cols: usize) -> AffineRows {
     out
 }
 
-/// (code words, groups) of the affine form of `raw_len` bytes of `ty` in rows of `cols`.
-pub fn affine_len(ty: GgmlType, raw_len: usize, cols: usize) -> (usize, usize) {
-    let (bits, group) = affine_params(ty).expect("a block quant type");
+/// (code words, groups) of the affine form of `raw_len` bytes of `ty` with codes packed
+/// `bits` wide.
+pub fn affine_len(ty: GgmlType, raw_len: usize, bits: u32) -> (usize, usize) {
+    let (_, group) = affine_params(ty).expect("a block quant type");
     let (block_elems, block_bytes) = ty.block().expect("sized");
     let n = raw_len / block_bytes * block_elems;
-    debug_assert!(cols.is_multiple_of(block_elems));
     (n * bits as usize / 32, n / group)
 }
 
 /// [`to_affine`] into memory the caller owns (sized by [`affine_len`]), so a loader can
-/// write the codes straight into their final buffer.
+/// write the codes straight into their final buffer, packed `bits` wide: the type's own
+/// width, or a wider one (8: the same values where a kernel runs 8-bit codes and not the
+/// type's width), then with the codes shifted to the middle of the wider range and each bias
+/// lowered by the shift times the scale (the same values up to f32 rounding).
 pub fn to_affine_into(
     ty: GgmlType,
     raw: &[u8],
     cols: usize,
+    bits: u32,
     codes_out: &mut [u32],
     scales: &mut [f32],
     biases: &mut [f32],
 ) {
-    let (bits, group) = affine_params(ty).expect("a block quant type");
+    let (native, group) = affine_params(ty).expect("a block quant type");
+    assert!(
+        bits >= native && matches!(bits, 2..=6 | 8),
+        "{bits}-bit codes"
+    );
     let (block_elems, block_bytes) = ty.block().expect("sized");
     assert!(cols.is_multiple_of(block_elems) && (cols * bits as usize).is_multiple_of(32));
     let row_bytes = cols / block_elems * block_bytes;
     assert!(raw.len().is_multiple_of(row_bytes), "whole rows");
-    let (words, groups) = affine_len(ty, raw.len(), cols);
+    let (words, groups) = affine_len(ty, raw.len(), bits);
     assert!(codes_out.len() == words && scales.len() == groups && biases.len() == groups);
     let words_per_row = cols * bits as usize / 32;
     let groups_per_block = block_elems / group;
     let mut codes = vec![0u8; cols];
+    // Widened codes are re-centred on the wider range's middle (the bias absorbs the shift):
+    // the int8 kernels keep a group's constant part exact only around that middle, so 4-bit
+    // codes left at 0..15 inside 8 bits would lose precision to activation rounding.
+    let shift = if bits > native {
+        (1u8 << (bits - 1)) - (1u8 << (native - 1))
+    } else {
+        0
+    };
     for (r, row) in raw.chunks_exact(row_bytes).enumerate() {
         let gbase = r * cols / group;
         for (b, block) in row.chunks_exact(block_bytes).enumerate() {
@@ -123,6 +140,18 @@ pub fn to_affine_into(
                 &mut scales[g..g + groups_per_block],
                 &mut biases[g..g + groups_per_block],
             );
+        }
+        if shift > 0 {
+            for c in codes.iter_mut() {
+                *c += shift;
+            }
+            let row_groups = gbase..gbase + cols / group;
+            for (b, &s) in biases[row_groups.clone()]
+                .iter_mut()
+                .zip(&scales[row_groups])
+            {
+                *b -= shift as f32 * s;
+            }
         }
         pack(
             &codes,

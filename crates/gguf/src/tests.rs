@@ -155,3 +155,28 @@ fn unsupported_types_are_named() {
     assert_eq!(GgmlType::from_id(99).name(), "unknown type 99");
     assert_eq!(affine_params(GgmlType::from_id(23)), None);
 }
+
+#[test]
+fn four_bit_types_widened_to_8_bits_keep_their_values_with_centred_codes() {
+    let mut seed = 99;
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K] {
+        let cols = 256;
+        let raw = random(ty, 2 * cols / ty.block().unwrap().0, &mut seed);
+        let (words, groups) = crate::affine_len(ty, raw.len(), 8);
+        let (mut codes, mut s, mut b) = (vec![0u32; words], vec![0f32; groups], vec![0f32; groups]);
+        crate::to_affine_into(ty, &raw, cols, 8, &mut codes, &mut s, &mut b);
+        let want = dequantize(ty, &raw);
+        for (i, &w) in want.iter().enumerate() {
+            let q = unpack(&codes, 8, i);
+            assert!(
+                (120..=135).contains(&q),
+                "{}: code {q} not centred",
+                ty.name()
+            );
+            let g = i / 32;
+            let got = s[g] * q as f32 + b[g];
+            let tol = 4.0 * f32::EPSILON * (s[g].abs() * 256.0 + b[g].abs());
+            assert!((got - w).abs() <= tol, "{}: {got} vs {w}", ty.name());
+        }
+    }
+}

@@ -248,18 +248,13 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
         )));
     };
     let cols = info.cols();
-    let (words, groups) = affine_len(info.ty, info.len, cols);
+    let bits = code_width(bits, group, cols);
+    let (words, groups) = affine_len(info.ty, info.len, bits);
     let (mut scales, mut biases) = (vec![0f32; groups], vec![0f32; groups]);
     let codes = Bytes::filled_with(words * 4, |dst| {
         let codes = bytemuck::cast_slice_mut(dst);
-        to_affine_into(
-            info.ty,
-            data.as_slice(),
-            cols,
-            codes,
-            &mut scales,
-            &mut biases,
-        )
+        let raw = data.as_slice();
+        to_affine_into(info.ty, raw, cols, bits, codes, &mut scales, &mut biases);
     });
     // The blocks are not read again: keep them out of the resident set (a 30B model would
     // otherwise count twice, as blocks and as affine rows).
@@ -301,6 +296,19 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
             params(&biases),
         ),
     ])
+}
+
+/// The width to pack `bits`-bit codes in for rows of `cols`: their own, except 4-bit rows
+/// the int8 4-bit kernels cannot take (they work in 128-value chunks) but the 8-bit ones can
+/// (64): those become 8-bit codes of the same values. Small models have such rows
+/// (SmolLM2's 576), and the f32 path they would otherwise take is several times slower.
+fn code_width(bits: u32, group: usize, cols: usize) -> u32 {
+    let int8_group = matches!(group, 32 | 64 | 128);
+    if bits == 4 && !cols.is_multiple_of(128) && cols.is_multiple_of(64) && int8_group {
+        8
+    } else {
+        bits
+    }
 }
 
 /// Undoes `LlamaModel.permute` of llama.cpp's `convert_hf_to_gguf.py`, which stores each

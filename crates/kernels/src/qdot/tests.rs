@@ -262,6 +262,7 @@ fn row_major_kernels_match_the_int8_reference() {
             (8, 64, 32),
             (8, 192, 64),
             (8, 256, 128),
+            (8, 576, 32),
         ] {
             let m = Random::new(&mut rng, rows, cols, bits, g);
             for w in m.views(rows, cols, bits, g) {
