@@ -209,9 +209,10 @@ fn smollm2_q4_1_follows_llama_cpp() {
     // The default precision (int8 activations where a kernel exists); `--exact` measured
     // alike (BENCHMARKS.md) but is left out here to keep CI short.
     let m = load(&path, Precision::Fast);
+    // Measured: mean 0.09-0.12, max 0.44-0.82 across the AVX-512 and AVX2 kernels.
     let tol = Tolerance {
         max: 1.5,
-        mean: 0.12,
+        mean: 0.15,
         near_tie: NEAR_TIE,
     };
     let failures = check("Q4_1", &m, cases, tol);
