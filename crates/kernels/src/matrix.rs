@@ -49,10 +49,10 @@ impl<'a> FloatSlice<'a> {
     pub fn read_into(&self, start: usize, out: &mut [f32]) {
         match self {
             FloatSlice::F32(s) => out.copy_from_slice(&s[start..start + out.len()]),
+            // The half crate's slice conversion uses F16C / NEON fp16 where the CPU has it.
             FloatSlice::F16(s) => {
-                for (o, v) in out.iter_mut().zip(&s[start..]) {
-                    *o = v.to_f32();
-                }
+                use half::slice::HalfFloatSliceExt;
+                s[start..start + out.len()].convert_to_f32_slice(out)
             }
             // bf16 is the top half of an f32: widening is a shift (vectorizes; no
             // special cases for NaN or subnormals are needed).

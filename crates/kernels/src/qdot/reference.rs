@@ -22,13 +22,14 @@ impl<'a> RowParams<'a> {
     /// Widens row `r`'s scales and biases into `scratch`.
     pub fn new(w: &QuantMatrix, r: usize, scratch: &'a mut Vec<f32>) -> Self {
         let (groups, blocks) = (w.groups_per_row(), w.cols / BLOCK);
-        let need = 2 * groups + blocks;
+        let bpg = w.group_size / BLOCK;
+        // Groups of one block (32) use the group scales as block scales: no copy.
+        let need = 2 * groups + if bpg == 1 { 0 } else { blocks };
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
         let (scales, rest) = scratch.split_at_mut(groups);
         let (biases, rest) = rest.split_at_mut(groups);
-        let block_scales = &mut rest[..blocks];
         if w.interleaved {
             for (g, (s, b)) in scales.iter_mut().zip(biases.iter_mut()).enumerate() {
                 let at = crate::interleave::param_index(w, r, g);
@@ -38,10 +39,15 @@ impl<'a> RowParams<'a> {
             w.scales.read_into(r * groups, scales);
             w.biases.read_into(r * groups, biases);
         }
-        let bpg = w.group_size / BLOCK;
-        for (blocks, &s) in block_scales.chunks_exact_mut(bpg).zip(scales.iter()) {
-            blocks.fill(s);
-        }
+        let (scales, block_scales): (&[f32], &[f32]) = if bpg == 1 {
+            (scales, scales)
+        } else {
+            let block_scales = &mut rest[..blocks];
+            for (blocks, &s) in block_scales.chunks_exact_mut(bpg).zip(scales.iter()) {
+                blocks.fill(s);
+            }
+            (scales, block_scales)
+        };
         RowParams {
             block_scales,
             scales,
