@@ -94,3 +94,36 @@ fn streamed_gguf_experts_equal_resident() {
     assert_eq!(cached, 3, "one cache directory per GGUF file");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_split_model_loads_from_any_part_and_equals_the_single_file() {
+    let dir = scratch("split");
+    let w = tiny_qwen3moe(GgmlType::Q4_0, 11);
+    let single = dir.join("single.gguf");
+    w.write(&single).unwrap();
+    let parts = w.split(3);
+    let names: Vec<PathBuf> = (1..=3)
+        .map(|k| dir.join(format!("tiny-{k:05}-of-00003.gguf")))
+        .collect();
+    for (p, name) in parts.iter().zip(&names) {
+        p.write(name).unwrap();
+    }
+    let want = logits(&single, Precision::Exact, None);
+    for name in &names {
+        assert_eq!(
+            max_diff(&logits(name, Precision::Exact, None), &want),
+            0.0,
+            "loaded from {}",
+            name.display()
+        );
+    }
+    // A missing part is an error naming it.
+    std::fs::remove_file(&names[2]).unwrap();
+    let opts = moestream_engine::LoadOptions::default();
+    let err = match moestream_engine::load_model(&names[0], &opts, &mut |_| {}) {
+        Ok(_) => panic!("a model missing a part loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("tiny-00003-of-00003.gguf is missing"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

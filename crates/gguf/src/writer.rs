@@ -322,6 +322,27 @@ impl GgufWriter {
         out
     }
 
+    /// The same model split over `n` files as `llama-gguf-split` writes it: the tensors in
+    /// `n` runs, the first file carrying the metadata, every file its `split.no` and
+    /// `split.count` (and the first `split.tensors.count`).
+    pub fn split(&self, n: usize) -> Vec<GgufWriter> {
+        let per = self.tensors.len().div_ceil(n);
+        (0..n)
+            .map(|k| {
+                let mut w = GgufWriter::new();
+                if k == 0 {
+                    w.metadata = self.metadata.clone();
+                    let count = Value::U16(self.tensors.len() as u16);
+                    w.meta("split.tensors.count", count);
+                }
+                w.meta("split.no", Value::U16(k as u16))
+                    .meta("split.count", Value::U16(n as u16));
+                w.tensors = self.tensors.iter().skip(k * per).take(per).cloned().collect();
+                w
+            })
+            .collect()
+    }
+
     /// Drops the tensors `name` (for error tests).
     pub fn without(&mut self, name: &str) -> &mut Self {
         self.tensors.retain(|(n, _, _, _)| n != name);
