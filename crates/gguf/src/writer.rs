@@ -337,7 +337,13 @@ impl GgufWriter {
                 }
                 w.meta("split.no", Value::U16(k as u16))
                     .meta("split.count", Value::U16(n as u16));
-                w.tensors = self.tensors.iter().skip(k * per).take(per).cloned().collect();
+                w.tensors = self
+                    .tensors
+                    .iter()
+                    .skip(k * per)
+                    .take(per)
+                    .cloned()
+                    .collect();
                 w
             })
             .collect()
