@@ -4,8 +4,9 @@
 //!
 //! The directory holds `experts.bin` (every part at a 4 KiB-aligned offset) and
 //! `experts.json` (name, dtype, shape, offset and length of each part, and the GGUF file's
-//! size and modification time). The index is written last, through a rename: a directory
-//! without it, or whose index names another file or other tensors, is rewritten.
+//! size and modification time). Both are written under temporary names and renamed into
+//! place, the index last: a directory without it, or whose index names another file or other
+//! tensors, is rewritten.
 
 use super::convert::{convert, Job, Part};
 use crate::error::LoadError;
@@ -202,7 +203,34 @@ fn write(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Value, LoadError> {
     std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
-    let _ = std::fs::remove_file(index_path);
+    // Both files are written under names of this process and renamed into place, data first:
+    // a process that has the old data mapped keeps it, two processes filling the same cache
+    // at once each rename a complete (identical) copy, and a failed write leaves no index.
+    let tmp = |p: &Path| {
+        let mut name = p.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.tmp", std::process::id()));
+        p.with_file_name(name)
+    };
+    let (data_tmp, index_tmp) = (tmp(data_path), tmp(index_path));
+    let result = write_files(&data_tmp, &index_tmp, jobs, progress).and_then(|index| {
+        std::fs::rename(&data_tmp, data_path).map_err(|e| LoadError::io(data_path, e))?;
+        std::fs::rename(&index_tmp, index_path).map_err(|e| LoadError::io(index_path, e))?;
+        Ok(index)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&data_tmp);
+        let _ = std::fs::remove_file(&index_tmp);
+    }
+    result
+}
+
+/// Converts every job into `data_path` and writes the index to `index_path`.
+fn write_files(
+    data_path: &Path,
+    index_path: &Path,
+    jobs: &[Job],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Value, LoadError> {
     let io = |e| LoadError::io(data_path, e);
     let mut f = std::io::BufWriter::new(std::fs::File::create(data_path).map_err(io)?);
     let mut offset = 0u64;
@@ -240,9 +268,7 @@ fn write(
         "sources": sources(jobs),
         "tensors": entries.iter().map(Entry::to_json).collect::<Vec<_>>(),
     });
-    let tmp = index_path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&index).expect("JSON"))
-        .map_err(|e| LoadError::io(&tmp, e))?;
-    std::fs::rename(&tmp, index_path).map_err(|e| LoadError::io(index_path, e))?;
+    std::fs::write(index_path, serde_json::to_vec(&index).expect("JSON"))
+        .map_err(|e| LoadError::io(index_path, e))?;
     Ok(index)
 }
