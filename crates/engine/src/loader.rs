@@ -21,29 +21,6 @@ pub enum LoadProgress {
     Converting(usize, usize),
 }
 
-/// Says which GGUF tensor a loader's missing HF tensor is.
-struct GgufNames(&'static str);
-
-impl GgufNames {
-    fn explain(&self, path: &Path, e: LoadError) -> LoadError {
-        match e {
-            LoadError::MissingTensor { tensor, needed_by } => {
-                let arch = crate::gguf::ARCHES.iter().find(|a| a.gguf == self.0);
-                let gguf = arch.and_then(|a| crate::gguf::gguf_name(a, &tensor));
-                LoadError::MissingTensor {
-                    tensor: format!(
-                        "{} in {}",
-                        gguf.unwrap_or_else(|| tensor.clone()),
-                        path.display()
-                    ),
-                    needed_by,
-                }
-            }
-            other => other,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Threads for the kernels (default: all available cores).
@@ -90,10 +67,7 @@ pub fn load_model(
         None
     };
     let (config, store, gguf_names) = match gguf {
-        Some(g) => {
-            let names = GgufNames(g.arch);
-            (g.config, g.store, Some(names))
-        }
+        Some(g) => (g.config, g.store, Some(g.names)),
         None => (
             ModelConfig::load(dir)?,
             WeightStore::open(dir, &mut |d, t| progress(LoadProgress::Mapping(d, t)))?,

@@ -40,9 +40,14 @@ pub struct AffineRows {
 impl AffineRows {
     /// Whether every scale and bias is exactly an f16 (then half the bytes carry them).
     pub fn params_fit_f16(&self) -> bool {
-        let exact = |x: &f32| f16::from_f32(*x).to_f32() == *x;
-        self.scales.iter().all(exact) && self.biases.iter().all(exact)
+        fit_f16(&self.scales) && fit_f16(&self.biases)
     }
+}
+
+/// Whether every value is exactly an f16 (true for the legacy types' scales and biases, not
+/// for the K-quants', whose `d * sc` needs up to 17 significant bits).
+pub fn fit_f16(values: &[f32]) -> bool {
+    values.iter().all(|&x| f16::from_f32(x).to_f32() == x)
 }
 
 /// (bits, group) of `ty`'s affine form; `None` for float and unsupported types.

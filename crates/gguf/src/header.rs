@@ -58,8 +58,8 @@ pub struct Gguf {
     pub data_start: usize,
 }
 
-/// Largest count or string length accepted before checking it against the file's size (a
-/// corrupt count must not make us allocate terabytes).
+/// Most dimensions a tensor may have (ggml's `GGML_MAX_DIMS` is 4; a corrupt count must not
+/// make us read a directory of garbage).
 const MAX_DIMS: u32 = 8;
 
 impl Gguf {

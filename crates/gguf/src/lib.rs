@@ -22,7 +22,7 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use affine::{affine_len, to_affine, to_affine_into, AffineRows};
+pub use affine::{affine_len, fit_f16, to_affine, to_affine_into, AffineRows};
 pub use ggml_type::GgmlType;
 pub use header::{Gguf, GgufError, TensorInfo};
 pub use value::Value;

@@ -9,7 +9,7 @@ use crate::weights::bytes::{Backing, Bytes};
 use crate::weights::safetensors::{Dtype, Tensor};
 use crate::weights::WeightStore;
 use moestream_gguf::affine::affine_params;
-use moestream_gguf::{affine_len, to_affine_into, GgmlType, Gguf, TensorInfo};
+use moestream_gguf::{affine_len, fit_f16, to_affine_into, GgmlType, Gguf, TensorInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,13 +32,6 @@ pub fn map_file(path: &Path) -> Result<(Arc<Backing>, Gguf), LoadError> {
 }
 
 /// One tensor to convert, with where its bytes live.
-impl Job<'_> {
-    /// The GGUF file the tensor is in.
-    pub fn file(&self) -> &Path {
-        &self.file
-    }
-}
-
 pub(super) struct Job<'a> {
     pub info: &'a TensorInfo,
     backing: &'a Arc<Backing>,
@@ -47,6 +40,13 @@ pub(super) struct Job<'a> {
     hf: Option<String>,
     /// Rows to un-permute: the head count of llama.cpp's q/k permutation.
     unpermute_heads: Option<usize>,
+}
+
+impl Job<'_> {
+    /// The GGUF file the tensor is in.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
 }
 
 /// The weight store of a parsed (possibly split) GGUF model. With `experts_on_disk` (a
@@ -107,7 +107,7 @@ pub fn store(
         .partition(|j| experts_on_disk.is_some() && is_expert(&j.info.name));
     let mut tensors = BTreeMap::new();
     for part in convert_in_memory(&in_memory, progress)? {
-        let (name, t) = part.into_tensor(None);
+        let (name, t) = part.into_tensor();
         tensors.insert(name, t);
     }
     if let Some(dir) = experts_on_disk {
@@ -183,15 +183,15 @@ pub(super) struct Part {
 }
 
 impl Part {
-    /// The part as a store tensor, its bytes in memory, or at `bytes` when given.
-    pub fn into_tensor(self, bytes: Option<Bytes>) -> (String, Tensor) {
+    /// The part as a store tensor, its bytes where they are.
+    pub fn into_tensor(self) -> (String, Tensor) {
         (
             self.name,
             Tensor {
                 name: self.source,
                 dtype: self.dtype,
                 shape: self.shape,
-                bytes: bytes.unwrap_or(self.data),
+                bytes: self.data,
                 file: self.file,
             },
         )
@@ -262,8 +262,7 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
     let lead = &info.shape[..info.shape.len() - 1];
     let shaped = |last: usize| [lead, &[last]].concat();
     // f16 where every value is exactly an f16 (the legacy types): half the bytes.
-    let exact = |x: &f32| half::f16::from_f32(*x).to_f32() == *x;
-    let f16 = scales.iter().all(exact) && biases.iter().all(exact);
+    let f16 = fit_f16(&scales) && fit_f16(&biases);
     let params = |v: &[f32]| -> Bytes {
         if f16 {
             Bytes::filled_with(v.len() * 2, |dst| {

@@ -76,15 +76,12 @@ pub fn load_or_write(
     let file = std::fs::File::open(&data_path).map_err(|e| LoadError::io(&data_path, e))?;
     // SAFETY: read-only mapping of a file this process wrote and no one else writes.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(&data_path, e))?;
+    let mapped_len = map.len() as u64;
     let backing = Arc::new(Backing::Mapped {
         map,
         file,
         path: data_path.clone(),
     });
-    let mapped_len = match &*backing {
-        Backing::Mapped { map, .. } => map.len() as u64,
-        Backing::Owned(_) => 0,
-    };
     let mut out = Vec::new();
     for e in index["tensors"].as_array().into_iter().flatten() {
         let entry = Entry::from_json(e).ok_or_else(|| bad_index(&index_path))?;

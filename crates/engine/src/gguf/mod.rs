@@ -12,9 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::WeightStore;
 use moestream_gguf::Gguf;
-use std::path::{Path, PathBuf};
-
-pub use arch::{gguf_name, ARCHES};
+use std::path::Path;
 
 /// Whether `path` names a GGUF file (rather than a model directory).
 pub fn is_gguf(path: &Path) -> bool {
@@ -27,10 +25,27 @@ pub fn is_gguf(path: &Path) -> bool {
 pub struct GgufModel {
     pub config: ModelConfig,
     pub store: WeightStore,
-    /// `general.architecture`.
-    pub arch: &'static str,
-    /// Every file of the model (several for a split model).
-    pub files: Vec<PathBuf>,
+    /// How its tensor names map (for errors about a tensor a loader wanted).
+    pub names: TensorNames,
+}
+
+/// The architecture's tensor-name map, kept to name a missing tensor as the file does.
+pub struct TensorNames(&'static arch::Arch);
+
+impl TensorNames {
+    /// `e` with a missing HF tensor named by its GGUF name and `path`.
+    pub fn explain(&self, path: &Path, e: LoadError) -> LoadError {
+        match e {
+            LoadError::MissingTensor { tensor, needed_by } => {
+                let gguf = arch::gguf_name(self.0, &tensor).unwrap_or(tensor);
+                LoadError::MissingTensor {
+                    tensor: format!("{gguf} in {}", path.display()),
+                    needed_by,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Maps and parses every file of the model at `path`, checks the architecture and converts
@@ -69,7 +84,6 @@ pub fn open(
     Ok(GgufModel {
         config,
         store,
-        arch: arch.gguf,
-        files,
+        names: TensorNames(arch),
     })
 }
