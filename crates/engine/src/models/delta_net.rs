@@ -51,7 +51,9 @@ pub struct DeltaNet {
 }
 
 impl DeltaNet {
-    /// Loads `{prefix}.linear_attn`; `fused` picks the qwen3_next projection layout.
+    /// Loads `{prefix}.linear_attn`; `fused` picks the qwen3_next projection layout, unless
+    /// the weights come split (`in_proj_qkv`: a GGUF file's `attn_qkv`), which computes the
+    /// same projections with the value heads in the same grouped order.
     pub fn load(
         w: &WeightLoader,
         prefix: &str,
@@ -64,7 +66,7 @@ impl DeltaNet {
         let p = |n: &str| format!("{prefix}.linear_attn.{n}");
         let (kd, vd, hv) = (shape.key_dim(), shape.value_dim(), shape.hv);
         let c = shape.channels();
-        let input = if fused {
+        let input = if fused && !w.has(&p("in_proj_qkv")) {
             DeltaIn::Fused {
                 qkvz: w.linear(&p("in_proj_qkvz"), 2 * kd + 2 * vd, hidden, false)?,
                 ba: w.linear(&p("in_proj_ba"), 2 * hv, hidden, false)?,
