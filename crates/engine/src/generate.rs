@@ -65,7 +65,7 @@ pub struct GenerationStats {
     pub decode_secs: f64,
     pub finish: Option<FinishReason>,
     /// Speculative decoding's counters, when a draft model proposed the tokens.
-    pub speculative: Option<crate::speculative::SpecStats>,
+    pub speculative: Option<crate::spec_stats::SpecStats>,
 }
 
 impl GenerationStats {
