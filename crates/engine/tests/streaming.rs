@@ -8,7 +8,7 @@ use common::*;
 use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
-use moestream_engine::models::transformer::FeedForward;
+use moestream_engine::models::ffn::FeedForward;
 use moestream_engine::Loaded;
 use moestream_kernels::qdot::Precision;
 use std::path::Path;

@@ -5,7 +5,6 @@
 //! mapped files) or streamed from disk into slots.
 
 pub mod io;
-mod prefetch;
 pub mod streamed;
 
 use crate::error::RunError;

@@ -1,7 +1,9 @@
 //! Loading helpers shared by the architecture files: the standard attention block, the dense
 //! SwiGLU MLP, the embedding/head pair and RoPE frequency schedules.
 
-use super::transformer::{Attention, DenseMlp, FeedForward, Layer, Mixer};
+use super::attention::Attention;
+use super::ffn::{DenseMlp, FeedForward};
+use super::transformer::{Layer, Mixer};
 use crate::error::LoadError;
 use crate::weights::{Linear, WeightLoader};
 use serde_json::Value;
@@ -204,9 +206,9 @@ pub fn moe_block(
     top_k: usize,
     expert_inter: usize,
     kind: moestream_kernels::router::RouterKind,
-) -> Result<super::transformer::MoeBlock, LoadError> {
+) -> Result<super::ffn::MoeBlock, LoadError> {
     check_top_k(n_experts, top_k)?;
-    Ok(super::transformer::MoeBlock {
+    Ok(super::ffn::MoeBlock {
         router: w.linear(&format!("{module}.gate"), n_experts, hidden, false)?,
         kind,
         n_experts,

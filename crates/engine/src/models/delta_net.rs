@@ -1,6 +1,6 @@
 //! The Gated DeltaNet token mixer of Qwen3-Next and Qwen3.5 (mlx-lm's
-//! `Qwen3NextGatedDeltaNet` / `qwen3_5.GatedDeltaNet`; the math is step by step in
-//! reference/mlx-format-and-models.md §4.4):
+//! `Qwen3NextGatedDeltaNet` in `mlx_lm/models/qwen3_next.py` and `GatedDeltaNet` in
+//! `qwen3_5.py`, with the recurrence of `mlx_lm/models/gated_delta.py`):
 //!
 //! project -> causal depthwise conv (window in the cache) + SiLU -> L2-normalise q, k
 //! (q also scaled by `Dk^-0.5`) -> gates `g = exp(-exp(A_log) softplus(a + dt_bias))`,
@@ -9,14 +9,13 @@
 //!
 //! The two checkpoints differ only in the input projections (see [`DeltaIn`]).
 
-use super::transformer::{add_bias, SeqStep, Transformer};
+use super::exec::{Exec, SeqStep};
 use crate::cache::{sized, DeltaScratch, DeltaState, LayerLog, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
 use moestream_kernels::delta::{
     conv1d_causal_silu, delta_gates, gated_delta, gated_rms_norm, l2norm, DeltaShape,
 };
-use moestream_kernels::matmul::matmul;
 use moestream_kernels::ThreadPool;
 
 /// The input projections.
@@ -127,7 +126,7 @@ impl DeltaNet {
     /// rule per sequence. (The caller has checked that every step's cache has the state.)
     pub fn forward(
         &self,
-        m: &Transformer,
+        ex: &Exec,
         layer: usize,
         steps: &mut [SeqStep],
         l: usize,
@@ -140,10 +139,7 @@ impl DeltaNet {
             self.shape.channels(),
         );
         let d = &mut s.delta_net;
-        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| {
-            matmul(&m.pool, m.precision, x, l, &lin.matrix(), out);
-            add_bias(lin, out);
-        };
+        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| ex.linear(x, l, lin, out);
         let qkv = sized(&mut d.qkv, l * c);
         let z = sized(&mut d.z, l * vd);
         let b = sized(&mut d.b, l * hv);
@@ -204,7 +200,7 @@ impl DeltaNet {
                 unreachable!("forward_batch checks every step's recurrent state")
             };
             self.advance(
-                &m.pool,
+                ex.pool,
                 st,
                 &qkv[rows.clone()],
                 gs,
@@ -215,7 +211,7 @@ impl DeltaNet {
             row += n;
         }
         gated_rms_norm(y, z, &self.norm.view(), self.eps);
-        let delta = sized(&mut s.delta, l * m.info.hidden_size);
+        let delta = sized(&mut s.delta, l * ex.hidden);
         mm(y, &self.out_proj, delta);
     }
 

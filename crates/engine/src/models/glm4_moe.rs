@@ -1,5 +1,4 @@
-//! `glm4_moe` (GLM-4.5 / GLM-4.6), after mlx-lm's `glm4_moe.py`
-//! (reference/mlx-format-and-models.md §4.5, last item).
+//! `glm4_moe` (GLM-4.5 / GLM-4.6), after mlx-lm's `mlx_lm/models/glm4_moe.py`.
 //!
 //! Standard GQA attention: optional per-head q/k RMSNorm (`use_qk_norm`), biases on q/k/v
 //! when `attention_bias` (never on `o_proj`), RoPE on the first
@@ -10,9 +9,10 @@
 //! two agree unless the selected scores sum below ~1e-13. The LM head is never tied.
 //! Every field is required, as in mlx-lm's `ModelArgs`.
 
+use super::attention::AttnConfig;
 use super::common::{attention, decoder_layer, rope_inv_freq, Heads};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
-use super::transformer::{AttnConfig, Mixer, Transformer};
+use super::transformer::{Mixer, Transformer};
 use super::{BuildContext, DecoderParts};
 use crate::config::ModelConfig;
 use crate::error::LoadError;

@@ -1,5 +1,4 @@
-//! `glm4_moe_lite` (GLM-4.7-Flash), after mlx-lm's `glm4_moe_lite.py`
-//! (reference/mlx-format-and-models.md §4.5).
+//! `glm4_moe_lite` (GLM-4.7-Flash), after mlx-lm's `mlx_lm/models/glm4_moe_lite.py`.
 //!
 //! Every layer's token mixer is multi-head latent attention ([`super::mla`]). Layer `i` is
 //! MoE iff `n_routed_experts` is set, `i >= first_k_dense_replace` and
@@ -15,10 +14,11 @@
 //! splits it into `embed_q` / `unembed_out` at load; convert with `mlx_lm.convert` first),
 //! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
 
+use super::attention::AttnConfig;
 use super::common::{decoder_layer, rope_inv_freq};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
-use super::transformer::{AttnConfig, Mixer, Transformer};
+use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;

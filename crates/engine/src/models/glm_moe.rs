@@ -4,8 +4,8 @@
 //! renormalised and scaled weights, and shared experts added unscaled.
 
 use super::common::{check_top_k, dense_mlp};
+use super::ffn::{FeedForward, MoeBlock, SharedExpert};
 use super::load_experts;
-use super::transformer::{FeedForward, MoeBlock, SharedExpert};
 use crate::error::LoadError;
 use crate::experts::ExpertWeights;
 use crate::weights::WeightLoader;

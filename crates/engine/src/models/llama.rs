@@ -2,8 +2,10 @@
 //! q/k/v/o biases, RoPE with `rope_scaling` (default, linear, llama3), dense SwiGLU MLP.
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
+use super::attention::AttnConfig;
 use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Mixer, Transformer};
+use super::ffn::FeedForward;
+use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;

@@ -7,8 +7,10 @@
 //! `w3` (up), `w2` (down); mlx-lm's sanitize stacks them into `switch_mlp.{gate,up,down}_proj`,
 //! and both layouts load here (per-expert tensors stay views, nothing is copied).
 
+use super::attention::AttnConfig;
 use super::common::{attention, decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Mixer, Transformer};
+use super::ffn::FeedForward;
+use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
 use super::{load_experts_named, BuildContext};
 use crate::config::ModelConfig;

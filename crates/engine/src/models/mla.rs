@@ -1,5 +1,5 @@
 //! Multi-head latent attention, the token mixer of `glm4_moe_lite` (after mlx-lm's
-//! `Glm4MoeLiteAttention`; reference/mlx-format-and-models.md §4.5):
+//! `Glm4MoeLiteAttention` in `mlx_lm/models/glm4_moe_lite.py`):
 //!
 //! queries `q_b_proj(rms_norm(q_a_proj(x)))` (or `q_proj(x)`) split per head into
 //! `q_nope [dn]` and `q_pe [dr]`; `kv_a_proj_with_mqa(x)` gives the latent (RMSNorm'd, `[R]`)
@@ -9,11 +9,10 @@
 //! `moestream_kernels::mla`): mlx-lm expands per-head keys for prefill instead, which is the
 //! same math up to float rounding (the parity tests hold both to mlx's logits).
 
-use super::transformer::{add_bias, SeqStep, Transformer};
+use super::exec::{Exec, SeqStep};
 use crate::cache::{sized, KvCache, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
-use moestream_kernels::matmul::matmul;
 use moestream_kernels::mla::{mla_attention, per_head_matmul, MlaShape};
 use moestream_kernels::norm::rms_norm_inplace;
 use moestream_kernels::rope::rope;
@@ -129,7 +128,7 @@ impl Mla {
     /// cache write and attention per sequence.
     pub fn forward(
         &self,
-        m: &Transformer,
+        ex: &Exec,
         layer: usize,
         steps: &mut [SeqStep],
         l: usize,
@@ -143,10 +142,7 @@ impl Mla {
             v_dim: dv,
         } = self.dims;
         let sc = &mut s.mla;
-        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| {
-            matmul(&m.pool, m.precision, x, l, &lin.matrix(), out);
-            add_bias(lin, out);
-        };
+        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| ex.linear(x, l, lin, out);
         let q = sized(&mut sc.q, l * nh * (dn + dr));
         match &self.query {
             QueryProj::LowRank { a, norm, b } => {
@@ -171,7 +167,15 @@ impl Mla {
         // Absorb embed_q into the queries: q' = q_nope @ Wq_h^T, `[l, nh, R]`.
         let embed: Vec<Matrix> = self.embed_q.iter().map(Linear::matrix).collect();
         let q_lat = sized(&mut sc.q_lat, l * nh * r);
-        per_head_matmul(&m.pool, m.precision, q_nope, l, &embed, &mut sc.rows, q_lat);
+        per_head_matmul(
+            ex.pool,
+            ex.precision,
+            q_nope,
+            l,
+            &embed,
+            &mut sc.rows,
+            q_lat,
+        );
         let o_lat = sized(&mut sc.o_lat, l * nh * r);
         let mut row = 0;
         for st in steps.iter_mut() {
@@ -206,7 +210,7 @@ impl Mla {
             );
             let q_rows = &q_lat[lat.clone()];
             mla_attention(
-                &m.pool,
+                ex.pool,
                 q_rows,
                 &q_pe[pe],
                 &kv.k,
@@ -219,8 +223,8 @@ impl Mla {
         // Un-absorb: out = o @ Wo_h^T, `[l, nh, dv]`, then o_proj.
         let unembed: Vec<Matrix> = self.unembed_out.iter().map(Linear::matrix).collect();
         let out = sized(&mut sc.out, l * nh * dv);
-        per_head_matmul(&m.pool, m.precision, o_lat, l, &unembed, &mut sc.rows, out);
-        let delta = sized(&mut s.delta, l * m.info.hidden_size);
+        per_head_matmul(ex.pool, ex.precision, o_lat, l, &unembed, &mut sc.rows, out);
+        let delta = sized(&mut s.delta, l * ex.hidden);
         mm(out, &self.o_proj, delta);
     }
 }

@@ -1,12 +1,16 @@
 //! Architectures. Each file maps one `model_type`'s config and weight names onto the shared
 //! decoder in [`transformer`]; the table below is the only place that lists them.
 
+pub mod attention;
 pub mod common;
 pub mod delta_net;
+pub mod exec;
+pub mod ffn;
 pub mod glm4_moe;
 pub mod glm4_moe_lite;
 pub mod glm_moe;
 pub mod llama;
+pub mod lookahead;
 pub mod mixtral;
 pub mod mla;
 pub mod olmoe;
@@ -21,9 +25,10 @@ use crate::error::LoadError;
 use crate::experts::streamed::{BudgetPlan, StreamOptions, StreamedExperts};
 use crate::experts::{ExpertStore, ExpertWeights, ResidentExperts};
 use crate::weights::WeightLoader;
+pub use exec::{LogitRows, SeqStep};
 use moestream_kernels::ThreadPool;
 use std::sync::Arc;
-pub use transformer::{LogitRows, ModelInfo, SeqStep, Transformer};
+pub use transformer::{ModelInfo, Transformer};
 
 /// What an architecture loader needs besides config and weights.
 pub struct BuildContext {
@@ -36,7 +41,7 @@ pub struct BuildContext {
 
 /// Bytes of cache one more token adds, f32, summed over the layers (keys and values of
 /// attention layers, the latent and rotary key of MLA layers, nothing for recurrent ones).
-pub fn kv_bytes_per_token(layers: &[transformer::Layer], attn: &transformer::AttnConfig) -> u64 {
+pub fn kv_bytes_per_token(layers: &[transformer::Layer], attn: &attention::AttnConfig) -> u64 {
     let floats: usize = layers
         .iter()
         .map(|l| l.attn.cache_floats_per_token(attn))
@@ -93,7 +98,7 @@ pub struct DecoderParts {
     pub norm: crate::weights::Floats,
     pub lm_head: Option<crate::weights::Linear>,
     pub eps: f32,
-    pub attn: transformer::AttnConfig,
+    pub attn: attention::AttnConfig,
     /// Routed experts per layer (`None` for dense layers).
     pub experts: Vec<Option<Vec<ExpertWeights>>>,
 }
@@ -233,8 +238,8 @@ impl Transformer {
                 .layers
                 .iter()
                 .filter_map(|l| match &l.ffn {
-                    transformer::FeedForward::Moe(m) => Some(m.n_experts),
-                    transformer::FeedForward::Dense(_) => None,
+                    ffn::FeedForward::Moe(m) => Some(m.n_experts),
+                    ffn::FeedForward::Dense(_) => None,
                 })
                 .min()
                 .ok_or("--moe-top-k: the model has no MoE layers")?;
@@ -252,8 +257,8 @@ impl Transformer {
     /// The config's experts per token of the first MoE layer (`None` for a dense model).
     pub fn default_top_k(&self) -> Option<usize> {
         self.layers.iter().find_map(|l| match &l.ffn {
-            transformer::FeedForward::Moe(m) => Some(m.top_k),
-            transformer::FeedForward::Dense(_) => None,
+            ffn::FeedForward::Moe(m) => Some(m.top_k),
+            ffn::FeedForward::Dense(_) => None,
         })
     }
 }
@@ -261,11 +266,10 @@ impl Transformer {
 /// Weight bytes one decoded token reads: every dense weight, `top_k` experts per MoE layer,
 /// and one embedding row.
 fn bytes_per_token(m: &Transformer) -> usize {
-    use transformer::FeedForward;
+    use ffn::FeedForward;
     let mut total = m.head().bytes() + m.norm.bytes.len();
     use transformer::Mixer;
-    let mlp =
-        |d: &transformer::DenseMlp| d.gate_proj.bytes() + d.up_proj.bytes() + d.down_proj.bytes();
+    let mlp = |d: &ffn::DenseMlp| d.gate_proj.bytes() + d.up_proj.bytes() + d.down_proj.bytes();
     for (i, l) in m.layers.iter().enumerate() {
         total += match &l.attn {
             Mixer::Attention(a) => [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]

@@ -5,8 +5,10 @@
 //! honoured), optional biases on q/k/v/o. Every layer is MoE: softmax over all experts,
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
+use super::attention::{Attention, AttnConfig};
 use super::common::{decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
-use super::transformer::{Attention, AttnConfig, FeedForward, Mixer, Transformer};
+use super::ffn::FeedForward;
+use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
 use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;

@@ -5,8 +5,10 @@
 //! `(i + 1) % decoder_sparse_step == 0`, else a dense SwiGLU MLP. The router is a softmax over
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
+use super::attention::AttnConfig;
 use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::transformer::{AttnConfig, FeedForward, Mixer, MoeBlock, Transformer};
+use super::ffn::{FeedForward, MoeBlock};
+use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
 use crate::config::ModelConfig;

@@ -10,11 +10,11 @@
 //! `(i + 1) % decoder_sparse_step == 0` (softmax router, top-k, optional renormalisation,
 //! plus a shared SwiGLU expert scaled by `sigmoid(shared_expert_gate(x))`), else a dense MLP.
 
+use super::attention::{Attention, AttnConfig};
 use super::common::{check_top_k, decoder_layer, dense_mlp, rope_inv_freq, Heads};
 use super::delta_net::DeltaNet;
-use super::transformer::{
-    Attention, AttnConfig, FeedForward, Mixer, MoeBlock, SharedExpert, Transformer,
-};
+use super::ffn::{FeedForward, MoeBlock, SharedExpert};
+use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
 use super::{load_experts, BuildContext};
 use crate::config::ModelConfig;
