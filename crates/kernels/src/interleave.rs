@@ -15,8 +15,6 @@
 //!
 //! Sizes are unchanged, so a repacked matrix fits in the memory the row-major one used.
 
-use crate::matrix::QuantMatrix;
-
 /// Rows per interleaved row group (one f32 vector of AVX-512).
 pub const ROWS: usize = 16;
 
@@ -87,28 +85,6 @@ pub fn interleave_into<T: Copy + Send + Sync>(
             });
         }
     });
-}
-
-/// Row `r`'s code word `c` (either layout).
-#[inline]
-pub fn word(w: &QuantMatrix, r: usize, c: usize) -> u32 {
-    let wpr = w.words_per_row();
-    if w.interleaved {
-        w.packed[index(r, c, wpr)]
-    } else {
-        w.packed[r * wpr + c]
-    }
-}
-
-/// Where row `r`'s scale and bias of group `g` are (either layout).
-#[inline]
-pub fn param_index(w: &QuantMatrix, r: usize, g: usize) -> usize {
-    let gpr = w.groups_per_row();
-    if w.interleaved {
-        index(r, g, gpr)
-    } else {
-        r * gpr + g
-    }
 }
 
 #[cfg(test)]

@@ -58,8 +58,9 @@ fn with_quantized<R>(
         if rows.len() < n {
             rows.resize_with(n, QuantizedRow::default);
         }
+        let quantize = crate::qdot::block_quantizer();
         for (q, xr) in rows.iter_mut().zip(x.chunks_exact(cols)) {
-            q.quantize(xr);
+            q.quantize(xr, quantize);
         }
         f(&rows[..n])
     })

@@ -102,6 +102,28 @@ impl<'a> QuantMatrix<'a> {
         self.cols / self.group_size
     }
 
+    /// Row `r`'s code word `c` (either layout).
+    #[inline]
+    pub fn word(&self, r: usize, c: usize) -> u32 {
+        let wpr = self.words_per_row();
+        if self.interleaved {
+            self.packed[crate::interleave::index(r, c, wpr)]
+        } else {
+            self.packed[r * wpr + c]
+        }
+    }
+
+    /// Where row `r`'s scale and bias of group `g` are (either layout).
+    #[inline]
+    pub fn param_index(&self, r: usize, g: usize) -> usize {
+        let gpr = self.groups_per_row();
+        if self.interleaved {
+            crate::interleave::index(r, g, gpr)
+        } else {
+            r * gpr + g
+        }
+    }
+
     /// Row `r`'s code words (row-major layout only).
     #[inline]
     pub fn packed_row(&self, r: usize) -> &'a [u32] {
@@ -160,8 +182,8 @@ impl<'a> Matrix<'a> {
             Matrix::Quant(m) if m.interleaved => {
                 // 4-bit: 8 values per word, word c in group 8c / group_size.
                 for (c, vals) in out.chunks_exact_mut(8).enumerate() {
-                    let word = crate::interleave::word(m, r, c);
-                    let at = crate::interleave::param_index(m, r, c * 8 / m.group_size);
+                    let word = m.word(r, c);
+                    let at = m.param_index(r, c * 8 / m.group_size);
                     let (s, b) = (m.scales.get(at), m.biases.get(at));
                     for (k, v) in vals.iter_mut().enumerate() {
                         *v = s * ((word >> (4 * k)) & 0xF) as f32 + b;

@@ -11,9 +11,9 @@ pub fn weight_at(w: &Matrix, r: usize, c: usize) -> f32 {
     match w {
         Matrix::Dense(m) => m.data.get(r * m.cols + c),
         Matrix::Quant(m) => {
-            let g = crate::interleave::param_index(m, r, c / m.group_size);
+            let g = m.param_index(r, c / m.group_size);
             let q = if m.interleaved {
-                get_q(&[crate::interleave::word(m, r, c / 8)], 4, c % 8)
+                get_q(&[m.word(r, c / 8)], 4, c % 8)
             } else {
                 get_q(m.packed_row(r), m.bits, c)
             };

@@ -8,10 +8,8 @@ use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::weights::bytes::{Backing, Bytes};
 use crate::weights::safetensors::{Dtype, Tensor};
-use crate::weights::WeightStore;
 use moestream_gguf::affine::affine_params;
 use moestream_gguf::{affine_len, fit_f16, to_affine_into, GgmlType, Gguf, TensorInfo};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,17 +46,14 @@ impl Job<'_> {
     }
 }
 
-/// The weight store of a parsed (possibly split) GGUF model. With `experts_on_disk` (a
-/// cache directory), the routed experts are re-laid into a file there (or found there from an
-/// earlier run) and mapped from it, so `--stream-experts` reads them from disk; everything
-/// else is converted in memory.
-pub fn store(
-    parsed: &[(Arc<Backing>, Gguf)],
+/// Every tensor of a parsed (possibly split) GGUF model as the conversions that make the
+/// loader's tensors of it (none for tensors the model does not use, such as
+/// multi-token-prediction layers); an unsupported type is refused here, naming the tensor.
+pub fn jobs<'a>(
+    parsed: &'a [(Arc<Backing>, Gguf)],
     arch: &Arch,
     config: &ModelConfig,
-    experts_on_disk: Option<&Path>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<WeightStore, LoadError> {
+) -> Result<Vec<Job<'a>>, LoadError> {
     let dims = Dims::from_config(&config.raw);
     let names: std::collections::HashSet<&str> = parsed
         .iter()
@@ -90,22 +85,7 @@ pub fn store(
             }
         }
     }
-    // Streamed experts must come from a file: they are re-laid into one on disk, once.
-    let (on_disk, in_memory): (Vec<Job>, Vec<Job>) = jobs
-        .into_iter()
-        .partition(|j| experts_on_disk.is_some() && is_expert(&j.info.name));
-    let mut tensors = BTreeMap::new();
-    for part in convert_in_memory(&in_memory, progress)? {
-        let (name, t) = part.into_tensor();
-        tensors.insert(name, t);
-    }
-    if let Some(dir) = experts_on_disk {
-        for (name, t) in super::disk_cache::load_or_write(dir, &on_disk, progress)? {
-            tensors.insert(name, t);
-        }
-    }
-    let files = parsed.iter().map(|(_, g)| g.path.clone()).collect();
-    Ok(WeightStore::from_parts(tensors, files))
+    Ok(jobs)
 }
 
 /// Stacked routed-expert tensors (`blk.N.ffn_{gate,up,down}_exps.weight`).
@@ -114,7 +94,7 @@ pub(super) fn is_expert(gguf_name: &str) -> bool {
 }
 
 /// Converts `jobs` on every core (tensors are independent).
-fn convert_in_memory(
+pub(super) fn convert_in_memory(
     jobs: &[Job],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Part>, LoadError> {

@@ -81,10 +81,40 @@ pub fn open(
     } else {
         None
     };
-    let store = convert::store(&parsed, arch, &config, cache.as_deref(), progress)?;
+    let store = store(&parsed, arch, &config, cache.as_deref(), progress)?;
     Ok(GgufModel {
         config,
         store,
         names: TensorNames(arch),
     })
+}
+
+/// The weight store of a parsed (possibly split) GGUF model. With `experts_on_disk` (a
+/// cache directory), the routed experts are re-laid into a file there (or found there from an
+/// earlier run) and mapped from it, so `--stream-experts` reads them from disk; everything
+/// else is converted in memory.
+fn store(
+    parsed: &[(std::sync::Arc<crate::weights::bytes::Backing>, Gguf)],
+    arch: &arch::Arch,
+    config: &ModelConfig,
+    experts_on_disk: Option<&Path>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<WeightStore, LoadError> {
+    let jobs = convert::jobs(parsed, arch, config)?;
+    // Streamed experts must come from a file: they are re-laid into one on disk, once.
+    let (on_disk, in_memory): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|j| experts_on_disk.is_some() && convert::is_expert(&j.info.name));
+    let mut tensors = std::collections::BTreeMap::new();
+    for part in convert::convert_in_memory(&in_memory, progress)? {
+        let (name, t) = part.into_tensor();
+        tensors.insert(name, t);
+    }
+    if let Some(dir) = experts_on_disk {
+        for (name, t) in disk_cache::load_or_write(dir, &on_disk, progress)? {
+            tensors.insert(name, t);
+        }
+    }
+    let files = parsed.iter().map(|(_, g)| g.path.clone()).collect();
+    Ok(WeightStore::from_parts(tensors, files))
 }

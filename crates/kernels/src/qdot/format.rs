@@ -36,8 +36,9 @@ pub struct QuantizedRow {
 }
 
 impl QuantizedRow {
-    /// Quantizes `x` (length a multiple of [`BLOCK`]) into `self`, reusing its buffers.
-    pub fn quantize(&mut self, x: &[f32]) {
+    /// Quantizes `x` (length a multiple of [`BLOCK`]) into `self` block by block with
+    /// `quantize` (the dispatcher's `block_quantizer`), reusing its buffers.
+    pub fn quantize(&mut self, x: &[f32], quantize: BlockQuantizer) {
         let n = x.len();
         debug_assert_eq!(n % BLOCK, 0);
         self.natural.resize(n, 0);
@@ -54,7 +55,6 @@ impl QuantizedRow {
             resids.clear();
             resids.resize(n / g, 0.0);
         }
-        let quantize = block_quantizer();
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let (d, sum, qsum) = quantize(xb, &mut self.natural[b * BLOCK..(b + 1) * BLOCK]);
             self.scale[b] = d;
@@ -93,26 +93,6 @@ impl QuantizedRow {
 
 /// Quantizes one block of [`BLOCK`] values to int8; returns `(d, Σx, Σq)`.
 pub type BlockQuantizer = fn(&[f32], &mut [i8]) -> (f32, f32, i32);
-
-/// The widest [`quantize_block_scalar`] this machine has. Every version rounds the same way
-/// (half to even: the default MXCSR mode, NEON's `fcvtns`), so the codes and `d` are
-/// bit-identical; only the order of the f32 sum `Σx` differs.
-pub fn block_quantizer() -> BlockQuantizer {
-    use crate::isa::{int8, Int8};
-    match int8() {
-        // SAFETY (each): int8() only reports features the CPU has; every caller passes
-        // BLOCK-long slices.
-        #[cfg(target_arch = "x86_64")]
-        Int8::Avx512Vnni => |x, q| unsafe { super::avx512::quantize_block(x, q) },
-        #[cfg(target_arch = "x86_64")]
-        Int8::Avx2 | Int8::AvxVnni => |x, q| unsafe { super::avx2::quantize_block(x, q) },
-        #[cfg(target_arch = "aarch64")]
-        Int8::Neon | Int8::NeonDot | Int8::NeonI8mm => {
-            |x, q| unsafe { super::neon::quantize_block(x, q) }
-        }
-        _ => quantize_block_scalar,
-    }
-}
 
 /// The scalar reference of block quantization: `q = round_half_even(x / d)`,
 /// `d = max|x| / 127`.

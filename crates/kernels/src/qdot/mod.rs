@@ -35,10 +35,28 @@ mod neon;
 mod tests;
 
 use format::group_index;
-pub use format::{QuantizedRow, BLOCK};
+pub use format::{BlockQuantizer, QuantizedRow, BLOCK};
 use params::with_params;
 pub use reference::dot_reference;
 use reference::RowParams;
+
+/// The widest [`format::quantize_block_scalar`] this machine has. Every version rounds the same way
+/// (half to even: the default MXCSR mode, NEON's `fcvtns`), so the codes and `d` are
+/// bit-identical; only the order of the f32 sum `Σx` differs.
+pub fn block_quantizer() -> BlockQuantizer {
+    use crate::isa::{int8, Int8};
+    match int8() {
+        // SAFETY (each): int8() only reports features the CPU has; every caller passes
+        // BLOCK-long slices.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx512Vnni => |x, q| unsafe { avx512::quantize_block(x, q) },
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2 | Int8::AvxVnni => |x, q| unsafe { avx2::quantize_block(x, q) },
+        #[cfg(target_arch = "aarch64")]
+        Int8::Neon | Int8::NeonDot | Int8::NeonI8mm => |x, q| unsafe { neon::quantize_block(x, q) },
+        _ => format::quantize_block_scalar,
+    }
+}
 
 /// Which arithmetic the quantized matmuls use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -32,7 +32,7 @@ impl<'a> RowParams<'a> {
         let (biases, rest) = rest.split_at_mut(groups);
         if w.interleaved {
             for (g, (s, b)) in scales.iter_mut().zip(biases.iter_mut()).enumerate() {
-                let at = crate::interleave::param_index(w, r, g);
+                let at = w.param_index(r, g);
                 (*s, *b) = (w.scales.get(at), w.biases.get(at));
             }
         } else {
@@ -73,9 +73,7 @@ impl<'a> RowParams<'a> {
 /// Scalar reference: row `r` of `w` dotted with the quantized row:
 /// `Σ_b s_g(b) d_b Σ_{i∈b} q_i qx_i + exact_part`.
 pub fn dot_reference(w: &QuantMatrix, r: usize, x: &QuantizedRow) -> f32 {
-    let row: Vec<u32> = (0..w.words_per_row())
-        .map(|c| crate::interleave::word(w, r, c))
-        .collect();
+    let row: Vec<u32> = (0..w.words_per_row()).map(|c| w.word(r, c)).collect();
     let mut scratch = Vec::new();
     let params = RowParams::new(w, r, &mut scratch);
     let mut acc = 0f32;

@@ -105,7 +105,7 @@ fn random_rows(rng: &mut Rng, n: usize, cols: usize) -> (Vec<Vec<f32>>, Vec<Quan
         .iter()
         .map(|x| {
             let mut qx = QuantizedRow::default();
-            qx.quantize(x);
+            qx.quantize(x, super::block_quantizer());
             qx
         })
         .collect();
