@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use moestream_engine::generate::{GenerateParams, Next, TokenLoop};
 use moestream_engine::sampling::{Sampler, SamplingParams};
-use moestream_engine::speculative::SpecSeq;
+use moestream_engine::session::Session;
 use moestream_kernels::rng::Rng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -68,29 +68,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rss_after_load = rss_bytes();
 
     let mut cache = model.new_cache();
-    let mut logits = Vec::new();
-    let mut spec = engine
-        .draft
-        .as_ref()
-        .map(|d| (d, SpecSeq::new(d, &Sampler::new(SamplingParams::default()))));
-    eprintln!("prefill: {} tokens...", prompt.len());
-    let t0 = Instant::now();
-    for chunk in prompt.chunks(moestream_engine::generate::PREFILL_CHUNK) {
-        model
-            .forward(chunk, &mut cache, false, &mut logits)
-            .context("prefill")?;
-    }
-    if let Some((d, s)) = &mut spec {
-        s.prefill(d, &prompt).context("draft prefill")?;
-    }
     // Greedy, no end-of-sequence: exactly gen_tokens tokens after the first.
     let params = GenerateParams {
         max_tokens: args.gen_tokens + 1,
         eos_ids: &[],
         top_logprobs: 0,
     };
-    let mut lp = TokenLoop::new(&prompt, Sampler::new(SamplingParams::default()), &params);
-    lp.next(&logits);
+    let lp = TokenLoop::new(&prompt, Sampler::new(SamplingParams::default()), &params);
+    let mut session = Session::new(lp, engine.draft.as_ref(), 0);
+    let mut emit = |lp: &mut TokenLoop, next: Next, _: &[f32]| {
+        matches!(next, Next::Token(_)) && !lp.is_finished()
+    };
+    eprintln!("prefill: {} tokens...", prompt.len());
+    let t0 = Instant::now();
+    // The step that feeds the prompt's last chunk also picks the first token (and has the
+    // draft read the prompt).
+    let mut alive = true;
+    while session.prefilling() {
+        alive = session
+            .step(model, &mut cache, &mut emit)
+            .context("prefill")?;
+    }
     let ttft = t0.elapsed().as_secs_f64();
     let usage_mid = model.experts.usage();
     let io_mid = model.experts.stats();
@@ -100,30 +98,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rss_samples = Vec::new();
     let mut sampled_at = 0;
     let t1 = Instant::now();
-    while !lp.is_finished() {
-        match &mut spec {
-            None => {
-                model
-                    .forward(&[lp.last_token()], &mut cache, false, &mut logits)
-                    .context("decode")?;
-                lp.next(&logits);
-            }
-            Some((d, s)) => {
-                s.round(d, model, &mut cache, &mut lp, &mut logits)
-                    .context("decode")?;
-                s.finish_round(d, model, &mut cache, &logits, |id, row| {
-                    let joined = matches!(lp.commit(id, row), Next::Token(_));
-                    Ok::<_, anyhow::Error>((joined, !lp.is_finished()))
-                })?;
-            }
-        }
-        let decoded = lp.stats.generated_tokens - 1;
+    while alive {
+        alive = session
+            .step(model, &mut cache, &mut emit)
+            .context("decode")?;
+        let decoded = session.seq.stats.generated_tokens - 1;
         if decoded / 100 > sampled_at {
             sampled_at = decoded / 100;
             rss_samples.push(json!([decoded, rss_bytes()]));
         }
     }
     let decode_secs = t1.elapsed().as_secs_f64();
+    let spec_stats = session.spec_stats();
     let usage_after = model.experts.usage();
     let io = model.experts.stats().since(&io_mid);
 
@@ -158,7 +144,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "rss_end_bytes": rss_bytes(),
         "rss_every_100_decoded_tokens": rss_samples,
         "expert_store": model.experts.describe(),
-        "speculative": crate::spec_report::json(spec.as_ref().map(|(_, s)| &s.stats)),
+        "speculative": crate::spec_report::json(spec_stats.as_ref()),
         "moe_top_k": model.moe_top_k,
         "routing_spread": json!({
             "prefill_distinct_experts_per_layer": distinct(&usage_before, &usage_mid),
@@ -211,8 +197,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
             moestream_kernels::isa::summary(),
         );
-        if let Some((_, s)) = &spec {
-            println!("{}", crate::spec_report::line(&s.stats));
+        if let Some(s) = &spec_stats {
+            println!("{}", crate::spec_report::line(s));
         }
         if args.model.stream_experts {
             let per_tok = |x: f64| x / args.gen_tokens as f64;

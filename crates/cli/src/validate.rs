@@ -16,8 +16,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use moestream_engine::generate::{Flow, GenerateParams};
 use moestream_engine::models::Transformer;
-use moestream_engine::sampling::{argmax, Sampler, SamplingParams};
-use moestream_engine::speculative::{self, Draft, SpecStats};
+use moestream_engine::sampling::{Sampler, SamplingParams};
+use moestream_engine::session::generate;
+use moestream_engine::speculative::{Draft, SpecStats};
 use moestream_engine::Engine;
 use moestream_kernels::qdot::Precision;
 use serde_json::{json, Value};
@@ -56,13 +57,14 @@ struct Run {
     logits: Vec<Vec<f32>>,
 }
 
-/// Greedy tokens with speculative decoding (the draft proposes, `model` verifies).
-fn greedy_speculative(
+/// `n` greedy tokens after `prompt` with the logits that chose each; with `draft`, through
+/// speculative decoding (the draft proposes, `model` verifies), whose counters come back.
+fn greedy(
     model: &Transformer,
-    draft: &Draft,
+    draft: Option<&Draft>,
     prompt: &[u32],
     n: usize,
-) -> Result<(Run, SpecStats)> {
+) -> Result<(Run, Option<SpecStats>)> {
     let mut run = Run {
         ids: Vec::with_capacity(n),
         logits: Vec::with_capacity(n),
@@ -74,7 +76,7 @@ fn greedy_speculative(
     };
     let sampler = Sampler::new(SamplingParams::default());
     let mut cache = model.new_cache();
-    let stats = speculative::generate(
+    let stats = generate(
         model,
         draft,
         &mut cache,
@@ -87,29 +89,8 @@ fn greedy_speculative(
             Flow::Continue
         },
     )
-    .context("speculative decoding")?;
-    Ok((run, stats.speculative.unwrap_or_default()))
-}
-
-fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Result<Run> {
-    let mut cache = model.new_cache();
-    let mut logits = Vec::new();
-    model
-        .forward(prompt, &mut cache, false, &mut logits)
-        .context("prefill")?;
-    let mut run = Run {
-        ids: Vec::with_capacity(n),
-        logits: Vec::with_capacity(n),
-    };
-    for _ in 0..n {
-        let id = argmax(&logits);
-        run.ids.push(id);
-        run.logits.push(logits.clone());
-        model
-            .forward(&[id], &mut cache, false, &mut logits)
-            .context("decode")?;
-    }
-    Ok(run)
+    .context("greedy decoding")?;
+    Ok((run, stats.speculative))
 }
 
 fn configure(
@@ -219,22 +200,19 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
         let reference = match resident.as_mut() {
             Some(r) => {
                 configure(r, ref_precision, ref_fused, None)?;
-                greedy(r.model(), &ids, args.max_tokens)?
+                greedy(r.model(), None, &ids, args.max_tokens)?.0
             }
             None => {
                 configure(&mut engine, ref_precision, ref_fused, None)?;
-                greedy(engine.model(), &ids, args.max_tokens)?
+                greedy(engine.model(), None, &ids, args.max_tokens)?.0
             }
         };
         configure(&mut engine, precision, true, top_k)?;
-        let candidate = match &engine.draft {
-            Some(d) => {
-                let (run, stats) = greedy_speculative(engine.model(), d, &ids, args.max_tokens)?;
-                spec_total.add(&stats);
-                run
-            }
-            None => greedy(engine.model(), &ids, args.max_tokens)?,
-        };
+        let (candidate, stats) =
+            greedy(engine.model(), engine.draft.as_ref(), &ids, args.max_tokens)?;
+        if let Some(stats) = stats {
+            spec_total.add(&stats);
+        }
         let first_diff = reference
             .ids
             .iter()

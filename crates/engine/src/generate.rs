@@ -1,5 +1,7 @@
-//! The token-level generation loop: prefill, then sample and decode one token at a time.
-//! Text concerns (detokenization, stop strings) live a layer up, in the `moestream-text` crate.
+//! The token level of generation: [`TokenLoop`] picks each next token and decides when to
+//! stop; the model calls that feed it are [`crate::session`]'s. Text concerns
+//! (detokenization, stop strings) live a layer up, in `pipeline` and the `moestream-text`
+//! crate.
 
 use crate::cache::SeqCache;
 use crate::error::RunError;
@@ -248,38 +250,16 @@ impl TokenLoop {
     }
 }
 
-/// Generates after `prompt` (appended to whatever `cache` already holds), calling `on_token`
-/// for each new token. EOS tokens end generation and are not reported.
-pub fn generate(
+/// Feeds `tokens` to `model` after what `cache` holds, [`PREFILL_CHUNK`] at a time; `logits`
+/// gets the last token's.
+pub fn prefill(
     model: &Transformer,
     cache: &mut SeqCache,
-    prompt: &[u32],
-    sampler: Sampler,
-    params: &GenerateParams,
-    on_token: &mut dyn FnMut(&TokenEvent) -> Flow,
-) -> Result<GenerationStats, RunError> {
-    if prompt.is_empty() {
-        return Err(RunError::EmptyPrompt);
+    tokens: &[u32],
+    logits: &mut Vec<f32>,
+) -> Result<(), RunError> {
+    for chunk in tokens.chunks(PREFILL_CHUNK) {
+        model.forward(chunk, cache, false, logits)?;
     }
-    let mut logits = Vec::with_capacity(model.info.vocab_size);
-    let mut lp = TokenLoop::new(prompt, sampler, params);
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
-        model.forward(chunk, cache, false, &mut logits)?;
-    }
-    while let Next::Token(tok) = lp.next(&logits) {
-        match on_token(&tok) {
-            Flow::Continue => {}
-            Flow::Stop => {
-                lp.finish(FinishReason::Stop);
-            }
-            Flow::Cancel => {
-                lp.finish(FinishReason::Cancelled);
-            }
-        }
-        if lp.is_finished() {
-            break;
-        }
-        model.forward(&[tok.id], cache, false, &mut logits)?;
-    }
-    Ok(lp.stats)
+    Ok(())
 }

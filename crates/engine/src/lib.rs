@@ -18,6 +18,7 @@ pub use loader::{load_model, LoadOptions, LoadProgress, Loaded};
 pub mod generate;
 pub mod pipeline;
 pub mod sampling;
+pub mod session;
 pub mod spec_stats;
 pub mod speculative;
 pub mod synth;

@@ -3,13 +3,12 @@
 
 use crate::cache::SeqCache;
 use crate::error::{LoadError, RunError};
-use crate::generate::{
-    FinishReason, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop, PREFILL_CHUNK,
-};
+use crate::generate::{FinishReason, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop};
 use crate::loader::{load_model, LoadOptions, LoadProgress, Loaded};
 use crate::models::Transformer;
 use crate::sampling::Sampler;
-use crate::speculative::{check_compatible, Draft, SpecSeq};
+use crate::session::{Sequence, Session};
+use crate::speculative::{check_compatible, Draft};
 use moestream_text::{RenderRequest, StopMatcher, StreamDecoder, TokenizerBundle};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -172,18 +171,10 @@ impl Engine {
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
-        let mut spec = self.draft.as_ref().map(|d| (d, SpecSeq::new(d, &sampler)));
-        let mut lp = self.text_loop(prompt, sampler, params);
-        let mut logits = Vec::new();
-        for chunk in prompt.chunks(PREFILL_CHUNK) {
-            self.model().forward(chunk, cache, false, &mut logits)?;
-        }
-        if let Some((d, s)) = &mut spec {
-            s.prefill(d, prompt)?;
-        }
+        let lp = self.text_loop(prompt, sampler, params);
+        let mut session = Session::new(lp, self.draft.as_ref(), 0);
         let mut tail = String::new();
-        // Reports one step's token; `false` once generation is over.
-        let mut emit = |lp: &mut TextLoop, step: TextStep| -> bool {
+        session.run(self.model(), cache, &mut |lp, step, _| {
             if let Some(tok) = &step.token {
                 if !on_event(TextEvent {
                     token: tok,
@@ -194,31 +185,11 @@ impl Engine {
             }
             tail.push_str(&step.tail);
             step.token.is_some() && !lp.is_finished()
-        };
-        let first = lp.step(&logits)?;
-        let mut alive = emit(&mut lp, first);
-        while alive {
-            let Some((d, s)) = &mut spec else {
-                let last = lp.tokens.last_token();
-                self.model().forward(&[last], cache, false, &mut logits)?;
-                let step = lp.step(&logits)?;
-                alive = emit(&mut lp, step);
-                continue;
-            };
-            s.round(d, self.model(), cache, &mut lp.tokens, &mut logits)?;
-            alive = s.finish_round(d, self.model(), cache, &logits, |id, row| {
-                let step = lp.push(id, row)?;
-                let joined = step.token.is_some();
-                Ok::<_, RunError>((joined, emit(&mut lp, step)))
-            })?;
-        }
-        if let Some((_, s)) = &spec {
-            lp.tokens.stats.speculative = Some(s.stats);
-        }
-        Ok(TextOutcome {
-            stats: lp.tokens.stats,
-            tail,
-        })
+        })?;
+        let spec = session.spec_stats();
+        let mut stats = session.seq.tokens.stats;
+        stats.speculative = spec;
+        Ok(TextOutcome { stats, tail })
     }
 }
 
@@ -243,6 +214,22 @@ pub struct TextStep {
     pub tail: String,
     /// Set on the step that ends generation.
     pub finish: Option<FinishReason>,
+}
+
+impl Sequence for TextLoop {
+    type Step = TextStep;
+    fn token_loop(&mut self) -> &mut TokenLoop {
+        &mut self.tokens
+    }
+    fn next(&mut self, logits: &[f32]) -> Result<TextStep, RunError> {
+        self.step(logits)
+    }
+    fn commit(&mut self, id: u32, logits: &[f32]) -> Result<TextStep, RunError> {
+        self.push(id, logits)
+    }
+    fn joined(step: &TextStep) -> bool {
+        step.token.is_some()
+    }
 }
 
 impl TextLoop {

@@ -12,10 +12,11 @@ mod common;
 
 use common::*;
 use moestream_engine::cache::{Checkpoint, SeqCache};
-use moestream_engine::generate::{generate, Flow, GenerateParams, TokenLoop};
+use moestream_engine::generate::{Flow, GenerateParams, TokenLoop};
 use moestream_engine::models::Transformer;
 use moestream_engine::sampling::{Sampler, SamplingParams};
-use moestream_engine::speculative::{self, rollback, Draft, SpecSeq, SpecStats};
+use moestream_engine::session::generate;
+use moestream_engine::speculative::{rollback, Draft, SpecSeq, SpecStats};
 use moestream_engine::{load_model, Engine, LoadOptions};
 use moestream_kernels::qdot::Precision;
 
@@ -48,10 +49,18 @@ const PARAMS: GenerateParams = GenerateParams {
 fn plain_tokens(m: &Transformer, prompt: &[u32]) -> Vec<u32> {
     let mut out = Vec::new();
     let mut cache = m.new_cache();
-    generate(m, &mut cache, prompt, greedy(), &PARAMS, &mut |t| {
-        out.push(t.id);
-        Flow::Continue
-    })
+    generate(
+        m,
+        None,
+        &mut cache,
+        prompt,
+        greedy(),
+        &PARAMS,
+        &mut |t, _| {
+            out.push(t.id);
+            Flow::Continue
+        },
+    )
     .unwrap();
     out
 }
@@ -60,10 +69,18 @@ fn plain_tokens(m: &Transformer, prompt: &[u32]) -> Vec<u32> {
 fn spec_tokens(m: &Transformer, d: &Draft, prompt: &[u32]) -> (Vec<u32>, SeqCache, SpecStats) {
     let mut out = Vec::new();
     let mut cache = m.new_cache();
-    let stats = speculative::generate(m, d, &mut cache, prompt, greedy(), &PARAMS, &mut |t, _| {
-        out.push(t.id);
-        Flow::Continue
-    })
+    let stats = generate(
+        m,
+        Some(d),
+        &mut cache,
+        prompt,
+        greedy(),
+        &PARAMS,
+        &mut |t, _| {
+            out.push(t.id);
+            Flow::Continue
+        },
+    )
     .unwrap();
     (out, cache, stats.speculative.expect("speculative counters"))
 }

@@ -12,10 +12,10 @@ use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::generate::{FinishReason, TokenEvent};
-use moestream_engine::models::{LogitRows, SeqStep, Transformer};
+use moestream_engine::models::{LogitRows, SeqStep};
 use moestream_engine::sampling::{Sampler, SamplingParams};
-use moestream_engine::speculative::{Draft, SpecSeq};
-use moestream_engine::{Engine, RunError, TextLoop, TextParams, TextStep};
+use moestream_engine::session::Session;
+use moestream_engine::{Engine, TextLoop, TextParams, TextStep};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -101,49 +101,92 @@ pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig, metrics: Arc<Metrics>) -
     };
     std::thread::Builder::new()
         .name("moestream-scheduler".into())
-        .spawn(move || Scheduler::new(engine, cfg, metrics).run(rx))
+        .spawn(move || Scheduler::new(&engine, cfg, metrics).run(rx))
         .expect("spawning the scheduler thread");
     handle
 }
 
-/// A sequence in the batch.
-struct Seq {
+/// A sequence in the batch: its request, its cache and its generation session.
+struct Seq<'e> {
     job: Job,
     cache: SeqCache,
-    /// Prompt tokens already in `cache`.
-    fed: usize,
     cached_tokens: usize,
-    text: TextLoop,
-    /// Tokens for the next forward pass and whether it wants their logits.
-    feed: Vec<u32>,
-    wants_logits: bool,
-    /// With a draft model: the sequence's speculative state. A decoding step then feeds the
-    /// last token plus the draft's proposals and wants the logits of all of them.
-    spec: Option<SpecSeq>,
+    session: Session<'e, TextLoop>,
+    /// Whether the sequence is in this iteration's forward pass.
+    running: bool,
 }
 
-impl Seq {
-    fn usage(&self) -> Usage {
+/// What the consumer of a sequence's steps needs: where its events go and what to count.
+struct Sink<'a> {
+    job: &'a Job,
+    cached_tokens: usize,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Sink<'a> {
+    fn new(job: &'a Job, cached_tokens: usize, metrics: &'a Metrics) -> Self {
+        Sink {
+            job,
+            cached_tokens,
+            metrics,
+        }
+    }
+
+    fn usage(&self, text: &TextLoop) -> Usage {
         Usage {
             prompt_tokens: self.job.prompt.len(),
-            completion_tokens: self.text.tokens.stats.generated_tokens,
+            completion_tokens: text.tokens.stats.generated_tokens,
             cached_tokens: self.cached_tokens,
         }
     }
+
+    /// Sends a step's token (and the end of the sequence); `false` when the sequence is
+    /// over.
+    fn deliver(&self, text: &mut TextLoop, step: TextStep) -> bool {
+        if let Some(token) = step.token {
+            self.metrics.completion_tokens.fetch_add(1, Relaxed);
+            let sent = self.job.events.send(Event::Token {
+                token,
+                text: step.text,
+            });
+            if sent.is_err() {
+                text.cancel();
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+                return false;
+            }
+        }
+        match step.finish {
+            None => true,
+            Some(finish) => {
+                let _ = self.job.events.send(Event::Done {
+                    tail: step.tail,
+                    finish,
+                    usage: self.usage(text),
+                });
+                false
+            }
+        }
+    }
+
+    /// The sequence failed: its client is told.
+    fn fail(&self, message: String) {
+        self.metrics.failed.fetch_add(1, Relaxed);
+        let _ = self.job.events.send(Event::Failed(message));
+    }
 }
 
-struct Scheduler {
-    engine: Arc<Engine>,
+struct Scheduler<'e> {
+    engine: &'e Engine,
     cfg: SchedulerConfig,
     metrics: Arc<Metrics>,
-    active: Vec<Seq>,
+    active: Vec<Seq<'e>>,
     prompt_cache: PromptCache,
     scratch: Scratch,
     logits: Vec<f32>,
 }
 
-impl Scheduler {
-    fn new(engine: Arc<Engine>, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+impl<'e> Scheduler<'e> {
+    fn new(engine: &'e Engine, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
         let prompt_cache = PromptCache::new(cfg.prompt_cache_entries, cfg.prompt_cache_bytes);
         Scheduler {
             engine,
@@ -206,7 +249,7 @@ impl Scheduler {
         true
     }
 
-    fn start(&mut self, job: Job) -> Seq {
+    fn start(&mut self, job: Job) -> Seq<'e> {
         let (cache, cached_tokens) = match self.prompt_cache.lookup(&job.prompt) {
             Some(r) => {
                 self.metrics.prompt_cache_hits.fetch_add(1, Relaxed);
@@ -225,21 +268,14 @@ impl Scheduler {
             top_logprobs: job.top_logprobs,
         };
         let sampler = Sampler::new(job.sampling.clone());
-        let spec = self
-            .engine
-            .draft
-            .as_ref()
-            .map(|d| SpecSeq::new(d, &sampler));
         let text = self.engine.text_loop(&job.prompt, sampler, &params);
+        let session = Session::new(text, self.engine.draft.as_ref(), cached_tokens);
         Seq {
             job,
             cache,
-            fed: cached_tokens,
             cached_tokens,
-            text,
-            feed: Vec::new(),
-            wants_logits: false,
-            spec,
+            session,
+            running: false,
         }
     }
 
@@ -247,37 +283,31 @@ impl Scheduler {
     /// logits.
     fn iterate(&mut self) {
         self.drop_gone_clients();
+        let model = self.engine.model();
         let mut budget = self.cfg.prefill_chunk.max(1);
         for s in &mut self.active {
-            s.feed.clear();
-            if s.fed < s.job.prompt.len() {
-                let n = (s.job.prompt.len() - s.fed).min(budget);
-                budget -= n;
-                s.feed.extend_from_slice(&s.job.prompt[s.fed..s.fed + n]);
-                s.wants_logits = s.fed + n == s.job.prompt.len();
-            } else {
-                s.wants_logits = true;
-                match (&mut s.spec, &self.engine.draft) {
-                    (Some(spec), Some(draft)) => {
-                        // The draft runs now, per sequence; its proposals join the batch.
-                        let model = self.engine.model();
-                        match spec.propose(draft, model, &mut s.cache, &mut s.text.tokens) {
-                            Ok(feed) => s.feed.extend_from_slice(feed),
-                            Err(e) => {
-                                self.metrics.failed.fetch_add(1, Relaxed);
-                                let _ = s.job.events.send(Event::Failed(e.to_string()));
-                                s.text.cancel();
-                            }
-                        }
-                    }
-                    _ => s.feed.push(s.text.tokens.last_token()),
+            // Prompt tokens share the pass's budget; decoding sequences always run.
+            let prefilling = s.session.prefilling();
+            s.running = !prefilling || budget > 0;
+            if !s.running {
+                continue;
+            }
+            let room = if prefilling { budget } else { usize::MAX };
+            // A decoding step with a draft runs the draft now, per sequence; its proposals
+            // join the batch.
+            match s.session.feed(model, &mut s.cache, room) {
+                Ok((feed, _)) if prefilling => budget -= feed.len(),
+                Ok(_) => {}
+                Err(e) => {
+                    Sink::new(&s.job, s.cached_tokens, &self.metrics).fail(e.to_string());
+                    s.session.seq.cancel();
                 }
             }
         }
         // A sequence whose draft failed is over (its client has been told).
         let mut i = 0;
         while i < self.active.len() {
-            if self.active[i].text.is_finished() {
+            if self.active[i].session.is_finished() {
                 self.active.swap_remove(i);
             } else {
                 i += 1;
@@ -286,15 +316,14 @@ impl Scheduler {
         let mut steps: Vec<SeqStep> = self
             .active
             .iter_mut()
-            .filter(|s| !s.feed.is_empty())
-            .map(|s| SeqStep {
-                tokens: &s.feed,
-                cache: &mut s.cache,
-                logits: match (s.wants_logits, &s.spec) {
-                    (false, _) => LogitRows::None,
-                    (true, Some(_)) if s.fed >= s.job.prompt.len() => LogitRows::All,
-                    (true, _) => LogitRows::Last,
-                },
+            .filter(|s| s.running)
+            .map(|s| {
+                let (tokens, logits) = s.session.pending();
+                SeqStep {
+                    tokens,
+                    cache: &mut s.cache,
+                    logits,
+                }
             })
             .collect();
         if steps.is_empty() {
@@ -303,10 +332,7 @@ impl Scheduler {
         let t0 = Instant::now();
         let tokens: usize = steps.iter().map(|s| s.tokens.len()).sum();
         let n_steps = steps.len();
-        let result =
-            self.engine
-                .model()
-                .forward_batch(&mut steps, &mut self.scratch, &mut self.logits);
+        let result = model.forward_batch(&mut steps, &mut self.scratch, &mut self.logits);
         drop(steps);
         let m = &self.metrics;
         Metrics::add(&m.busy_micros, t0.elapsed().as_micros() as usize);
@@ -319,44 +345,46 @@ impl Scheduler {
             let message = e.to_string();
             let metrics = &self.metrics;
             self.active.retain(|s| {
-                if s.feed.is_empty() {
+                if !s.running {
                     return true;
                 }
-                metrics.failed.fetch_add(1, Relaxed);
-                let _ = s.job.events.send(Event::Failed(message.clone()));
+                Sink::new(&s.job, s.cached_tokens, metrics).fail(message.clone());
                 false
             });
             return;
         }
         // Logits rows follow the batch order; retire finished sequences only afterwards so
         // that order holds while sampling.
-        let vocab = self.engine.model().info.vocab_size;
+        let vocab = model.info.vocab_size;
         let mut row = 0;
         let mut finished = Vec::new();
         for (i, s) in self.active.iter_mut().enumerate() {
-            if s.feed.is_empty() {
+            if !s.running {
                 continue;
             }
-            let decoding = s.fed >= s.job.prompt.len();
-            if !decoding {
-                s.fed += s.feed.len();
-            }
-            if !s.wants_logits {
-                continue;
-            }
-            let alive = match (&mut s.spec, &self.engine.draft) {
-                (Some(_), Some(draft)) if decoding => {
-                    let n = s.feed.len();
-                    let rows = &self.logits[row * vocab..(row + n) * vocab];
-                    row += n;
-                    speculative_step(s, draft, self.engine.model(), rows, &self.metrics)
-                }
-                _ => {
-                    let logits = &self.logits[row * vocab..(row + 1) * vocab];
-                    row += 1;
-                    sample(s, logits, &self.metrics)
-                }
+            let (fed, wants) = s.session.pending();
+            let n = match wants {
+                LogitRows::None => 0,
+                LogitRows::Last => 1,
+                LogitRows::All => fed.len(),
             };
+            let rows = &self.logits[row * vocab..(row + n) * vocab];
+            row += n;
+            let sink = Sink::new(&s.job, s.cached_tokens, &self.metrics);
+            let before = s.session.spec_stats();
+            let alive = s
+                .session
+                .absorb(model, &mut s.cache, rows, &mut |text, step, _| {
+                    sink.deliver(text, step)
+                });
+            if let (Some(b), Some(a)) = (before, s.session.spec_stats()) {
+                self.metrics.add_speculative(&a.since(&b));
+            }
+            let alive = alive.unwrap_or_else(|e| {
+                sink.fail(e.to_string());
+                s.session.seq.cancel();
+                false
+            });
             if !alive {
                 finished.push(i);
             }
@@ -372,7 +400,7 @@ impl Scheduler {
         while i < self.active.len() {
             if self.active[i].job.events.is_closed() {
                 let mut s = self.active.swap_remove(i);
-                s.text.cancel();
+                s.session.seq.cancel();
                 self.metrics.cancelled.fetch_add(1, Relaxed);
                 self.retire(s);
             } else {
@@ -382,12 +410,12 @@ impl Scheduler {
     }
 
     /// A finished sequence's state goes to the prompt cache (the tokens its KV holds).
-    fn retire(&mut self, mut s: Seq) {
+    fn retire(&mut self, mut s: Seq<'e>) {
         // Speculative rounds' rollback log is scratch: not worth keeping in the cache.
         s.cache.log = Default::default();
         let held = s.cache.offset;
         if held > 0 {
-            let tokens = &s.text.tokens.tokens()[..held];
+            let tokens = &s.session.seq.tokens.tokens()[..held];
             self.prompt_cache.insert(tokens, s.cache);
         }
         self.metrics
@@ -400,80 +428,7 @@ impl Scheduler {
 
     fn fail_all(&mut self, message: &str) {
         for s in self.active.drain(..) {
-            self.metrics.failed.fetch_add(1, Relaxed);
-            let _ = s.job.events.send(Event::Failed(message.to_string()));
-        }
-    }
-}
-
-/// Samples the sequence's next token and sends it; `false` when the sequence is over.
-fn sample(s: &mut Seq, logits: &[f32], metrics: &Metrics) -> bool {
-    let step = s.text.step(logits);
-    deliver(s, step, metrics)
-}
-
-/// Ends a speculative round from the verification rows of the batch: decides the tokens,
-/// sends them in order, rolls the caches back; `false` when the sequence is over.
-fn speculative_step(
-    s: &mut Seq,
-    draft: &Draft,
-    model: &Transformer,
-    rows: &[f32],
-    metrics: &Metrics,
-) -> bool {
-    let Some(mut spec) = s.spec.take() else {
-        return false;
-    };
-    let before = spec.stats;
-    spec.decide(&mut s.text.tokens, rows);
-    let mut cache = std::mem::take(&mut s.cache);
-    let alive = spec.finish_round(draft, model, &mut cache, rows, |id, row| {
-        let step = s.text.push(id, row);
-        let joined = step.as_ref().is_ok_and(|st| st.token.is_some());
-        Ok::<_, std::convert::Infallible>((joined, deliver(s, step, metrics)))
-    });
-    s.cache = cache;
-    metrics.add_speculative(&spec.stats.since(&before));
-    s.spec = Some(spec);
-    alive.unwrap_or(false)
-}
-
-/// Sends a step's token (and the end of the sequence); `false` when the sequence is over.
-fn deliver(s: &mut Seq, step: Result<TextStep, RunError>, metrics: &Metrics) -> bool {
-    let step = match step {
-        Ok(step) => step,
-        Err(e) => {
-            metrics.failed.fetch_add(1, Relaxed);
-            let _ = s.job.events.send(Event::Failed(e.to_string()));
-            s.text.cancel();
-            return false;
-        }
-    };
-    if let Some(token) = step.token {
-        metrics.completion_tokens.fetch_add(1, Relaxed);
-        if s.job
-            .events
-            .send(Event::Token {
-                token,
-                text: step.text,
-            })
-            .is_err()
-        {
-            s.text.cancel();
-            metrics.cancelled.fetch_add(1, Relaxed);
-            return false;
-        }
-    }
-    match step.finish {
-        None => true,
-        Some(finish) => {
-            let usage = s.usage();
-            let _ = s.job.events.send(Event::Done {
-                tail: step.tail,
-                finish,
-                usage,
-            });
-            false
+            Sink::new(&s.job, s.cached_tokens, &self.metrics).fail(message.to_string());
         }
     }
 }

@@ -160,12 +160,23 @@ impl Transformer {
         all_logits: bool,
         logits: &mut Vec<f32>,
     ) -> Result<(), RunError> {
-        let mut scratch = std::mem::take(&mut cache.scratch);
         let want = if all_logits {
             LogitRows::All
         } else {
             LogitRows::Last
         };
+        self.forward_rows(tokens, cache, want, logits)
+    }
+
+    /// [`Transformer::forward`] with the logits rows chosen by `want`.
+    pub fn forward_rows(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache,
+        want: LogitRows,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let mut scratch = std::mem::take(&mut cache.scratch);
         let r = self.forward_batch(
             &mut [SeqStep {
                 tokens,

@@ -23,9 +23,7 @@ pub mod rollback;
 
 use crate::cache::{Checkpoint, SeqCache};
 use crate::error::{LoadError, RunError};
-use crate::generate::{
-    FinishReason, Flow, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop, PREFILL_CHUNK,
-};
+use crate::generate::{prefill, TokenLoop};
 use crate::models::Transformer;
 use crate::sampling::{argmax, Sampler};
 use moestream_text::TokenizerBundle;
@@ -135,12 +133,12 @@ impl SpecSeq {
     /// Feeds prompt tokens to the draft ahead of the first round (optional: a round catches
     /// the draft up with whatever it lacks, but prefill is the place to pay for it).
     pub fn prefill(&mut self, draft: &Draft, tokens: &[u32]) -> Result<(), RunError> {
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            draft
-                .model
-                .forward(chunk, &mut self.cache, false, &mut self.draft_logits)?;
-        }
-        Ok(())
+        prefill(
+            &draft.model,
+            &mut self.cache,
+            tokens,
+            &mut self.draft_logits,
+        )
     }
 
     /// Starts a round: marks the main cache (which holds every token of `lp` but the last),
@@ -178,9 +176,7 @@ impl SpecSeq {
         let dm = &draft.model;
         if len - self.cache.offset > MAX_CATCH_UP {
             let lagging = &lp.tokens()[self.cache.offset..len - 1];
-            for chunk in lagging.chunks(PREFILL_CHUNK) {
-                dm.forward(chunk, &mut self.cache, false, &mut self.draft_logits)?;
-            }
+            prefill(dm, &mut self.cache, lagging, &mut self.draft_logits)?;
         }
         rollback::mark(dm, &mut self.cache, &mut self.draft_cp);
         let start = self.cache.offset;
@@ -314,54 +310,4 @@ impl SpecSeq {
         self.decide(lp, logits);
         Ok(())
     }
-}
-
-/// [`crate::generate::generate`] with a draft: the same tokens under greedy decoding, the
-/// same distribution under sampling. `on_token` also gets the main model's logits that chose
-/// the token. The returned stats carry the speculative counters.
-pub fn generate(
-    model: &Transformer,
-    draft: &Draft,
-    cache: &mut SeqCache,
-    prompt: &[u32],
-    sampler: Sampler,
-    params: &GenerateParams,
-    on_token: &mut dyn FnMut(&TokenEvent, &[f32]) -> Flow,
-) -> Result<GenerationStats, RunError> {
-    if prompt.is_empty() {
-        return Err(RunError::EmptyPrompt);
-    }
-    let mut logits = Vec::with_capacity(model.info.vocab_size);
-    let mut spec = SpecSeq::new(draft, &sampler);
-    let mut lp = TokenLoop::new(prompt, sampler, params);
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
-        model.forward(chunk, cache, false, &mut logits)?;
-    }
-    spec.prefill(draft, prompt)?;
-    // The first token comes from the prompt's logits; rounds start after it.
-    let mut go = |lp: &mut TokenLoop, next: Next, row: &[f32]| -> bool {
-        let Next::Token(tok) = next else { return false };
-        match on_token(&tok, row) {
-            Flow::Continue => {}
-            Flow::Stop => {
-                lp.finish(FinishReason::Stop);
-            }
-            Flow::Cancel => {
-                lp.finish(FinishReason::Cancelled);
-            }
-        }
-        !lp.is_finished()
-    };
-    let first = lp.next(&logits);
-    let mut alive = go(&mut lp, first, &logits);
-    while alive {
-        spec.round(draft, model, cache, &mut lp, &mut logits)?;
-        alive = spec.finish_round(draft, model, cache, &logits, |id, row| {
-            let next = lp.commit(id, row);
-            let joined = matches!(next, Next::Token(_));
-            Ok::<_, RunError>((joined, go(&mut lp, next, row)))
-        })?;
-    }
-    lp.stats.speculative = Some(spec.stats);
-    Ok(lp.stats)
 }
