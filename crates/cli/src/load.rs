@@ -7,7 +7,7 @@ use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
 use moestream_engine::{Engine, LoadOptions};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use std::path::{Path, PathBuf};
 
 /// The model the repository ships (random weights: its text is noise).

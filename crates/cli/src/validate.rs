@@ -20,7 +20,7 @@ use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::session::generate;
 use moestream_engine::speculative::{Draft, SpecStats};
 use moestream_engine::Engine;
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 

@@ -84,8 +84,9 @@ impl KvCache {
     }
 }
 
-/// Scratch buffers for one forward call, kept across calls so decode allocates nothing once
-/// warm. Each is resized (never shrunk) to the call's token count.
+/// Scratch buffers of a forward pass, kept across calls (by the caller of
+/// `Transformer::forward_batch`, or per thread for `Transformer::forward`) so their memory is
+/// allocated once. Each is resized (never shrunk) to the call's token count.
 #[derive(Clone, Debug, Default)]
 pub struct Scratch {
     pub x: Vec<f32>,
@@ -201,7 +202,6 @@ pub struct SeqCache {
     /// Tokens already in the cache (the position of the next token).
     pub offset: usize,
     pub layers: Vec<KvCache>,
-    pub scratch: Scratch,
     /// Per layer: the recurrent state of a Gated DeltaNet layer (`None` for attention).
     pub recurrent: Vec<Option<DeltaState>>,
     /// While active, the recurrent layers' inputs since a checkpoint (speculative decoding
@@ -325,7 +325,7 @@ impl SeqCache {
         len <= self.offset && (self.is_trimmable() || len == self.offset)
     }
 
-    /// The state after the first `len` tokens (`len <= offset`), without the scratch.
+    /// The state after the first `len` tokens (`len <= offset`).
     /// With recurrent layers only `len == offset` is possible (see
     /// [`SeqCache::can_clone_prefix`]); callers must check.
     pub fn clone_prefix(&self, len: usize) -> SeqCache {
@@ -334,7 +334,6 @@ impl SeqCache {
         SeqCache {
             offset: len,
             layers: self.layers.iter().map(|l| l.clone_prefix(len)).collect(),
-            scratch: Scratch::default(),
             recurrent: self.recurrent.clone(),
             log: RecurrentLog::default(),
         }

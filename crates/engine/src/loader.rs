@@ -5,7 +5,7 @@ use crate::error::LoadError;
 use crate::experts::streamed::{BudgetPlan, StreamOptions};
 use crate::models::{self, Transformer};
 use crate::weights::{WeightLoader, WeightStore};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use moestream_kernels::ThreadPool;
 use std::path::Path;
 use std::sync::Arc;
@@ -99,7 +99,7 @@ pub fn load_model(
         Some(names) => names.explain(dir, e),
         None => e,
     })?;
-    let budget_plan = *ctx.plan.lock().unwrap_or_else(|e| e.into_inner());
+    let budget_plan = ctx.plan.get().copied();
     model.precision = opts.precision;
     let unused_tensors = loader.unused();
     let interleaved_bytes = loader.interleaved_bytes();

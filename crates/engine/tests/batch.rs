@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use moestream_engine::models::{LogitRows, SeqStep};
 use moestream_engine::{load_model, LoadOptions, Loaded};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 
 fn load(name: &str, precision: Precision) -> Loaded {
     let opts = LoadOptions {

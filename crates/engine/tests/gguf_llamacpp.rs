@@ -22,7 +22,7 @@
 mod common;
 
 use moestream_engine::Loaded;
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

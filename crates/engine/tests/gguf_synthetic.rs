@@ -10,7 +10,7 @@ mod common;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_gguf::writer::{tiny_llama, tiny_qwen3moe};
 use moestream_gguf::{GgmlType, GgufWriter};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use std::path::{Path, PathBuf};
 
 /// A tiny-model writer of `moestream_gguf::writer`.

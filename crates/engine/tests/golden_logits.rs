@@ -25,7 +25,7 @@ mod common;
 use common::*;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::synth::{self, SynthOptions};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use moestream_engine::{load_model, LoadOptions, Loaded};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 
 fn load(precision: Precision, row_major_weights: bool) -> Loaded {
     let opts = LoadOptions {

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use moestream_engine::{load_model, LoadOptions};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 
 /// mlx-lm's float32 arithmetic: f32 activations throughout.
 fn exact() -> LoadOptions {

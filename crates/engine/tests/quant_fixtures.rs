@@ -121,7 +121,7 @@ fn unpacking_and_dequantization_match_mlx_for_every_width() {
             let (mut fast, mut slow) = (vec![0f32; m * rows], vec![0f32; m * rows]);
             matmul::matmul(
                 &pool,
-                moestream_kernels::qdot::Precision::Exact,
+                moestream_kernels::Precision::Exact,
                 &x,
                 m,
                 &w,

@@ -18,7 +18,7 @@ use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::session::generate;
 use moestream_engine::speculative::{rollback, Draft, SpecSeq, SpecStats};
 use moestream_engine::{load_model, Engine, LoadOptions};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 
 fn opts(precision: Precision) -> LoadOptions {
     LoadOptions {

@@ -11,7 +11,7 @@ use common::*;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
 use moestream_engine::Loaded;
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use std::path::Path;
 
 fn load(dir: &Path, stream: Option<StreamOptions>) -> Loaded {

@@ -7,8 +7,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use moestream_kernels::matmul::{gather_swiglu, gather_swiglu_unfused, GatherPair};
-use moestream_kernels::qdot::Precision;
 use moestream_kernels::rng::Rng;
+use moestream_kernels::Precision;
 use moestream_kernels::{FloatSlice, Matrix, QuantMatrix, ThreadPool};
 
 const H: usize = 2048;

@@ -6,8 +6,8 @@
 
 use half::bf16;
 use moestream_kernels::matmul::matmul;
-use moestream_kernels::qdot::Precision;
 use moestream_kernels::rng::Rng;
+use moestream_kernels::Precision;
 use moestream_kernels::{FloatSlice, Matrix, QuantMatrix, ThreadPool};
 use std::time::Instant;
 

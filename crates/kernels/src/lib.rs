@@ -17,6 +17,7 @@ pub mod membw;
 pub mod mla;
 pub mod norm;
 pub mod pool;
+pub mod precision;
 pub mod qdot;
 pub mod quant;
 pub mod reference;
@@ -27,3 +28,4 @@ pub mod simd;
 
 pub use matrix::{DenseMatrix, FloatSlice, Matrix, QuantMatrix};
 pub use pool::ThreadPool;
+pub use precision::Precision;

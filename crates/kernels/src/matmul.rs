@@ -8,8 +8,9 @@
 use crate::activation::silu;
 use crate::matrix::{FloatSlice, Matrix};
 use crate::pool::{SharedMut, ThreadPool};
-use crate::qdot::{self, Precision, QuantizedRow};
+use crate::qdot::{self, QuantizedRow};
 use crate::simd::dot;
+use crate::Precision;
 use std::cell::RefCell;
 
 /// One expert's share of a gathered matmul: `out[out_rows[i]] = x[x_rows[i]] @ w.T`.

@@ -17,8 +17,8 @@
 use crate::matmul::{gather_matmul, GatherGroup};
 use crate::matrix::Matrix;
 use crate::pool::{SharedMut, ThreadPool};
-use crate::qdot::Precision;
 use crate::reference::weight_at;
+use crate::Precision;
 use std::cell::RefCell;
 
 /// Shapes of one MLA call over one sequence's cache.

@@ -92,7 +92,6 @@ impl PromptCache {
             return; // a recurrent state past `tokens` cannot be rewound to it
         }
         cache.truncate(tokens.len());
-        cache.scratch = Default::default();
         if cache.kv_bytes() > self.max_bytes {
             return;
         }
@@ -139,7 +138,6 @@ mod tests {
         SeqCache {
             offset: n,
             layers: vec![kv],
-            scratch: Default::default(),
             recurrent: vec![None],
             log: Default::default(),
         }

@@ -6,7 +6,7 @@
 use crate::cache::SeqCache;
 use crate::weights::Linear;
 use moestream_kernels::matmul::{gather_swiglu, gather_swiglu_unfused, matmul, GatherPair};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use moestream_kernels::{Matrix, ThreadPool};
 
 /// Which logits a step of a batched forward pass wants.

@@ -35,8 +35,8 @@ pub struct BuildContext {
     pub pool: Arc<ThreadPool>,
     /// Stream routed experts from disk (`None`: keep them resident in the mapping).
     pub stream: Option<StreamOptions>,
-    /// How streaming spent the memory budget (set by `expert_store`).
-    pub plan: std::sync::Mutex<Option<BudgetPlan>>,
+    /// How streaming spent the memory budget (set once, by `expert_store`).
+    pub plan: std::sync::OnceLock<BudgetPlan>,
 }
 
 /// Bytes of cache one more token adds, f32, summed over the layers (keys and values of
@@ -72,7 +72,8 @@ impl BuildContext {
                         per_slot,
                     )
                     .map_err(LoadError::Budget)?;
-                *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan);
+                // A second store of the same build keeps the first plan (there is none).
+                let _ = self.plan.set(plan);
                 Box::new(StreamedExperts::new(
                     experts,
                     StreamOptions {

@@ -13,7 +13,7 @@ use crate::experts::{ExpertStore, Prefetch};
 use crate::weights::{Floats, Linear};
 use moestream_kernels::matmul::matmul;
 use moestream_kernels::norm::{add_rms_norm, rms_norm_inplace};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use moestream_kernels::ThreadPool;
 use std::sync::Arc;
 
@@ -67,6 +67,17 @@ pub struct ModelInfo {
     pub bytes_per_token: usize,
 }
 
+thread_local! {
+    /// The scratch of [`Transformer::forward`]: one per thread that runs a sequence on its
+    /// own (batched callers keep theirs), so a cache is only the sequence's state.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch (see `SCRATCH`).
+pub fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
 pub struct Transformer {
     pub info: ModelInfo,
     pub embed: Linear,
@@ -98,7 +109,6 @@ impl Transformer {
                 .iter()
                 .map(|l| l.attn.new_cache(&self.attn))
                 .collect(),
-            scratch: Scratch::default(),
             recurrent: self
                 .layers
                 .iter()
@@ -176,18 +186,14 @@ impl Transformer {
         want: LogitRows,
         logits: &mut Vec<f32>,
     ) -> Result<(), RunError> {
-        let mut scratch = std::mem::take(&mut cache.scratch);
-        let r = self.forward_batch(
-            &mut [SeqStep {
+        with_thread_scratch(|s| {
+            let step = SeqStep {
                 tokens,
                 cache,
                 logits: want,
-            }],
-            &mut scratch,
-            logits,
-        );
-        cache.scratch = scratch;
-        r
+            };
+            self.forward_batch(&mut [step], s, logits)
+        })
     }
 
     /// One forward pass over several sequences at once: every weight matrix (dense and

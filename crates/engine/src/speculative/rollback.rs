@@ -8,7 +8,7 @@
 //! result however the tokens are chunked.
 
 use crate::cache::{Checkpoint, SeqCache};
-use crate::models::transformer::Mixer;
+use crate::models::transformer::{with_thread_scratch, Mixer};
 use crate::models::Transformer;
 
 /// Marks the cache's current point in `cp` (reusing its buffers) and starts logging the
@@ -37,18 +37,15 @@ pub fn rewind(model: &Transformer, cache: &mut SeqCache, cp: &Checkpoint, keep: 
     }
     let n = keep.saturating_sub(cp.offset);
     cache.restore(cp);
-    let SeqCache {
-        recurrent,
-        log,
-        scratch,
-        ..
-    } = cache;
-    for (li, layer) in model.layers.iter().enumerate() {
-        if let (Mixer::DeltaNet(d), Some(Some(st)), Some(l)) =
-            (&layer.attn, recurrent.get_mut(li), log.layers.get(li))
-        {
-            d.replay(&model.pool, st, l, n, &mut scratch.delta_net);
+    let SeqCache { recurrent, log, .. } = cache;
+    with_thread_scratch(|scratch| {
+        for (li, layer) in model.layers.iter().enumerate() {
+            if let (Mixer::DeltaNet(d), Some(Some(st)), Some(l)) =
+                (&layer.attn, recurrent.get_mut(li), log.layers.get(li))
+            {
+                d.replay(&model.pool, st, l, n, &mut scratch.delta_net);
+            }
         }
-    }
+    });
     cache.offset = cp.offset + n;
 }

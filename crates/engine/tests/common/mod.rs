@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use moestream_engine::{load_model, LoadOptions};
-use moestream_kernels::qdot::Precision;
+use moestream_kernels::Precision;
 use std::path::{Path, PathBuf};
 
 pub fn repo_root() -> PathBuf {

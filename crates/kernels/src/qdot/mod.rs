@@ -11,7 +11,7 @@
 //! bias term uses the exact f32 sums of `x`.
 //! The only approximation is the int8 rounding of activations (relative error ~0.4% per
 //! element, the same order as the bf16 activations mlx itself uses), which is why this path
-//! is [`Precision::Fast`] and the plain f32 path stays available as [`Precision::Exact`].
+//! is [`crate::Precision::Fast`] and the plain f32 path stays available as [`crate::Precision::Exact`].
 //!
 //! Files: [`format`] (the activation format), [`reference`] (the scalar int8 reference every
 //! kernel is held to), one file of kernels per instruction set (`avx512`, `avx2` for AVX2 and
@@ -56,17 +56,6 @@ pub fn block_quantizer() -> BlockQuantizer {
         Int8::Neon | Int8::NeonDot | Int8::NeonI8mm => |x, q| unsafe { neon::quantize_block(x, q) },
         _ => format::quantize_block_scalar,
     }
-}
-
-/// Which arithmetic the quantized matmuls use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// f32 activations, dequantized weights: matches mlx's float32 results to rounding.
-    Exact,
-    /// int8 activations with integer dot products where the weight format has a kernel
-    /// (4- and 8-bit); other widths fall back to `Exact`.
-    #[default]
-    Fast,
 }
 
 /// Whether `w` has an int8-activation kernel on this machine.
