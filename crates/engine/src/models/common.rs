@@ -4,7 +4,9 @@
 use super::attention::Attention;
 use super::ffn::{DenseMlp, FeedForward};
 use super::transformer::{Layer, Mixer};
+use super::LayerParts;
 use crate::error::LoadError;
+use crate::experts::ExpertWeights;
 use crate::weights::{Linear, WeightLoader};
 use serde_json::Value;
 
@@ -24,14 +26,24 @@ pub fn decoder_layer(
     p: &str,
     h: usize,
     attn: Mixer,
-    ffn: FeedForward,
-) -> Result<Layer, LoadError> {
-    Ok(Layer {
+    (ffn, experts): Ffn,
+) -> Result<LayerParts, LoadError> {
+    let layer = Layer {
         input_norm: w.vector(&format!("{p}.input_layernorm.weight"), h)?,
         attn,
         post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
         ffn,
-    })
+    };
+    Ok(LayerParts { layer, experts })
+}
+
+/// A layer's feed-forward block and, for a MoE block, its routed experts (which go to the
+/// model's expert store).
+pub type Ffn = (FeedForward, Option<Vec<ExpertWeights>>);
+
+/// A dense feed-forward block (no routed experts).
+pub fn dense(mlp: DenseMlp) -> Ffn {
+    (FeedForward::Dense(Box::new(mlp)), None)
 }
 
 /// The standard attention block at `{prefix}.self_attn`.

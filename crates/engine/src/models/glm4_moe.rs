@@ -105,12 +105,11 @@ pub fn load(
         },
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let attn = attention(w, &p, h, heads, c.use_qk_norm, c.attention_bias)?;
         let moe = c.n_routed_experts.is_some() && i >= c.first_k_dense_replace;
-        let (ffn, layer_experts) = glm_feed_forward(
+        let ffn = glm_feed_forward(
             w,
             &format!("{p}.mlp"),
             h,
@@ -118,7 +117,6 @@ pub fn load(
             c.intermediate_size,
         )?;
         layers.push(decoder_layer(w, &p, h, Mixer::Attention(attn), ffn)?);
-        experts.push(layer_experts);
     }
     ctx.assemble(
         DecoderParts {
@@ -138,7 +136,6 @@ pub fn load(
                 rope_inv_freq(rot, c.rope_theta, None)?,
                 false,
             ),
-            experts,
         },
         w,
     )

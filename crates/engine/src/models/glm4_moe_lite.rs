@@ -269,7 +269,6 @@ pub fn load(
         kind: c.router_kind(),
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let attn = Mla::load(
@@ -283,7 +282,7 @@ pub fn load(
             scale,
             c.rms_norm_eps,
         )?;
-        let (ffn, layer_experts) = glm_feed_forward(
+        let ffn = glm_feed_forward(
             w,
             &format!("{p}.mlp"),
             h,
@@ -291,7 +290,6 @@ pub fn load(
             c.intermediate_size,
         )?;
         layers.push(decoder_layer(w, &p, h, Mixer::Mla(Box::new(attn)), ffn)?);
-        experts.push(layer_experts);
     }
     ctx.assemble(
         DecoderParts {
@@ -306,7 +304,6 @@ pub fn load(
             eps: c.rms_norm_eps,
             // Unused by MLA layers (they carry their own shapes); kept consistent.
             attn: AttnConfig::new(dims.n_heads, 1, dims.nope + dims.rope, inv_freq, true),
-            experts,
         },
         w,
     )

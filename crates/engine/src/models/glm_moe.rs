@@ -3,11 +3,10 @@
 //! sigmoid scores, selection on scores + `e_score_correction_bias` with group top-k,
 //! renormalised and scaled weights, and shared experts added unscaled.
 
-use super::common::{check_top_k, dense_mlp};
+use super::common::{check_top_k, dense, dense_mlp, Ffn};
 use super::ffn::{FeedForward, MoeBlock, SharedExpert};
 use super::load_experts;
 use crate::error::LoadError;
-use crate::experts::ExpertWeights;
 use crate::weights::WeightLoader;
 use moestream_kernels::router::{RouterKind, MAX_GROUPS};
 
@@ -28,10 +27,9 @@ pub fn glm_feed_forward(
     h: usize,
     moe: Option<&GlmRouter>,
     dense_inter: usize,
-) -> Result<(FeedForward, Option<Vec<ExpertWeights>>), LoadError> {
+) -> Result<Ffn, LoadError> {
     let Some(r) = moe else {
-        let mlp = dense_mlp(w, module, h, dense_inter, false)?;
-        return Ok((FeedForward::Dense(Box::new(mlp)), None));
+        return Ok(dense(dense_mlp(w, module, h, dense_inter, false)?));
     };
     let (e, im) = (r.n_experts, r.expert_inter);
     let shared = match r.n_shared {

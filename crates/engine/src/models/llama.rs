@@ -3,8 +3,9 @@
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
-use super::ffn::FeedForward;
+use super::common::{
+    attention, decoder_layer, dense, dense_mlp, embed_and_head, rope_inv_freq, Heads,
+};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
@@ -87,13 +88,13 @@ pub fn build(
             &p,
             h,
             Mixer::Attention(attention(w, &p, h, heads, qk_norm, c.attention_bias)?),
-            FeedForward::Dense(Box::new(dense_mlp(
+            dense(dense_mlp(
                 w,
                 &format!("{p}.mlp"),
                 h,
                 c.intermediate_size,
                 c.mlp_bias,
-            )?)),
+            )?),
         )?);
     }
     ctx.assemble(
@@ -114,7 +115,6 @@ pub fn build(
                 rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
                 c.rope_traditional,
             ),
-            experts: Vec::new(),
         },
         w,
     )

@@ -94,7 +94,6 @@ pub fn load(
     let (e, inter) = (c.num_local_experts, c.intermediate_size);
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let m = format!("{p}.block_sparse_moe");
@@ -107,20 +106,13 @@ pub fn load(
             inter,
             RouterKind::TopKSoftmax,
         )?;
-        experts.push(Some(load_experts_named(
-            w,
-            &m,
-            e,
-            h,
-            inter,
-            MIXTRAL_EXPERT_NAMES,
-        )?));
+        let ex = load_experts_named(w, &m, e, h, inter, MIXTRAL_EXPERT_NAMES)?;
         layers.push(decoder_layer(
             w,
             &p,
             h,
             Mixer::Attention(attention(w, &p, h, heads, false, false)?),
-            FeedForward::Moe(block),
+            (FeedForward::Moe(block), Some(ex)),
         )?);
     }
     ctx.assemble(
@@ -141,7 +133,6 @@ pub fn load(
                 rope_inv_freq(hd, c.rope_theta, None)?,
                 c.rope_traditional,
             ),
-            experts,
         },
         w,
     )

@@ -95,34 +95,41 @@ pub struct DecoderParts {
     pub hidden_size: usize,
     pub max_context: usize,
     pub embed: crate::weights::Linear,
-    pub layers: Vec<transformer::Layer>,
+    pub layers: Vec<LayerParts>,
     pub norm: crate::weights::Floats,
     pub lm_head: Option<crate::weights::Linear>,
     pub eps: f32,
     pub attn: attention::AttnConfig,
-    /// Routed experts per layer (`None` for dense layers).
-    pub experts: Vec<Option<Vec<ExpertWeights>>>,
+}
+
+/// A decoder layer as an architecture file loads it: the layer, and the routed experts of
+/// its MoE block (`None` for a dense one), which the model's expert store takes over.
+pub struct LayerParts {
+    pub layer: transformer::Layer,
+    pub experts: Option<Vec<ExpertWeights>>,
 }
 
 impl BuildContext {
     pub fn assemble(&self, p: DecoderParts, w: &WeightLoader) -> Result<Transformer, LoadError> {
-        let kv = kv_bytes_per_token(&p.layers, &p.attn);
+        let (layers, experts): (Vec<_>, Vec<_>) =
+            p.layers.into_iter().map(|l| (l.layer, l.experts)).unzip();
+        let kv = kv_bytes_per_token(&layers, &p.attn);
         Ok(Transformer {
             info: ModelInfo {
                 model_type: p.model_type,
                 vocab_size: p.vocab_size,
                 hidden_size: p.hidden_size,
-                n_layers: p.layers.len(),
+                n_layers: layers.len(),
                 max_context: p.max_context,
                 bytes_per_token: 0,
             },
             embed: p.embed,
-            layers: p.layers,
+            layers,
             norm: p.norm,
             lm_head: p.lm_head,
             eps: p.eps,
             attn: p.attn,
-            experts: self.expert_store(p.experts, w, kv)?,
+            experts: self.expert_store(experts, w, kv)?,
             pool: Arc::clone(&self.pool),
             precision: Default::default(),
             fused_swiglu: true,

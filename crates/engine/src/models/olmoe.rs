@@ -74,7 +74,6 @@ pub fn load(
     let (h, nh, n_kv, hd) = (c.hidden_size, heads.n_heads, heads.n_kv, heads.head_dim);
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let a = |n: &str| format!("{p}.self_attn.{n}");
@@ -102,19 +101,13 @@ pub fn load(
             c.intermediate_size,
             kind,
         )?;
-        experts.push(Some(load_experts(
-            w,
-            &m,
-            c.num_experts,
-            h,
-            c.intermediate_size,
-        )?));
+        let ex = load_experts(w, &m, c.num_experts, h, c.intermediate_size)?;
         layers.push(decoder_layer(
             w,
             &p,
             h,
             Mixer::Attention(attn),
-            FeedForward::Moe(block),
+            (FeedForward::Moe(block), Some(ex)),
         )?);
     }
     ctx.assemble(
@@ -135,7 +128,6 @@ pub fn load(
                 rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
                 c.rope_traditional,
             ),
-            experts,
         },
         w,
     )

@@ -6,7 +6,9 @@
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, dense_mlp, embed_and_head, rope_inv_freq, Heads};
+use super::common::{
+    attention, decoder_layer, dense, dense_mlp, embed_and_head, rope_inv_freq, Heads,
+};
 use super::ffn::{FeedForward, MoeBlock};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
@@ -107,10 +109,9 @@ pub fn load(
     let h = c.hidden_size;
     let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        let (ffn, layer_experts) = if c.is_moe_layer(i) {
+        let ffn = if c.is_moe_layer(i) {
             let m = format!("{p}.mlp");
             let router = w.linear(&format!("{m}.gate"), c.num_experts, h, false)?;
             let ex = super::load_experts(w, &m, c.num_experts, h, c.moe_intermediate_size)?;
@@ -127,16 +128,13 @@ pub fn load(
             };
             (FeedForward::Moe(block), Some(ex))
         } else {
-            (
-                FeedForward::Dense(Box::new(dense_mlp(
-                    w,
-                    &format!("{p}.mlp"),
-                    h,
-                    c.intermediate_size,
-                    false,
-                )?)),
-                None,
-            )
+            dense(dense_mlp(
+                w,
+                &format!("{p}.mlp"),
+                h,
+                c.intermediate_size,
+                false,
+            )?)
         };
         layers.push(decoder_layer(
             w,
@@ -145,7 +143,6 @@ pub fn load(
             Mixer::Attention(attention(w, &p, h, heads, true, false)?),
             ffn,
         )?);
-        experts.push(layer_experts);
     }
     ctx.assemble(
         DecoderParts {
@@ -165,7 +162,6 @@ pub fn load(
                 rope_inv_freq(hd, c.rope_theta, None)?,
                 false,
             ),
-            experts,
         },
         w,
     )

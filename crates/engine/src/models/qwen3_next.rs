@@ -11,7 +11,7 @@
 //! plus a shared SwiGLU expert scaled by `sigmoid(shared_expert_gate(x))`), else a dense MLP.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{check_top_k, decoder_layer, dense_mlp, rope_inv_freq, Heads};
+use super::common::{check_top_k, decoder_layer, dense, dense_mlp, rope_inv_freq, Heads};
 use super::delta_net::DeltaNet;
 use super::ffn::{FeedForward, MoeBlock, SharedExpert};
 use super::transformer::{Mixer, Transformer};
@@ -173,7 +173,6 @@ pub fn build(
         false => Some(w.linear(layout.lm_head, c.vocab_size, h, false)?),
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    let mut experts = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("{root}.layers.{i}");
         let attn = if c.is_linear_layer(i) {
@@ -202,7 +201,7 @@ pub fn build(
             })
         };
         let m = format!("{p}.mlp");
-        let (ffn, layer_experts) = if c.is_moe_layer(i) {
+        let ffn = if c.is_moe_layer(i) {
             let (e, im, is) = (
                 c.num_experts,
                 c.moe_intermediate_size,
@@ -229,10 +228,9 @@ pub fn build(
             )
         } else {
             let mlp = dense_mlp(w, &m, h, c.intermediate_size, false)?;
-            (FeedForward::Dense(Box::new(mlp)), None)
+            dense(mlp)
         };
         layers.push(decoder_layer(w, &p, h, attn, ffn)?);
-        experts.push(layer_experts);
     }
     ctx.assemble(
         DecoderParts {
@@ -252,7 +250,6 @@ pub fn build(
                 rope_inv_freq(rot, c.rope_theta, c.rope_scaling.as_ref())?,
                 false,
             ),
-            experts,
         },
         w,
     )
