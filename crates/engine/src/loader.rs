@@ -115,3 +115,19 @@ pub fn load_model(
         interleaved_bytes,
     })
 }
+
+/// The weights `config`'s architecture loader asks for (see [`WeightLoader::recording`]):
+/// what a checkpoint of that config must hold, in the loader's own words.
+pub fn requested_weights(
+    config: &ModelConfig,
+) -> Result<Vec<crate::weights::linear::Request>, LoadError> {
+    let store = WeightStore::from_tensors(Default::default());
+    let loader = WeightLoader::recording(&store, &config.quant);
+    let ctx = models::BuildContext {
+        pool: Arc::new(ThreadPool::new(1)),
+        stream: None,
+        plan: Default::default(),
+    };
+    models::build(config, &loader, &ctx)?;
+    Ok(loader.requests())
+}

@@ -533,3 +533,104 @@ fn qwen3_30b_routing_spread() {
         assert!(used * 4 >= n * 3);
     }
 }
+
+/// What synth writes for an architecture and what that architecture's loader asks for are
+/// the same tensors: for every preset (4 layers, so both layer kinds of the hybrids appear)
+/// and every fixture config, quantized and not, each linear layer the loader requests has
+/// its weight (and scales/biases when quantized, bias when asked) of the requested shape,
+/// each float tensor has its exact shape, and synth writes nothing else.
+#[test]
+fn synth_writes_what_the_loaders_ask_for() {
+    use crate::weights::linear::Request;
+    let mut sources: Vec<(String, Source)> = PRESETS
+        .iter()
+        .map(|p| (p.name.to_string(), Source::Preset(p.name.into())))
+        .collect();
+    for name in [
+        "qwen3_next_f32",
+        "qwen3_5_moe_f32",
+        "glm4_moe_lite_qproj_f32",
+        "mixtral_f32",
+    ] {
+        let text = std::fs::read_to_string(fixture_dir(name).join("config.json")).unwrap();
+        let config: Value = serde_json::from_str(&text).unwrap();
+        sources.push((
+            name.into(),
+            Source::Config {
+                label: name.into(),
+                config,
+            },
+        ));
+    }
+    for (name, source) in sources {
+        for quant in [
+            None,
+            Some(Quant {
+                bits: 4,
+                group_size: 64,
+            }),
+        ] {
+            let mut opts = SynthOptions::new(source.clone());
+            opts.quant = quant;
+            opts.layers = Some(4);
+            let model = build(&opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let what = format!("{name} ({:?})", quant.map(|q| q.bits));
+            let mut planned: BTreeMap<String, Vec<usize>> = model
+                .plan
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect();
+            let config = crate::config::ModelConfig::from_value(model.config.clone()).unwrap();
+            let requests = crate::loader::requested_weights(&config)
+                .unwrap_or_else(|e| panic!("{what}: the loader refuses synth's config: {e}"));
+            let take = |planned: &mut BTreeMap<String, Vec<usize>>, n: &str| {
+                planned.remove(n).unwrap_or_else(|| {
+                    panic!("{what}: the loader wants {n}, synth does not write it")
+                })
+            };
+            for r in requests {
+                match r {
+                    Request::Floats { name: n, shape } => {
+                        assert_eq!(take(&mut planned, &n), shape, "{what}: {n}");
+                    }
+                    Request::Linear {
+                        module,
+                        lead,
+                        out,
+                        inp,
+                        bias,
+                    } => {
+                        let rows = [lead.as_slice(), &[out]].concat();
+                        let w = take(&mut planned, &format!("{module}.weight"));
+                        assert_eq!(w[..w.len() - 1], rows[..], "{what}: {module}.weight");
+                        if planned.contains_key(&format!("{module}.scales")) {
+                            let s = take(&mut planned, &format!("{module}.scales"));
+                            let b = take(&mut planned, &format!("{module}.biases"));
+                            assert_eq!(s, b, "{what}: {module} scales/biases");
+                            let (words, groups) = (w[w.len() - 1], s[s.len() - 1]);
+                            assert!(
+                                (words * 32).is_multiple_of(inp) && inp.is_multiple_of(groups),
+                                "{what}: {module}: {words} code words, {groups} groups for {inp} inputs"
+                            );
+                        } else {
+                            assert_eq!(w[w.len() - 1], inp, "{what}: {module}.weight");
+                        }
+                        if bias {
+                            assert_eq!(
+                                take(&mut planned, &format!("{module}.bias")),
+                                rows,
+                                "{what}"
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(
+                planned.is_empty(),
+                "{what}: synth writes tensors no loader reads: {:?}",
+                planned.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+}

@@ -243,6 +243,22 @@ impl Linear {
     }
 }
 
+/// One weight an architecture loader asked for, as [`WeightLoader::recording`] notes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A linear layer at `module` with weight `[lead.., out, inp]` (`lead` = `[E]` for stacked
+    /// experts), plus `module.bias` `[lead.., out]` when `bias`.
+    Linear {
+        module: String,
+        lead: Vec<usize>,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    },
+    /// A float tensor of exactly this shape (norm weights, biases, conv weights, ...).
+    Floats { name: String, shape: Vec<usize> },
+}
+
 /// Builds typed weights from a store, checking names, dtypes and shapes.
 pub struct WeightLoader<'a> {
     pub store: &'a WeightStore,
@@ -260,6 +276,9 @@ pub struct WeightLoader<'a> {
     interleave: bool,
     /// Bytes re-laid into the interleaved order so far.
     interleaved: std::cell::Cell<usize>,
+    /// Recording mode: every request is noted here and answered with zeros (see
+    /// [`WeightLoader::recording`]).
+    record: Option<std::cell::RefCell<Vec<Request>>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -273,7 +292,42 @@ impl<'a> WeightLoader<'a> {
             owned: Default::default(),
             interleave: false,
             interleaved: Default::default(),
+            record: None,
         }
+    }
+
+    /// A loader that serves no file: it notes every weight an architecture loader asks for
+    /// (what the model needs, in the loader's own words) and answers with zeros, float
+    /// tensors at their size and matrices empty (only their shape is kept). No layout is
+    /// found in it (`has` is false), so a loader takes the MLX layout. `store` and `quant`
+    /// are empty ones the caller keeps.
+    pub fn recording(store: &'a WeightStore, quant: &'a QuantConfig) -> Self {
+        WeightLoader {
+            record: Some(Default::default()),
+            ..WeightLoader::new(store, quant)
+        }
+    }
+
+    /// What a [`WeightLoader::recording`] loader was asked for, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.record
+            .as_ref()
+            .map(|r| r.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// In recording mode: notes a float tensor and gives zeros of its size.
+    fn recorded_floats(&self, name: &str, shape: &[usize]) -> Option<Floats> {
+        let record = self.record.as_ref()?;
+        record.borrow_mut().push(Request::Floats {
+            name: name.into(),
+            shape: shape.to_vec(),
+        });
+        let n: usize = shape.iter().product();
+        Some(Floats {
+            dtype: Dtype::F32,
+            bytes: Bytes::copied(&vec![0u8; n * 4]),
+        })
     }
 
     /// Bytes of weights this loader re-laid into the interleaved order.
@@ -396,12 +450,18 @@ impl<'a> WeightLoader<'a> {
 
     /// A 1-D float parameter `name` of length `n` (norm weights, biases).
     pub fn vector(&self, name: &str, n: usize) -> Result<Floats, LoadError> {
+        if let Some(f) = self.recorded_floats(name, &[n]) {
+            return Ok(f);
+        }
         let t = self.tensor(name, name)?;
         self.floats(t, &[n])
     }
 
     /// A float tensor `name` of exactly `shape` (e.g. a conv weight).
     pub fn array(&self, name: &str, shape: &[usize]) -> Result<Floats, LoadError> {
+        if let Some(f) = self.recorded_floats(name, shape) {
+            return Ok(f);
+        }
         let t = self.tensor(name, name)?;
         self.floats(t, shape)
     }
@@ -421,6 +481,26 @@ impl<'a> WeightLoader<'a> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear, LoadError> {
+        if let Some(record) = &self.record {
+            record.borrow_mut().push(Request::Linear {
+                module: module.into(),
+                lead: lead.to_vec(),
+                out,
+                inp,
+                bias,
+            });
+            let n: usize = lead.iter().product();
+            let zeros = |len: usize| Floats {
+                dtype: Dtype::F32,
+                bytes: Bytes::copied(&vec![0u8; len * 4]),
+            };
+            return Ok(Linear {
+                data: WeightData::Dense(zeros(0)),
+                rows: out * n,
+                cols: inp,
+                bias: bias.then(|| zeros(out * n)),
+            });
+        }
         let wname = format!("{module}.weight");
         let w = self.tensor(&wname, module)?;
         let sname = format!("{module}.scales");
