@@ -22,7 +22,7 @@ convert_hf_to_gguf.py + `llama-quantize --pure Q4_0` would produce for the real 
 Weights: each Q4_0 block is 32 random 4-bit codes (uniform 0..15, dequantized as
 d * (q - 8)) and an f16 scale d of random sign and magnitude within +-25% of a per-tensor
 base, chosen so the dequantized entries have the standard deviation below. The gains follow
-moestream's synthetic models (crates/engine/src/synth/arch/common.rs) so that routing stays
+moestream's synthetic models (crates/engine/src/synth/derive.rs) so that routing stays
 spread out instead of collapsing onto a few experts:
   * embedding: std 1.0 (the residual stream starts at RMS ~1);
   * projections reading the normalised stream (q/k/v, expert gate/up, router, output):

@@ -15,9 +15,9 @@
 //! `quant: None` writes an unquantized model (weights in the float type, no quantization
 //! block), like `mlx_lm.convert` without `-q`.
 
-mod arch;
 mod assets;
 mod config_json;
+mod derive;
 mod disk;
 mod error;
 mod fill;
@@ -30,7 +30,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use arch::MODEL_TYPES;
+pub use derive::MODEL_TYPES;
 pub use error::SynthError;
 pub use plan::{Fill, FloatType, Plan, Quant, TensorSpec};
 pub use presets::{Preset, PRESETS};
@@ -158,7 +158,7 @@ pub fn build(opts: &SynthOptions) -> Result<SynthModel, SynthError> {
         config_json::set_layers(&mut config, n)?;
     }
     let mut plan = Plan::new(opts.quant, opts.float);
-    arch::plan(&config, &mut plan)?;
+    derive::plan(&config, &mut plan)?;
     let config = config_json::finish(config, &plan);
     let shards = shards::split(&plan, opts.max_shard_bytes);
     Ok(SynthModel {
