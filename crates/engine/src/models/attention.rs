@@ -2,12 +2,11 @@
 //! whole-projection norm (OLMoE), RoPE, and Qwen3-Next's sigmoid output gate.
 
 use super::exec::{Exec, SeqStep};
+use super::ops;
 use crate::cache::{sized, Scratch};
 use crate::weights::{Floats, Linear};
-use moestream_kernels::activation::sigmoid;
 use moestream_kernels::attention::{attention, AttnShape};
 use moestream_kernels::norm::rms_norm_inplace;
-use moestream_kernels::rope::rope;
 
 /// Shapes and RoPE parameters common to all attention layers of a model.
 #[derive(Clone, Debug)]
@@ -80,7 +79,7 @@ impl Attention {
             ex.linear(&s.xn, l, proj, out);
         }
         if self.output_gate {
-            split_query_gate(q, sized(&mut s.gate, l * qd), c.head_dim);
+            ops::split_query_gate(q, sized(&mut s.gate, l * qd), c.head_dim);
         }
         let q = &mut q[..l * qd];
         if let Some(w) = &self.q_norm {
@@ -94,14 +93,17 @@ impl Attention {
         for st in steps.iter_mut() {
             let (n, offset) = (st.tokens.len(), st.cache.offset);
             let kv = &mut st.cache.layers[layer];
-            kv.reserve(offset + n, offset);
-            for i in row..row + n {
-                let pos = offset + i - row;
-                let (qi, ki) = (&mut q[i * qd..(i + 1) * qd], &mut k[i * kd..(i + 1) * kd]);
-                rope(qi, c.head_dim, pos, &c.inv_freq, c.rope_traditional);
-                rope(ki, c.head_dim, pos, &c.inv_freq, c.rope_traditional);
-                kv.write(pos, ki, &v[i * kd..(i + 1) * kd]);
-            }
+            ops::rope_append(
+                kv,
+                &mut q[row * qd..(row + n) * qd],
+                &mut k[row * kd..(row + n) * kd],
+                &v[row * kd..(row + n) * kd],
+                n,
+                offset,
+                c.head_dim,
+                &c.inv_freq,
+                c.rope_traditional,
+            );
             let shape = AttnShape {
                 l: n,
                 t: offset + n,
@@ -123,22 +125,9 @@ impl Attention {
             row += n;
         }
         if self.output_gate {
-            for (o, g) in out.iter_mut().zip(&s.gate) {
-                *o *= sigmoid(*g);
-            }
+            ops::sigmoid_gate(out, &s.gate);
         }
         let delta = sized(&mut s.delta, l * ex.hidden);
         ex.linear(out, l, &self.o_proj, delta);
-    }
-}
-
-/// Qwen3-Next's `q_proj` output `[l, nh, 2 * hd]` (per head `[q | gate]`) split in place:
-/// the queries packed into the first `l * nh * hd` values, the gates into `gate`.
-fn split_query_gate(qg: &mut [f32], gate: &mut [f32], hd: usize) {
-    let heads = gate.len() / hd;
-    for i in 0..heads {
-        gate[i * hd..(i + 1) * hd].copy_from_slice(&qg[(2 * i + 1) * hd..(2 * i + 2) * hd]);
-        // Moving row i down to i never overwrites a row still to be read (rows 2j > i).
-        qg.copy_within(2 * i * hd..(2 * i + 1) * hd, i * hd);
     }
 }

@@ -10,6 +10,7 @@
 //! The two checkpoints differ only in the input projections (see [`DeltaIn`]).
 
 use super::exec::{Exec, SeqStep};
+use super::ops;
 use crate::cache::{sized, DeltaScratch, DeltaState, LayerLog, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
@@ -132,7 +133,7 @@ impl DeltaNet {
         l: usize,
         s: &mut Scratch,
     ) {
-        let DeltaShape { hk, dk, hv, dv } = self.shape;
+        let hv = self.shape.hv;
         let (kd, vd, c) = (
             self.shape.key_dim(),
             self.shape.value_dim(),
@@ -157,31 +158,11 @@ impl DeltaNet {
                 mm(&s.xn, wa, a);
             }
             DeltaIn::Fused { qkvz, ba } => {
-                let r = hv / hk;
                 let fused = sized(&mut d.qkvz, l * (2 * kd + 2 * vd));
                 mm(&s.xn, qkvz, fused);
                 let nba = sized(&mut d.ba, l * 2 * hv);
                 mm(&s.xn, ba, nba);
-                // Per key head group g: [q | k | v (r heads) | z (r heads)] -> [q.. | k.. | v..], z.
-                let group = 2 * dk + 2 * r * dv;
-                for t in 0..l {
-                    let src = &fused[t * hk * group..(t + 1) * hk * group];
-                    let dst = &mut qkv[t * c..(t + 1) * c];
-                    let zt = &mut z[t * vd..(t + 1) * vd];
-                    for (g, gs) in src.chunks_exact(group).enumerate() {
-                        dst[g * dk..(g + 1) * dk].copy_from_slice(&gs[..dk]);
-                        dst[kd + g * dk..kd + (g + 1) * dk].copy_from_slice(&gs[dk..2 * dk]);
-                        let rv = r * dv;
-                        dst[2 * kd + g * rv..2 * kd + (g + 1) * rv]
-                            .copy_from_slice(&gs[2 * dk..2 * dk + rv]);
-                        zt[g * rv..(g + 1) * rv].copy_from_slice(&gs[2 * dk + rv..]);
-                    }
-                    for g in 0..hk {
-                        let n = &nba[(t * hk + g) * 2 * r..(t * hk + g + 1) * 2 * r];
-                        b[t * hv + g * r..t * hv + (g + 1) * r].copy_from_slice(&n[..r]);
-                        a[t * hv + g * r..t * hv + (g + 1) * r].copy_from_slice(&n[r..]);
-                    }
-                }
+                ops::unfuse_delta_inputs(fused, nba, self.shape, l, [qkv, z, b, a]);
             }
         }
         let conv = sized(&mut d.conv, l * c);

@@ -4,6 +4,7 @@
 
 use super::exec::Exec;
 use super::lookahead::{self, Lookahead};
+use super::ops;
 use crate::cache::{sized, Scratch};
 use crate::error::RunError;
 use crate::experts::ExpertStore;
@@ -11,7 +12,6 @@ use crate::weights::Linear;
 use moestream_kernels::activation::sigmoid;
 use moestream_kernels::matmul::{gather_matmul, GatherGroup, GatherPair};
 use moestream_kernels::router::{router_topk, RouterKind};
-use moestream_kernels::simd;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 pub struct DenseMlp {
@@ -99,13 +99,7 @@ impl SharedExpert {
             }
             None => gates.fill(1.0),
         }
-        for (t, &w) in gates.iter().enumerate() {
-            simd::axpy(
-                w,
-                &s.shared_y[t * hsz..(t + 1) * hsz],
-                &mut s.delta[t * hsz..(t + 1) * hsz],
-            );
-        }
+        ops::scaled_add_rows(gates, &s.shared_y, &mut s.delta, hsz);
     }
 }
 
@@ -142,7 +136,7 @@ impl MoeBlock {
                 &mut s.expert_w[t * k..(t + 1) * k],
             );
         }
-        dispatch(s, e, k, l);
+        ops::moe_dispatch(s, e, k, l);
         if let Some(next) = next {
             lookahead::prefetch(ex, experts, &next, l, s);
         }
@@ -179,49 +173,10 @@ impl MoeBlock {
                 .collect();
             gather_matmul(ex.pool, ex.precision, h, &downs, y);
         })?;
-        combine(&s.expert_w, y, sized(&mut s.delta, l * hsz), k, hsz);
+        ops::moe_combine(&s.expert_w, y, sized(&mut s.delta, l * hsz), k, hsz);
         if let Some(sh) = &self.shared {
             sh.forward(ex, l, s);
         }
         Ok(())
-    }
-}
-
-/// Groups the `l * k` routed slots (`t * k + j`) by expert with a counting sort:
-/// `expert_counts[e..e + 1]` bounds expert `e`'s run in `slots_by_expert` /
-/// `tokens_by_expert`, and `active_experts` lists the experts with a run.
-fn dispatch(s: &mut Scratch, e: usize, k: usize, l: usize) {
-    s.expert_counts.clear();
-    s.expert_counts.resize(e + 1, 0);
-    for &id in &s.expert_ids {
-        s.expert_counts[id as usize + 1] += 1;
-    }
-    for i in 0..e {
-        s.expert_counts[i + 1] += s.expert_counts[i];
-    }
-    s.active_experts.clear();
-    s.active_experts.extend(
-        (0..e as u32).filter(|&i| s.expert_counts[i as usize + 1] > s.expert_counts[i as usize]),
-    );
-    s.slots_by_expert.resize(l * k, 0);
-    s.tokens_by_expert.resize(l * k, 0);
-    s.expert_fill.clear();
-    s.expert_fill.extend_from_slice(&s.expert_counts[..e]);
-    for (slot, &id) in s.expert_ids.iter().enumerate() {
-        let p = &mut s.expert_fill[id as usize];
-        s.slots_by_expert[*p as usize] = slot as u32;
-        s.tokens_by_expert[*p as usize] = (slot / k) as u32;
-        *p += 1;
-    }
-}
-
-/// `delta[t] = Σ_j w[t k + j] y[t k + j]`: each token's expert outputs, weighted.
-fn combine(w: &[f32], y: &[f32], delta: &mut [f32], k: usize, hsz: usize) {
-    delta.fill(0.0);
-    for (t, d) in delta.chunks_exact_mut(hsz).enumerate() {
-        for j in 0..k {
-            let slot = t * k + j;
-            simd::axpy(w[slot], &y[slot * hsz..(slot + 1) * hsz], d);
-        }
     }
 }

@@ -10,12 +10,12 @@
 //! same math up to float rounding (the parity tests hold both to mlx's logits).
 
 use super::exec::{Exec, SeqStep};
+use super::ops;
 use crate::cache::{sized, KvCache, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
 use moestream_kernels::mla::{mla_attention, per_head_matmul, MlaShape};
 use moestream_kernels::norm::rms_norm_inplace;
-use moestream_kernels::rope::rope;
 use moestream_kernels::Matrix;
 
 /// Head counts and widths of an MLA layer.
@@ -155,10 +155,7 @@ impl Mla {
         }
         let q_nope = sized(&mut sc.q_nope, l * nh * dn);
         let q_pe = sized(&mut sc.q_pe, l * nh * dr);
-        for (i, head) in q.chunks_exact(dn + dr).enumerate() {
-            q_nope[i * dn..(i + 1) * dn].copy_from_slice(&head[..dn]);
-            q_pe[i * dr..(i + 1) * dr].copy_from_slice(&head[dn..]);
-        }
+        ops::split_heads(q, q_nope, q_pe, dn, dr);
         let ckv = sized(&mut sc.ckv, l * (r + dr));
         mm(&s.xn, &self.kv_a, ckv);
         for row in ckv.chunks_exact_mut(r + dr) {
@@ -181,20 +178,15 @@ impl Mla {
         for st in steps.iter_mut() {
             let (n, offset) = (st.tokens.len(), st.cache.offset);
             let kv = &mut st.cache.layers[layer];
-            kv.reserve(offset + n, offset);
-            for i in row..row + n {
-                let pos = offset + i - row;
-                rope(
-                    &mut q_pe[i * nh * dr..(i + 1) * nh * dr],
-                    dr,
-                    pos,
-                    &self.inv_freq,
-                    true,
-                );
-                let c = &mut ckv[i * (r + dr)..(i + 1) * (r + dr)];
-                rope(&mut c[r..], dr, pos, &self.inv_freq, true);
-                kv.write(pos, &c[..r], &c[r..]);
-            }
+            ops::rope_append_latent(
+                kv,
+                &mut q_pe[row * nh * dr..(row + n) * nh * dr],
+                &mut ckv[row * (r + dr)..(row + n) * (r + dr)],
+                n,
+                offset,
+                (r, dr),
+                &self.inv_freq,
+            );
             let shape = MlaShape {
                 l: n,
                 t: offset + n,

@@ -14,6 +14,7 @@ pub mod lookahead;
 pub mod mixtral;
 pub mod mla;
 pub mod olmoe;
+pub mod ops;
 pub mod qwen3;
 pub mod qwen3_5_moe;
 pub mod qwen3_moe;

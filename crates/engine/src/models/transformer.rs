@@ -7,6 +7,7 @@ use super::attention::{Attention, AttnConfig};
 use super::exec::{Exec, LogitRows, SeqStep};
 use super::ffn::{FeedForward, MoeBlock};
 use super::lookahead::Lookahead;
+use super::ops;
 use crate::cache::{sized, KvCache, Scratch, SeqCache};
 use crate::error::RunError;
 use crate::experts::{ExpertStore, Prefetch};
@@ -228,11 +229,8 @@ impl Transformer {
             return Err(RunError::EmptyPrompt);
         }
         let x = sized(&mut s.x, l * hsz);
-        let embed = self.embed.matrix();
         let all_tokens = steps.iter().flat_map(|st| st.tokens.iter());
-        for (row, &id) in x.chunks_exact_mut(hsz).zip(all_tokens) {
-            embed.row_into(id as usize, row);
-        }
+        ops::embed_rows(&self.embed.matrix(), all_tokens, hsz, x);
         sized(&mut s.delta, l * hsz).fill(0.0);
         sized(&mut s.xn, l * hsz);
         let ex = self.exec();
@@ -282,12 +280,7 @@ impl Transformer {
         }
         let rows = wanted.len();
         let normed = sized(&mut s.last_rows, rows * hsz);
-        for (dst, &r) in normed.chunks_exact_mut(hsz).zip(&wanted) {
-            let src = r * hsz..(r + 1) * hsz;
-            for ((d, x), dx) in dst.iter_mut().zip(&s.x[src.clone()]).zip(&s.delta[src]) {
-                *d = x + dx;
-            }
-        }
+        ops::residual_rows(&s.x, &s.delta, &wanted, normed);
         s.wanted_rows = wanted;
         rms_norm_inplace(normed, &self.norm.view(), self.eps);
         logits.resize(rows * vocab, 0.0);
