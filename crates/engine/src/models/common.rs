@@ -4,10 +4,10 @@
 use super::attention::Attention;
 use super::ffn::{DenseMlp, FeedForward};
 use super::transformer::{Layer, Mixer};
-use super::LayerParts;
+use super::{LayerParts, Trunk};
 use crate::error::LoadError;
 use crate::experts::ExpertWeights;
-use crate::weights::{Linear, WeightLoader};
+use crate::weights::WeightLoader;
 use serde_json::Value;
 
 /// Attention head counts and size.
@@ -94,21 +94,25 @@ pub fn dense_mlp(
     })
 }
 
-/// `(embed_tokens, lm_head)`; the head is `None` when tied to the embedding (a stored
-/// `lm_head` is then ignored, as mlx-lm's sanitize drops it).
-pub fn embed_and_head(
+/// The decoder's trunk at `root` (`model`, Qwen3.5's `language_model.model`): its
+/// `embed_tokens`, final `norm` and the LM head `head` (`None` when `tied` to the
+/// embedding), for a `vocab x hidden` model.
+pub fn trunk(
     w: &WeightLoader,
+    root: &str,
+    head: &str,
     vocab: usize,
     hidden: usize,
     tied: bool,
-) -> Result<(Linear, Option<Linear>), LoadError> {
-    let embed = w.linear("model.embed_tokens", vocab, hidden, false)?;
-    let head = if tied {
-        None
-    } else {
-        Some(w.linear("lm_head", vocab, hidden, false)?)
-    };
-    Ok((embed, head))
+) -> Result<Trunk, LoadError> {
+    Ok(Trunk {
+        embed: w.linear(&format!("{root}.embed_tokens"), vocab, hidden, false)?,
+        norm: w.vector(&format!("{root}.norm.weight"), hidden)?,
+        lm_head: match tied {
+            true => None,
+            false => Some(w.linear(head, vocab, hidden, false)?),
+        },
+    })
 }
 
 /// Inverse RoPE frequencies for `dims` rotated features, honouring `rope_scaling`

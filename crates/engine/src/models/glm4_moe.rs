@@ -10,7 +10,7 @@
 //! Every field is required, as in mlx-lm's `ModelArgs`.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, rope_inv_freq, Heads};
+use super::common::{attention, decoder_layer, rope_inv_freq, trunk, Heads};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::transformer::{Mixer, Transformer};
 use super::{BuildContext, DecoderParts};
@@ -90,8 +90,7 @@ pub fn load(
         )?;
     }
     let h = c.hidden_size;
-    let embed = w.linear("model.embed_tokens", c.vocab_size, h, false)?;
-    let lm_head = w.linear("lm_head", c.vocab_size, h, false)?;
+    let trunk = trunk(w, "model", "lm_head", c.vocab_size, h, false)?;
     let router = GlmRouter {
         n_experts: c.n_routed_experts.unwrap_or(0),
         top_k: c.num_experts_per_tok,
@@ -119,15 +118,11 @@ pub fn load(
         layers.push(decoder_layer(w, &p, h, Mixer::Attention(attn), ffn)?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings,
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head: Some(lm_head),
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 heads.n_heads,

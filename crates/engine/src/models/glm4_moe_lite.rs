@@ -15,7 +15,7 @@
 //! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
 
 use super::attention::AttnConfig;
-use super::common::{decoder_layer, rope_inv_freq};
+use super::common::{decoder_layer, rope_inv_freq, trunk};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
 use super::transformer::{Mixer, Transformer};
@@ -259,8 +259,7 @@ pub fn load(
     let h = c.hidden_size;
     let inv_freq = rope_inv_freq(dims.rope, c.rope_theta, c.rope_scaling.as_ref())?;
     let scale = c.attention_scale();
-    let embed = w.linear("model.embed_tokens", c.vocab_size, h, false)?;
-    let lm_head = w.linear("lm_head", c.vocab_size, h, false)?;
+    let trunk = trunk(w, "model", "lm_head", c.vocab_size, h, false)?;
     let router = GlmRouter {
         n_experts: c.n_routed_experts.unwrap_or(0),
         top_k: c.num_experts_per_tok,
@@ -292,15 +291,11 @@ pub fn load(
         layers.push(decoder_layer(w, &p, h, Mixer::Mla(Box::new(attn)), ffn)?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings,
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head: Some(lm_head),
             eps: c.rms_norm_eps,
             // Unused by MLA layers (they carry their own shapes); kept consistent.
             attn: AttnConfig::new(dims.n_heads, 1, dims.nope + dims.rope, inv_freq, true),

@@ -3,9 +3,7 @@
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
 use super::attention::AttnConfig;
-use super::common::{
-    attention, decoder_layer, dense, dense_mlp, embed_and_head, rope_inv_freq, Heads,
-};
+use super::common::{attention, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
@@ -79,7 +77,14 @@ pub fn build(
     )?;
     let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
-    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let trunk = trunk(
+        w,
+        "model",
+        "lm_head",
+        c.vocab_size,
+        h,
+        c.tie_word_embeddings,
+    )?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -98,15 +103,11 @@ pub fn build(
         )?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings,
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head,
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 c.num_attention_heads,

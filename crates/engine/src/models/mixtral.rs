@@ -8,7 +8,7 @@
 //! and both layouts load here (per-expert tensors stay views, nothing is copied).
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
+use super::common::{attention, decoder_layer, moe_block, rope_inv_freq, trunk, Heads};
 use super::ffn::FeedForward;
 use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
@@ -92,7 +92,14 @@ pub fn load(
     )?;
     let (h, n_kv, hd) = (c.hidden_size, heads.n_kv, heads.head_dim);
     let (e, inter) = (c.num_local_experts, c.intermediate_size);
-    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let trunk = trunk(
+        w,
+        "model",
+        "lm_head",
+        c.vocab_size,
+        h,
+        c.tie_word_embeddings,
+    )?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -116,15 +123,11 @@ pub fn load(
         )?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings.unwrap_or(32768),
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head,
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 c.num_attention_heads,

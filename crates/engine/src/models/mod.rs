@@ -91,16 +91,19 @@ impl BuildContext {
 /// What an architecture file loads; [`BuildContext::assemble`] adds what every model shares
 /// (the expert store, the thread pool, default precision and fused SwiGLU).
 pub struct DecoderParts {
-    pub model_type: String,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub max_context: usize,
-    pub embed: crate::weights::Linear,
+    pub trunk: Trunk,
     pub layers: Vec<LayerParts>,
-    pub norm: crate::weights::Floats,
-    pub lm_head: Option<crate::weights::Linear>,
-    pub eps: f32,
     pub attn: attention::AttnConfig,
+    pub max_context: usize,
+    pub eps: f32,
+}
+
+/// The parts of a decoder around its layers (see `common::trunk`).
+pub struct Trunk {
+    pub embed: crate::weights::Linear,
+    pub norm: crate::weights::Floats,
+    /// `None` when the head is tied to the embedding.
+    pub lm_head: Option<crate::weights::Linear>,
 }
 
 /// A decoder layer as an architecture file loads it: the layer, and the routed experts of
@@ -111,23 +114,28 @@ pub struct LayerParts {
 }
 
 impl BuildContext {
-    pub fn assemble(&self, p: DecoderParts, w: &WeightLoader) -> Result<Transformer, LoadError> {
+    pub fn assemble(
+        &self,
+        cfg: &ModelConfig,
+        p: DecoderParts,
+        w: &WeightLoader,
+    ) -> Result<Transformer, LoadError> {
         let (layers, experts): (Vec<_>, Vec<_>) =
             p.layers.into_iter().map(|l| (l.layer, l.experts)).unzip();
         let kv = kv_bytes_per_token(&layers, &p.attn);
         Ok(Transformer {
             info: ModelInfo {
-                model_type: p.model_type,
-                vocab_size: p.vocab_size,
-                hidden_size: p.hidden_size,
+                model_type: cfg.model_type.clone(),
+                vocab_size: p.trunk.embed.rows,
+                hidden_size: p.trunk.embed.cols,
                 n_layers: layers.len(),
                 max_context: p.max_context,
                 bytes_per_token: 0,
             },
-            embed: p.embed,
+            embed: p.trunk.embed,
             layers,
-            norm: p.norm,
-            lm_head: p.lm_head,
+            norm: p.trunk.norm,
+            lm_head: p.trunk.lm_head,
             eps: p.eps,
             attn: p.attn,
             experts: self.expert_store(experts, w, kv)?,

@@ -6,7 +6,7 @@
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{decoder_layer, embed_and_head, moe_block, rope_inv_freq, Heads};
+use super::common::{decoder_layer, moe_block, rope_inv_freq, trunk, Heads};
 use super::ffn::FeedForward;
 use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
@@ -72,7 +72,14 @@ pub fn load(
         ));
     }
     let (h, nh, n_kv, hd) = (c.hidden_size, heads.n_heads, heads.n_kv, heads.head_dim);
-    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let trunk = trunk(
+        w,
+        "model",
+        "lm_head",
+        c.vocab_size,
+        h,
+        c.tie_word_embeddings,
+    )?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -111,15 +118,11 @@ pub fn load(
         )?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings.unwrap_or(4096),
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head,
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 nh,

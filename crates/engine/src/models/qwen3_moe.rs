@@ -6,9 +6,7 @@
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
 use super::attention::AttnConfig;
-use super::common::{
-    attention, decoder_layer, dense, dense_mlp, embed_and_head, rope_inv_freq, Heads,
-};
+use super::common::{attention, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
 use super::ffn::{FeedForward, MoeBlock};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
@@ -107,7 +105,14 @@ pub fn load(
     let heads = c.validate()?;
     let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
-    let (embed, lm_head) = embed_and_head(w, c.vocab_size, h, c.tie_word_embeddings)?;
+    let trunk = trunk(
+        w,
+        "model",
+        "lm_head",
+        c.vocab_size,
+        h,
+        c.tie_word_embeddings,
+    )?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -145,15 +150,11 @@ pub fn load(
         )?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings,
-            embed,
             layers,
-            norm: w.vector("model.norm.weight", h)?,
-            lm_head,
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 c.num_attention_heads,

@@ -11,7 +11,7 @@
 //! plus a shared SwiGLU expert scaled by `sigmoid(shared_expert_gate(x))`), else a dense MLP.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{check_top_k, decoder_layer, dense, dense_mlp, rope_inv_freq, Heads};
+use super::common::{check_top_k, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
 use super::delta_net::DeltaNet;
 use super::ffn::{FeedForward, MoeBlock, SharedExpert};
 use super::transformer::{Mixer, Transformer};
@@ -167,11 +167,14 @@ pub fn build(
     let (heads, shape, rot) = c.validate()?;
     let (h, nh, n_kv, hd) = (c.hidden_size, heads.n_heads, heads.n_kv, heads.head_dim);
     let root = layout.model;
-    let embed = w.linear(&format!("{root}.embed_tokens"), c.vocab_size, h, false)?;
-    let lm_head = match c.tie_word_embeddings {
-        true => None,
-        false => Some(w.linear(layout.lm_head, c.vocab_size, h, false)?),
-    };
+    let trunk = trunk(
+        w,
+        root,
+        layout.lm_head,
+        c.vocab_size,
+        h,
+        c.tie_word_embeddings,
+    )?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("{root}.layers.{i}");
@@ -233,15 +236,11 @@ pub fn build(
         layers.push(decoder_layer(w, &p, h, attn, ffn)?);
     }
     ctx.assemble(
+        cfg,
         DecoderParts {
-            model_type: cfg.model_type.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: h,
+            trunk,
             max_context: c.max_position_embeddings,
-            embed,
             layers,
-            norm: w.vector(&format!("{root}.norm.weight"), h)?,
-            lm_head,
             eps: c.rms_norm_eps,
             attn: AttnConfig::new(
                 nh,
