@@ -186,3 +186,24 @@ fn batched_decode_matches_lone_sequences_other_archs() {
     check("qwen3_next_q4_g32_f32", Precision::Fast, 0.0);
     check("glm4_moe_lite_q4_g32_f32", Precision::Fast, 0.0);
 }
+
+/// A pass that only feeds prompt tokens (no logits wanted, as for a prompt chunk that is not
+/// the last) fills the cache like one that wants them, and writes no logits.
+#[test]
+fn a_pass_without_logits_fills_the_cache_the_same() {
+    let m = load("qwen3_moe_q4_g64_f32", Precision::Fast);
+    let prompt = ids(&expected("qwen3_moe_q4_g64_f32")["prompt_ids"]);
+    let (head, tail) = prompt.split_at(prompt.len() / 2);
+    let (mut a, mut b) = (m.model.new_cache(), m.model.new_cache());
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    m.model
+        .forward_rows(head, &mut a, LogitRows::None, &mut la)
+        .unwrap();
+    assert!(la.is_empty(), "no logits were asked for");
+    m.model
+        .forward_rows(head, &mut b, LogitRows::Last, &mut lb)
+        .unwrap();
+    m.model.forward(tail, &mut a, false, &mut la).unwrap();
+    m.model.forward(tail, &mut b, false, &mut lb).unwrap();
+    assert_eq!(la, lb);
+}

@@ -21,10 +21,9 @@ pub fn embed_rows<'t>(
     }
 }
 
-/// `out[j] = x[rows[j]] + delta[rows[j]]`: the residual stream of the rows whose logits are
-/// wanted.
-pub fn residual_rows(x: &[f32], delta: &[f32], rows: &[usize], out: &mut [f32]) {
-    let hsz = out.len() / rows.len().max(1);
+/// `out[j] = x[rows[j]] + delta[rows[j]]` (rows of `hsz`): the residual stream of the rows
+/// whose logits are wanted (none, for a pass that only feeds prompt tokens).
+pub fn residual_rows(x: &[f32], delta: &[f32], rows: &[usize], hsz: usize, out: &mut [f32]) {
     for (dst, &r) in out.chunks_exact_mut(hsz).zip(rows) {
         let src = r * hsz..(r + 1) * hsz;
         for ((d, x), dx) in dst.iter_mut().zip(&x[src.clone()]).zip(&delta[src]) {

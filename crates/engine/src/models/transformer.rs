@@ -280,7 +280,7 @@ impl Transformer {
         }
         let rows = wanted.len();
         let normed = sized(&mut s.last_rows, rows * hsz);
-        ops::residual_rows(&s.x, &s.delta, &wanted, normed);
+        ops::residual_rows(&s.x, &s.delta, &wanted, hsz, normed);
         s.wanted_rows = wanted;
         rms_norm_inplace(normed, &self.norm.view(), self.eps);
         logits.resize(rows * vocab, 0.0);
