@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use moestream_engine::cache::{Checkpoint, SeqCache};
-use moestream_engine::generate::{Flow, GenerateParams, TokenLoop};
+use moestream_engine::generate::{Flow, GenerateParams, GenerationStats, TokenEvent, TokenLoop};
 use moestream_engine::models::Transformer;
 use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::session::generate;
@@ -46,42 +46,29 @@ const PARAMS: GenerateParams = GenerateParams {
     top_logprobs: 0,
 };
 
-fn plain_tokens(m: &Transformer, prompt: &[u32]) -> Vec<u32> {
+/// Greedy tokens (through `draft` when given), the main cache at the end, and the stats.
+fn run(
+    m: &Transformer,
+    draft: Option<&Draft>,
+    prompt: &[u32],
+) -> (Vec<u32>, SeqCache, GenerationStats) {
     let mut out = Vec::new();
     let mut cache = m.new_cache();
-    generate(
-        m,
-        None,
-        &mut cache,
-        prompt,
-        greedy(),
-        &PARAMS,
-        &mut |t, _| {
-            out.push(t.id);
-            Flow::Continue
-        },
-    )
-    .unwrap();
-    out
+    let mut keep = |t: &TokenEvent, _: &[f32]| {
+        out.push(t.id);
+        Flow::Continue
+    };
+    let stats = generate(m, draft, &mut cache, prompt, greedy(), &PARAMS, &mut keep).unwrap();
+    (out, cache, stats)
+}
+
+fn plain_tokens(m: &Transformer, prompt: &[u32]) -> Vec<u32> {
+    run(m, None, prompt).0
 }
 
 /// Speculative greedy tokens, the main cache at the end, and the counters.
 fn spec_tokens(m: &Transformer, d: &Draft, prompt: &[u32]) -> (Vec<u32>, SeqCache, SpecStats) {
-    let mut out = Vec::new();
-    let mut cache = m.new_cache();
-    let stats = generate(
-        m,
-        Some(d),
-        &mut cache,
-        prompt,
-        greedy(),
-        &PARAMS,
-        &mut |t, _| {
-            out.push(t.id);
-            Flow::Continue
-        },
-    )
-    .unwrap();
+    let (out, cache, stats) = run(m, Some(d), prompt);
     (out, cache, stats.speculative.expect("speculative counters"))
 }
 

@@ -94,6 +94,16 @@ pub fn dense_mlp(
     })
 }
 
+/// [`trunk`] at the usual `model` / `lm_head`.
+pub fn model_trunk(
+    w: &WeightLoader,
+    vocab: usize,
+    hidden: usize,
+    tied: bool,
+) -> Result<Trunk, LoadError> {
+    trunk(w, "model", "lm_head", vocab, hidden, tied)
+}
+
 /// The decoder's trunk at `root` (`model`, Qwen3.5's `language_model.model`): its
 /// `embed_tokens`, final `norm` and the LM head `head` (`None` when `tied` to the
 /// embedding), for a `vocab x hidden` model.

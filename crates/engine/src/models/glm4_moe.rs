@@ -10,7 +10,7 @@
 //! Every field is required, as in mlx-lm's `ModelArgs`.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, rope_inv_freq, trunk, Heads};
+use super::common::{attention, decoder_layer, model_trunk, rope_inv_freq, Heads};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::transformer::{Mixer, Transformer};
 use super::{BuildContext, DecoderParts};
@@ -90,7 +90,7 @@ pub fn load(
         )?;
     }
     let h = c.hidden_size;
-    let trunk = trunk(w, "model", "lm_head", c.vocab_size, h, false)?;
+    let trunk = model_trunk(w, c.vocab_size, h, false)?;
     let router = GlmRouter {
         n_experts: c.n_routed_experts.unwrap_or(0),
         top_k: c.num_experts_per_tok,

@@ -15,7 +15,7 @@
 //! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
 
 use super::attention::AttnConfig;
-use super::common::{decoder_layer, rope_inv_freq, trunk};
+use super::common::{decoder_layer, model_trunk, rope_inv_freq};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
 use super::transformer::{Mixer, Transformer};
@@ -259,7 +259,7 @@ pub fn load(
     let h = c.hidden_size;
     let inv_freq = rope_inv_freq(dims.rope, c.rope_theta, c.rope_scaling.as_ref())?;
     let scale = c.attention_scale();
-    let trunk = trunk(w, "model", "lm_head", c.vocab_size, h, false)?;
+    let trunk = model_trunk(w, c.vocab_size, h, false)?;
     let router = GlmRouter {
         n_experts: c.n_routed_experts.unwrap_or(0),
         top_k: c.num_experts_per_tok,

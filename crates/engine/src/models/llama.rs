@@ -3,7 +3,9 @@
 //! Also the loader for `qwen3` (dense), which adds per-head q/k RMSNorm.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
+use super::common::{
+    attention, decoder_layer, dense, dense_mlp, model_trunk, rope_inv_freq, Heads,
+};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
 use super::DecoderParts;
@@ -77,14 +79,7 @@ pub fn build(
     )?;
     let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
-    let trunk = trunk(
-        w,
-        "model",
-        "lm_head",
-        c.vocab_size,
-        h,
-        c.tie_word_embeddings,
-    )?;
+    let trunk = model_trunk(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");

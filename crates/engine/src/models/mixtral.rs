@@ -8,7 +8,7 @@
 //! and both layouts load here (per-expert tensors stay views, nothing is copied).
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, moe_block, rope_inv_freq, trunk, Heads};
+use super::common::{attention, decoder_layer, model_trunk, moe_block, rope_inv_freq, Heads};
 use super::ffn::FeedForward;
 use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
@@ -92,14 +92,7 @@ pub fn load(
     )?;
     let (h, n_kv, hd) = (c.hidden_size, heads.n_kv, heads.head_dim);
     let (e, inter) = (c.num_local_experts, c.intermediate_size);
-    let trunk = trunk(
-        w,
-        "model",
-        "lm_head",
-        c.vocab_size,
-        h,
-        c.tie_word_embeddings,
-    )?;
+    let trunk = model_trunk(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");

@@ -6,7 +6,7 @@
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{decoder_layer, moe_block, rope_inv_freq, trunk, Heads};
+use super::common::{decoder_layer, model_trunk, moe_block, rope_inv_freq, Heads};
 use super::ffn::FeedForward;
 use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
@@ -72,14 +72,7 @@ pub fn load(
         ));
     }
     let (h, nh, n_kv, hd) = (c.hidden_size, heads.n_heads, heads.n_kv, heads.head_dim);
-    let trunk = trunk(
-        w,
-        "model",
-        "lm_head",
-        c.vocab_size,
-        h,
-        c.tie_word_embeddings,
-    )?;
+    let trunk = model_trunk(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");

@@ -6,7 +6,9 @@
 //! all experts, top-k, renormalised when `norm_topk_prob`. No shared expert.
 
 use super::attention::AttnConfig;
-use super::common::{attention, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
+use super::common::{
+    attention, decoder_layer, dense, dense_mlp, model_trunk, rope_inv_freq, Heads,
+};
 use super::ffn::{FeedForward, MoeBlock};
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
@@ -105,14 +107,7 @@ pub fn load(
     let heads = c.validate()?;
     let (n_kv, hd) = (heads.n_kv, heads.head_dim);
     let h = c.hidden_size;
-    let trunk = trunk(
-        w,
-        "model",
-        "lm_head",
-        c.vocab_size,
-        h,
-        c.tie_word_embeddings,
-    )?;
+    let trunk = model_trunk(w, c.vocab_size, h, c.tie_word_embeddings)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
