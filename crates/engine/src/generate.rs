@@ -90,8 +90,8 @@ fn rate(n: usize, secs: f64) -> f64 {
 }
 
 /// The per-sequence half of generation: given the logits after the latest token, pick the
-/// next token and decide whether to go on. The model calls stay with the caller, so the same
-/// logic serves one sequence ([`generate`]) and a batch of them (the server's scheduler).
+/// next token and decide whether to go on. The model calls are [`crate::session::Session`]'s,
+/// which serves one sequence and a batch of them (the server's scheduler) alike.
 pub struct TokenLoop {
     sampler: Sampler,
     history: Vec<u32>,

@@ -52,7 +52,7 @@ impl TensorNames {
 
 /// Maps and parses every file of the model at `path`, checks the architecture and converts
 /// the tensors; with `stream_experts`, the routed experts go to a file on disk (see
-/// [`disk_cache`]). `progress(done, total)` counts tensors.
+/// `disk_cache`). `progress(done, total)` counts tensors.
 pub fn open(
     path: &Path,
     stream_experts: bool,

@@ -12,8 +12,9 @@
 //! where `p` and `q` are the distributions the sampler would draw from (after penalties,
 //! filters and temperature) given the history and the drafts before the position.
 //!
-//! The caller owns the model calls of the main model, so the same round serves one sequence
-//! ([`generate`]) and a batch of them (the server's scheduler): [`SpecSeq::propose`] runs the
+//! The caller ([`crate::session::Session`]) owns the model calls of the main model, so the
+//! same round serves one sequence and a batch of them (the server's scheduler):
+//! [`SpecSeq::propose`] runs the
 //! draft and returns the tokens to verify; the caller runs them through the main model with
 //! logits for every row; [`SpecSeq::decide`] picks the round's tokens; the caller commits
 //! them one by one (stopping at the end of generation); [`SpecSeq::settle`] rolls back.
