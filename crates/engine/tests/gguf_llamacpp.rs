@@ -187,20 +187,26 @@ fn load(path: &Path, precision: Precision) -> Loaded {
     common::load_with(path, precision, None)
 }
 
-/// scripts/tests/smollm2-venv.sh's model, or why it is not there.
-fn smollm2() -> Result<PathBuf, String> {
+/// What `scripts/tests/{script}` prints for a venv in `target/{venv}` (it creates it once),
+/// or why it failed.
+fn venv_script(script: &str, venv: &str) -> Result<PathBuf, String> {
     let root = common::repo_root();
-    let out = Command::new(root.join("scripts/tests/smollm2-venv.sh"))
-        .arg(root.join("target/smollm2-venv"))
+    let out = Command::new(root.join("scripts/tests").join(script))
+        .arg(root.join("target").join(venv))
         .output()
-        .map_err(|e| format!("cannot run scripts/tests/smollm2-venv.sh: {e}"))?;
+        .map_err(|e| format!("cannot run scripts/tests/{script}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "scripts/tests/smollm2-venv.sh failed: {}",
+            "scripts/tests/{script} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// scripts/tests/smollm2-venv.sh's model, or why it is not there.
+fn smollm2() -> Result<PathBuf, String> {
+    venv_script("smollm2-venv.sh", "smollm2-venv")
 }
 
 #[test]
@@ -308,18 +314,7 @@ fn qwen3moe_cut_follows_llama_cpp() {
 
 /// The python of scripts/tests/gguf-py-venv.sh's venv (`gguf` and numpy), or why not.
 fn gguf_python() -> Result<PathBuf, String> {
-    let root = common::repo_root();
-    let out = Command::new(root.join("scripts/tests/gguf-py-venv.sh"))
-        .arg(root.join("target/gguf-py-venv"))
-        .output()
-        .map_err(|e| format!("cannot run scripts/tests/gguf-py-venv.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/tests/gguf-py-venv.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    venv_script("gguf-py-venv.sh", "gguf-py-venv")
 }
 
 /// Writes the tiny model of `fixtures/gguf/archs/{name}.json` in the MLX format (f32, seed

@@ -49,17 +49,14 @@ impl Job<'_> {
 /// Every tensor of a parsed (possibly split) GGUF model as the conversions that make the
 /// loader's tensors of it (none for tensors the model does not use, such as
 /// multi-token-prediction layers); an unsupported type is refused here, naming the tensor.
+/// `has` tells whether the model holds a tensor.
 pub fn jobs<'a>(
     parsed: &'a [(Arc<Backing>, Gguf)],
     arch: &Arch,
     config: &ModelConfig,
+    has: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Job<'a>>, LoadError> {
     let dims = Dims::from_config(&config.raw);
-    let names: std::collections::HashSet<&str> = parsed
-        .iter()
-        .flat_map(|(_, g)| g.tensors.iter().map(|t| t.name.as_str()))
-        .collect();
-    let has = |n: &str| names.contains(n);
     let mut jobs = Vec::new();
     for (backing, g) in parsed {
         let file = Arc::new(g.path.clone());
@@ -75,7 +72,7 @@ pub fn jobs<'a>(
                     ),
                 });
             }
-            for target in layout::targets(arch, &dims, &info.name, &info.shape, &has) {
+            for target in layout::targets(arch, &dims, &info.name, &info.shape, has) {
                 jobs.push(Job {
                     info,
                     backing,

@@ -73,7 +73,8 @@ pub fn open(
         .find(|t| t.name == "token_embd.weight")
         .ok_or_else(|| first.error("tensor token_embd.weight is missing"))?
         .shape[0];
-    let has = |n: &str| all().any(|t| t.name == n);
+    let names: std::collections::HashSet<&str> = all().map(|t| t.name.as_str()).collect();
+    let has = |n: &str| names.contains(n);
     let raw = config::config(first, arch, &config::Tensors { has: &has, vocab })?;
     let config = ModelConfig::from_value(raw)?;
     let cache = if stream_experts {
@@ -81,7 +82,7 @@ pub fn open(
     } else {
         None
     };
-    let store = store(&parsed, arch, &config, cache.as_deref(), progress)?;
+    let store = store(&parsed, arch, &config, &has, cache.as_deref(), progress)?;
     Ok(GgufModel {
         config,
         store,
@@ -97,10 +98,11 @@ fn store(
     parsed: &[(std::sync::Arc<crate::weights::bytes::Backing>, Gguf)],
     arch: &arch::Arch,
     config: &ModelConfig,
+    has: &dyn Fn(&str) -> bool,
     experts_on_disk: Option<&Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<WeightStore, LoadError> {
-    let jobs = convert::jobs(parsed, arch, config)?;
+    let jobs = convert::jobs(parsed, arch, config, has)?;
     // Streamed experts must come from a file: they are re-laid into one on disk, once.
     let (on_disk, in_memory): (Vec<_>, Vec<_>) = jobs
         .into_iter()

@@ -6,7 +6,7 @@
 
 use super::exec::Exec;
 use crate::cache::{sized, Scratch};
-use crate::experts::{ExpertStore, Prefetch};
+use crate::experts::ExpertStore;
 use crate::weights::{Floats, Linear};
 use moestream_kernels::norm::rms_norm;
 use moestream_kernels::router::{router_topk, RouterKind};
@@ -25,12 +25,11 @@ pub struct Lookahead<'a> {
     pub top_k: usize,
 }
 
-/// Called by the MoE block once its routing is done (`s.router` is free again, `s.x` holds
-/// the residual stream entering the block, `s.last_rows` is unused until the final norm).
+/// Called by the MoE block once its routing is done, when the store's policy is
+/// `Prefetch::Lookahead` (the decoder only finds the next MoE layer then): `s.router` is free
+/// again, `s.x` holds the residual stream entering the block, `s.last_rows` is unused until
+/// the final norm.
 pub fn prefetch(ex: &Exec, experts: &dyn ExpertStore, next: &Lookahead, l: usize, s: &mut Scratch) {
-    if experts.prefetch_policy() != Prefetch::Lookahead {
-        return;
-    }
     let (hsz, e, k) = (ex.hidden, next.n_experts, next.top_k);
     if l * k > MAX_PREDICTED {
         return;
