@@ -18,11 +18,9 @@
 
 use super::format::{QuantizedRow, RowPtrs, BLOCK};
 use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
+use super::PREFETCH_AHEAD;
 use crate::matrix::QuantMatrix;
 use std::arch::x86_64::*;
-
-/// Bytes ahead of the current code word that the interleaved kernel prefetches.
-const PREFETCH_AHEAD: usize = 4096;
 
 /// [`super::format::quantize_block_scalar`] on 32 values in four registers.
 #[target_feature(enable = "avx2,fma")]
@@ -203,7 +201,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
             let chunk_at = (blk / 4) * 128 + (blk % 4) * 16;
             for word in 0..4 {
                 let c = blk * 4 + word;
-                _mm_prefetch::<_MM_HINT_T0>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
                 let mut lo = [_mm256_setzero_si256(); H];
                 let mut hi = [_mm256_setzero_si256(); H];
                 for h in 0..H {

@@ -5,12 +5,9 @@
 
 use super::format::QuantizedRow;
 use super::params::{size_of, BF16, F16};
+use super::PREFETCH_AHEAD;
 use crate::matrix::QuantMatrix;
 use std::arch::x86_64::*;
-
-/// Bytes ahead of the current code word that the interleaved kernel prefetches (the hardware
-/// prefetcher restarts on every row group).
-const PREFETCH_AHEAD: usize = 4096;
 
 /// [`super::format::quantize_block_scalar`] on 32 values in two registers.
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -213,7 +210,7 @@ pub unsafe fn row_group<const N: usize, const DT: u8>(
             let mut isum = [_mm512_setzero_si512(); N];
             for c in blk * 4..blk * 4 + 4 {
                 // Ahead of the hardware prefetcher, which restarts on every row group.
-                _mm_prefetch::<_MM_HINT_T0>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
                 let v = _mm512_loadu_si512(codes.add(c * 64) as *const _);
                 let lo = _mm512_and_si512(v, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
