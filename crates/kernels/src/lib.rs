@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod attention;
 pub mod delta;
+pub mod dequant_dot;
 pub mod hugebuf;
 pub mod interleave;
 pub mod isa;
