@@ -72,7 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let params = GenerateParams {
         max_tokens: args.gen_tokens + 1,
         eos_ids: &[],
-        top_logprobs: 0,
+        logprobs: None,
     };
     let lp = TokenLoop::new(&prompt, Sampler::new(SamplingParams::default()), &params);
     let mut session = Session::new(lp, engine.draft.as_ref(), 0);

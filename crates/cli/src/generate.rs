@@ -90,7 +90,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let params = TextParams {
         max_tokens: args.max_tokens,
         stop: &args.stop,
-        top_logprobs: args.logprobs,
+        // The JSON lines carry the chosen token's log-probability; plain text none.
+        logprobs: args.json.then_some(args.logprobs),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -72,7 +72,7 @@ fn greedy(
     let params = GenerateParams {
         max_tokens: n,
         eos_ids: &[],
-        top_logprobs: 0,
+        logprobs: None,
     };
     let sampler = Sampler::new(SamplingParams::default());
     let mut cache = model.new_cache();

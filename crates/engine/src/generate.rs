@@ -15,8 +15,9 @@ pub const PREFILL_CHUNK: usize = 512;
 #[derive(Clone, Debug)]
 pub struct TokenEvent {
     pub id: u32,
-    /// Log-softmax of the model's logits (before penalties and filters) at the chosen token.
-    pub logprob: f32,
+    /// Log-softmax of the model's logits (before penalties and filters) at the chosen token,
+    /// when log-probabilities were asked for.
+    pub logprob: Option<f32>,
     /// The `k` most likely tokens with their log-probabilities (empty unless asked for).
     pub top_logprobs: Vec<(u32, f32)>,
 }
@@ -55,8 +56,10 @@ pub enum Flow {
 pub struct GenerateParams<'a> {
     pub max_tokens: usize,
     pub eos_ids: &'a [u32],
-    /// How many top log-probabilities to report per token.
-    pub top_logprobs: usize,
+    /// Report log-probabilities: the chosen token's, and this many of the most likely
+    /// tokens'. `None` skips them (a log-sum-exp over the vocabulary per token, a few percent
+    /// of a decode step).
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -98,7 +101,7 @@ pub struct TokenLoop {
     prompt_len: usize,
     max_tokens: usize,
     eos_ids: Vec<u32>,
-    top_logprobs: usize,
+    logprobs: Option<usize>,
     processed: Vec<f32>,
     /// History plus tokens looked ahead at (scratch of `processed_logits`).
     context: Vec<u32>,
@@ -125,7 +128,7 @@ impl TokenLoop {
             prompt_len: prompt.len(),
             max_tokens: params.max_tokens,
             eos_ids: params.eos_ids.to_vec(),
-            top_logprobs: params.top_logprobs,
+            logprobs: params.logprobs,
             processed: Vec::new(),
             context: Vec::new(),
             started: Instant::now(),
@@ -172,7 +175,13 @@ impl TokenLoop {
         if self.eos_ids.contains(&id) {
             return Next::Done(self.finish(FinishReason::Stop));
         }
-        let (logprob, top_logprobs) = logprobs(logits, id, self.top_logprobs);
+        let (logprob, top_logprobs) = match self.logprobs {
+            Some(k) => {
+                let (lp, top) = logprobs(logits, id, k);
+                (Some(lp), top)
+            }
+            None => (None, Vec::new()),
+        };
         self.stats.generated_tokens += 1;
         self.history.push(id);
         if self.stats.generated_tokens >= self.max_tokens {

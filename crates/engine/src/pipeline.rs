@@ -38,7 +38,8 @@ pub struct TextEvent<'a> {
 pub struct TextParams<'a> {
     pub max_tokens: usize,
     pub stop: &'a [String],
-    pub top_logprobs: usize,
+    /// As [`crate::generate::GenerateParams::logprobs`].
+    pub logprobs: Option<usize>,
 }
 
 /// Result of a text generation: counters, plus text released after the last token.
@@ -150,7 +151,7 @@ impl Engine {
         let gp = GenerateParams {
             max_tokens: params.max_tokens,
             eos_ids: &eos,
-            top_logprobs: params.top_logprobs,
+            logprobs: params.logprobs,
         };
         TextLoop {
             tokens: TokenLoop::new(prompt, sampler, &gp),

@@ -43,7 +43,7 @@ fn greedy() -> Sampler {
 const PARAMS: GenerateParams = GenerateParams {
     max_tokens: 40,
     eos_ids: &[],
-    top_logprobs: 0,
+    logprobs: None,
 };
 
 /// Greedy tokens (through `draft` when given), the main cache at the end, and the stats.
@@ -197,7 +197,7 @@ fn sampled_tokens_follow_the_main_model() {
     let gp = GenerateParams {
         max_tokens: 100,
         eos_ids: &[],
-        top_logprobs: 0,
+        logprobs: None,
     };
     // The target distributions at the position after `history`.
     let dist = |model: &Transformer| {
@@ -310,7 +310,7 @@ fn text_generation_with_a_draft_is_unchanged() {
         let params = moestream_engine::TextParams {
             max_tokens: 30,
             stop: &[],
-            top_logprobs: 2,
+            logprobs: Some(2),
         };
         let mut cache = e.model().new_cache();
         let out = e

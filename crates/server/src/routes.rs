@@ -94,7 +94,7 @@ async fn run(
         sampling: spec.sampling.clone(),
         max_tokens,
         stop: spec.stop.clone(),
-        top_logprobs: spec.logprobs.unwrap_or(0),
+        logprobs: spec.logprobs,
         events: tx,
     };
     st.scheduler.submit(job).map_err(ApiError::busy)?;

@@ -41,7 +41,8 @@ pub struct Job {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
-    pub top_logprobs: usize,
+    /// As `GenerateParams::logprobs`: `None` unless the request asked for them.
+    pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -265,7 +266,7 @@ impl<'e> Scheduler<'e> {
         let params = TextParams {
             max_tokens: job.max_tokens,
             stop: &job.stop,
-            top_logprobs: job.top_logprobs,
+            logprobs: job.logprobs,
         };
         let sampler = Sampler::new(job.sampling.clone());
         let text = self.engine.text_loop(&job.prompt, sampler, &params);

@@ -201,7 +201,7 @@ fn a_long_generation_is_not_cut_by_the_timeouts() {
     let params = TextParams {
         max_tokens: 4000,
         stop: &[],
-        top_logprobs: 0,
+        logprobs: None,
     };
     let greedy = SamplingParams {
         temperature: 0.0,

@@ -21,7 +21,7 @@ fn lone(messages: &Value, sampling: SamplingParams, max_tokens: usize) -> String
     let params = TextParams {
         max_tokens,
         stop: &[],
-        top_logprobs: 0,
+        logprobs: None,
     };
     let mut text = String::new();
     let out = engine

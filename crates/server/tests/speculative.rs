@@ -56,7 +56,7 @@ fn batched_speculative_sequences_answer_as_the_engine_alone() {
             sampling: SamplingParams::default(),
             max_tokens,
             stop: Vec::new(),
-            top_logprobs: 0,
+            logprobs: None,
             events: tx,
         };
         assert!(handle.submit(job).is_ok());
@@ -78,7 +78,7 @@ fn batched_speculative_sequences_answer_as_the_engine_alone() {
         let params = TextParams {
             max_tokens,
             stop: &[],
-            top_logprobs: 0,
+            logprobs: None,
         };
         let mut cache = plain.model().new_cache();
         let out = plain
