@@ -272,3 +272,38 @@ pub fn prefill(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{Sampler, SamplingParams};
+
+    /// Log-probabilities are computed only when asked for, and then are the log-softmax of
+    /// the logits at the chosen token and the k most likely ones.
+    #[test]
+    fn logprobs_only_when_asked_for() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let run = |logprobs| {
+            let params = GenerateParams {
+                max_tokens: 4,
+                eos_ids: &[],
+                logprobs,
+            };
+            let greedy = Sampler::new(SamplingParams::default());
+            match TokenLoop::new(&[0], greedy, &params).next(&logits) {
+                Next::Token(ev) => ev,
+                Next::Done(f) => panic!("finished before the first token: {f:?}"),
+            }
+        };
+        let plain = run(None);
+        assert_eq!((plain.id, plain.logprob), (1, None));
+        assert!(plain.top_logprobs.is_empty());
+        let lse = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln() as f32;
+        let asked = run(Some(2));
+        assert_eq!(asked.id, 1);
+        assert!((asked.logprob.expect("asked for") - (3.0 - lse)).abs() < 1e-6);
+        let top: Vec<u32> = asked.top_logprobs.iter().map(|&(id, _)| id).collect();
+        assert_eq!(top, [1, 2]);
+        assert!((asked.top_logprobs[1].1 - (2.0 - lse)).abs() < 1e-6);
+    }
+}
