@@ -280,7 +280,8 @@ mod x86 {
     /// score is `dot_avx2`'s two accumulators over 16-value steps and its final reduction,
     /// tiled two heads by two positions (a key row and a query row loaded once serve two
     /// products each); each output value is the same chain of FMAs over the positions in
-    /// order, kept in registers for four heads by 16 values at a time.
+    /// order, kept in registers for four heads by 16 values at a time. Keys and values are
+    /// each read from memory once per call, in order, whatever the number of heads.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend_group_avx2(
         heads: usize,
@@ -294,44 +295,59 @@ mod x86 {
         let (d, n) = (qs.len() / heads, scores.len() / heads);
         debug_assert!(d.is_multiple_of(16) && keys.len() >= n * d && values.len() >= n * d);
         let (q, k, s) = (qs.as_ptr(), keys.as_ptr(), scores.as_mut_ptr());
-        let mut h = 0;
-        while h < heads {
-            let mut j = 0;
-            if heads - h >= 2 {
-                while j + 2 <= n {
+        // Positions outer: a pair of key rows is read from memory once and meets every head
+        // from L1 (the cache is read once per token, not once per head pair).
+        let mut j = 0;
+        while j < n {
+            let pair = n - j >= 2;
+            let mut h = 0;
+            while h + 2 <= heads {
+                if pair {
                     scores_tile::<2, 2>(d, n, q, k, h, j, scale, s);
-                    j += 2;
-                }
-                if j < n {
+                } else {
                     scores_tile::<2, 1>(d, n, q, k, h, j, scale, s);
                 }
                 h += 2;
-            } else {
-                while j < n {
-                    scores_tile::<1, 1>(d, n, q, k, h, j, scale, s);
-                    j += 1;
-                }
-                h += 1;
             }
+            if h < heads {
+                scores_tile::<1, 1>(d, n, q, k, h, j, scale, s);
+                if pair {
+                    scores_tile::<1, 1>(d, n, q, k, h, j + 1, scale, s);
+                }
+            }
+            j += if pair { 2 } else { 1 };
         }
         for row in scores.chunks_exact_mut(n) {
             crate::activation::softmax(row);
         }
-        let mut h = 0;
-        while h < heads {
-            let take = match heads - h {
-                r if r >= 4 => 4,
-                r if r >= 2 => 2,
-                _ => 1,
-            };
-            for c in (0..d).step_by(16) {
-                match take {
-                    4 => weighted_values::<4>(d, n, values.as_ptr(), s, h, c, o.as_mut_ptr()),
-                    2 => weighted_values::<2>(d, n, values.as_ptr(), s, h, c, o.as_mut_ptr()),
-                    _ => weighted_values::<1>(d, n, values.as_ptr(), s, h, c, o.as_mut_ptr()),
+        // Values in tiles of rows, each read from memory once (in order) for every head and
+        // column; the outputs carry over between tiles through `o` (L1), which keeps each
+        // value's chain of FMAs in position order.
+        let (v, out) = (values.as_ptr(), o.as_mut_ptr());
+        for t0 in (0..n).step_by(VALUE_TILE) {
+            let rows = t0..(t0 + VALUE_TILE).min(n);
+            for r in rows.end..(rows.end + VALUE_TILE).min(n) {
+                for line in (0..d).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(v.add(r * d + line) as *const i8);
                 }
             }
-            h += take;
+            let mut h = 0;
+            while h < heads {
+                let take = match heads - h {
+                    r if r >= 4 => 4,
+                    r if r >= 2 => 2,
+                    _ => 1,
+                };
+                for c in (0..d).step_by(16) {
+                    let r = rows.clone();
+                    match take {
+                        4 => weighted_values::<4>(d, n, v, s, h, c, r, out),
+                        2 => weighted_values::<2>(d, n, v, s, h, c, r, out),
+                        _ => weighted_values::<1>(d, n, v, s, h, c, r, out),
+                    }
+                }
+                h += take;
+            }
         }
     }
 
@@ -376,8 +392,13 @@ mod x86 {
         }
     }
 
-    /// Values `c..c + 16` of the outputs of heads `h0..h0 + H`: `Σ_j p[h][j] v[j]`, one FMA
-    /// per position in order, as `axpy_avx2` adds them into a zeroed row.
+    /// Positions per tile of value rows (16 rows of 128 values: 8 KiB, in L1 with the outputs).
+    const VALUE_TILE: usize = 16;
+
+    /// Values `c..c + 16` of the outputs of heads `h0..h0 + H`, over positions `rows`:
+    /// `o += Σ_j p[h][j] v[j]` (from zero on the first tile), one FMA per position in order,
+    /// as `axpy_avx2` adds them into a zeroed row.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn weighted_values<const H: usize>(
         d: usize,
@@ -386,11 +407,26 @@ mod x86 {
         p: *const f32,
         h0: usize,
         c: usize,
+        rows: std::ops::Range<usize>,
         o: *mut f32,
     ) {
-        let mut a0 = [_mm256_setzero_ps(); H];
-        let mut a1 = [_mm256_setzero_ps(); H];
-        for j in 0..n {
+        let first = rows.start == 0;
+        let at = |hh: usize| o.add((h0 + hh) * d + c);
+        let mut a0: [__m256; H] = std::array::from_fn(|hh| {
+            if first {
+                _mm256_setzero_ps()
+            } else {
+                _mm256_loadu_ps(at(hh))
+            }
+        });
+        let mut a1: [__m256; H] = std::array::from_fn(|hh| {
+            if first {
+                _mm256_setzero_ps()
+            } else {
+                _mm256_loadu_ps(at(hh).add(8))
+            }
+        });
+        for j in rows {
             let vr = v.add(j * d + c);
             let (v0, v1) = (_mm256_loadu_ps(vr), _mm256_loadu_ps(vr.add(8)));
             for hh in 0..H {
@@ -400,9 +436,8 @@ mod x86 {
             }
         }
         for hh in 0..H {
-            let out = o.add((h0 + hh) * d + c);
-            _mm256_storeu_ps(out, a0[hh]);
-            _mm256_storeu_ps(out.add(8), a1[hh]);
+            _mm256_storeu_ps(at(hh), a0[hh]);
+            _mm256_storeu_ps(at(hh).add(8), a1[hh]);
         }
     }
 }
