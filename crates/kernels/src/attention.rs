@@ -294,6 +294,11 @@ mod x86 {
     ) {
         let (d, n) = (qs.len() / heads, scores.len() / heads);
         debug_assert!(d.is_multiple_of(16) && keys.len() >= n * d && values.len() >= n * d);
+        if n == 0 {
+            // No visible position: the generic loop's zeroed output.
+            o.fill(0.0);
+            return;
+        }
         let (q, k, s) = (qs.as_ptr(), keys.as_ptr(), scores.as_mut_ptr());
         // Positions outer: a pair of key rows is read from memory once and meets every head
         // from L1 (the cache is read once per token, not once per head pair).
