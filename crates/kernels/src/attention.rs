@@ -119,10 +119,30 @@ fn attend_group(
     scores: &mut [f32],
     o: &mut [f32],
 ) {
+    let ops = (crate::simd::dot, crate::simd::axpy);
+    attend_group_with(ops, heads, qs, keys, values, scale, scores, o)
+}
+
+/// [`attend_group`] over the given dot and axpy (its tests hold a tiled kernel to the bits
+/// of one ISA's pair).
+#[allow(clippy::too_many_arguments)]
+fn attend_group_with(
+    (dot, axpy): (
+        impl Fn(&[f32], &[f32]) -> f32,
+        impl Fn(f32, &[f32], &mut [f32]),
+    ),
+    heads: usize,
+    qs: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
     let (d, n) = (qs.len() / heads, scores.len() / heads);
     for (j, kr) in keys.chunks_exact(d).take(n).enumerate() {
         for (h, qh) in qs.chunks_exact(d).enumerate() {
-            scores[h * n + j] = scale * crate::simd::dot(qh, kr);
+            scores[h * n + j] = scale * dot(qh, kr);
         }
     }
     for row in scores.chunks_exact_mut(n) {
@@ -131,7 +151,7 @@ fn attend_group(
     o.fill(0.0);
     for (j, vr) in values.chunks_exact(d).take(n).enumerate() {
         for (h, oh) in o.chunks_exact_mut(d).enumerate() {
-            crate::simd::axpy(scores[h * n + j], vr, oh);
+            axpy(scores[h * n + j], vr, oh);
         }
     }
 }
@@ -547,28 +567,15 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if isa == crate::simd::Isa::Avx2 {
                     use crate::simd::x86::{axpy_avx2, dot_avx2};
+                    // SAFETY (both): isa_available() lists AVX2 only when the CPU has AVX2
+                    // and FMA.
+                    let ops = (
+                        |a: &[f32], b: &[f32]| unsafe { dot_avx2(a, b) },
+                        |a: f32, x: &[f32], y: &mut [f32]| unsafe { axpy_avx2(a, x, y) },
+                    );
                     let mut sc = vec![0f32; heads * t];
                     let mut generic = vec![0f32; heads * d];
-                    // SAFETY: isa_available() lists AVX2 only when the CPU has AVX2 and FMA.
-                    unsafe {
-                        for j in 0..t {
-                            for h in 0..heads {
-                                sc[h * t + j] = 0.2 * dot_avx2(&q[h * d..][..d], &k[j * d..][..d]);
-                            }
-                        }
-                        for row in sc.chunks_exact_mut(t) {
-                            crate::activation::softmax(row);
-                        }
-                        for j in 0..t {
-                            for h in 0..heads {
-                                axpy_avx2(
-                                    sc[h * t + j],
-                                    &v[j * d..][..d],
-                                    &mut generic[h * d..][..d],
-                                );
-                            }
-                        }
-                    }
+                    attend_group_with(ops, heads, &q, &k, &v, 0.2, &mut sc, &mut generic);
                     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&o), bits(&generic), "heads {heads} t {t} d {d}");
                 }
