@@ -103,30 +103,17 @@ fn attend_group_on(
         return unsafe { x86::attend_group_avx2(heads, qs, keys, values, scale, scores, o) };
     }
     let _ = isa;
-    attend_group(heads, qs, keys, values, scale, scores, o)
+    let ops = (crate::simd::dot, crate::simd::axpy);
+    attend_group(ops, heads, qs, keys, values, scale, scores, o)
 }
 
 /// `heads` query heads (`qs`, adjacent rows of `d = qs.len() / heads` values) against the
-/// same `n = scores.len() / heads` keys and values: scores row by row of keys (a key row
-/// meets every head while it is in L1), a softmax per head, then the weighted sum row by row
-/// of values into `o` (the heads' output rows, adjacent).
-fn attend_group(
-    heads: usize,
-    qs: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    o: &mut [f32],
-) {
-    let ops = (crate::simd::dot, crate::simd::axpy);
-    attend_group_with(ops, heads, qs, keys, values, scale, scores, o)
-}
-
-/// [`attend_group`] over the given dot and axpy (its tests hold a tiled kernel to the bits
-/// of one ISA's pair).
+/// same `n = scores.len() / heads` keys and values with the given dot and axpy: scores row
+/// by row of keys (a key row meets every head while it is in L1), a softmax per head, then
+/// the weighted sum row by row of values into `o` (the heads' output rows, adjacent). The
+/// tests run it with one ISA's pair to hold a tiled kernel to its bits.
 #[allow(clippy::too_many_arguments)]
-fn attend_group_with(
+fn attend_group(
     (dot, axpy): (
         impl Fn(&[f32], &[f32]) -> f32,
         impl Fn(f32, &[f32], &mut [f32]),
@@ -209,6 +196,7 @@ fn attend_on(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::simd::x86::hsum_avx;
     use std::arch::x86_64::*;
 
     /// [`super::attend`] for heads of `16 * V` values: the query and the output row live in
@@ -276,9 +264,7 @@ mod x86 {
                 }
             }
             let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            *sc = scale * _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+            *sc = scale * hsum_avx(s);
         }
         crate::activation::softmax(scores);
         for c in (0..d).step_by(64) {
@@ -407,12 +393,9 @@ mod x86 {
         }
         for hh in 0..H {
             for kk in 0..K {
-                // dot_avx2's reduction, step for step.
+                // dot_avx2's reduction.
                 let acc = _mm256_add_ps(a0[hh][kk], a1[hh][kk]);
-                let s4 = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-                let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-                *s.add((h0 + hh) * n + j0 + kk) = scale * _mm_cvtss_f32(s1);
+                *s.add((h0 + hh) * n + j0 + kk) = scale * hsum_avx(acc);
             }
         }
     }
@@ -575,7 +558,7 @@ mod tests {
                     );
                     let mut sc = vec![0f32; heads * t];
                     let mut generic = vec![0f32; heads * d];
-                    attend_group_with(ops, heads, &q, &k, &v, 0.2, &mut sc, &mut generic);
+                    attend_group(ops, heads, &q, &k, &v, 0.2, &mut sc, &mut generic);
                     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&o), bits(&generic), "heads {heads} t {t} d {d}");
                 }

@@ -21,21 +21,34 @@ pub fn fused(w: &QuantMatrix) -> bool {
     false
 }
 
-/// `row r of w (dequantized) · x`, or `None` where [`fused`] is false.
-#[inline]
-pub fn dot_quant_row(w: &QuantMatrix, r: usize, x: &[f32]) -> Option<f32> {
+/// `write(r, row r of w (dequantized) · x)` for each row of `rows`. Needs [`fused`]`(w)`.
+pub fn dot_rows(
+    w: &QuantMatrix,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    write: impl FnMut(usize, f32),
+) {
     assert!(
-        r < w.rows && x.len() == w.cols,
-        "row {r} or {} values out of shape",
+        fused(w),
+        "no fused dequantizing dot for this layout on this CPU"
+    );
+    assert!(
+        rows.end <= w.rows && x.len() == w.cols,
+        "rows {rows:?} or {} values out of shape",
         x.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if fused(w) {
-        // SAFETY: the ISA is AVX2 (so the CPU has AVX2 and FMA), `fused` checked the layout
-        // the kernel reads, and the shapes are checked above.
-        return Some(unsafe { avx2::dot_quant_row(w, r, x) });
+    {
+        let mut write = write;
+        for r in rows {
+            // SAFETY: `fused` holds only on AVX2 (so the CPU has AVX2 and FMA) for a layout
+            // the kernel reads; the shapes are checked above.
+            write(r, unsafe { avx2::dot_quant_row(w, r, x) });
+        }
     }
-    None
+    // Off x86-64 `fused` is false: the first assert has already stopped.
+    #[cfg(not(target_arch = "x86_64"))]
+    drop((rows, write));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -86,10 +99,7 @@ pub(crate) mod avx2 {
                 acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc1);
             }
         }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let s4 = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+        crate::simd::x86::hsum_avx(_mm256_add_ps(acc0, acc1))
     }
 }
 

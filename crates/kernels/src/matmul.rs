@@ -6,7 +6,7 @@
 //! dotted with each activation row.
 
 use crate::activation::silu;
-use crate::dequant_dot::dot_quant_row;
+use crate::dequant_dot;
 use crate::matrix::{FloatSlice, Matrix};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::qdot::{self, QuantizedRow};
@@ -186,16 +186,11 @@ fn row_dots(
     match w {
         Matrix::Quant(qm) if !q.is_empty() => qdot::dot_rows(qm, rows, q, x_rows, buf, write),
         // One activation row (decode): dequantize in registers where the ISA can, with the
-        // same bits (many rows share a dequantized copy better).
-        Matrix::Quant(qm) if x_rows.len() == 1 && crate::dequant_dot::fused(qm) => {
+        // same bits. Several rows (prefill) amortize one dequantized copy of each weight row
+        // instead, below.
+        Matrix::Quant(qm) if x_rows.len() == 1 && dequant_dot::fused(qm) => {
             let xr = &x[x_rows[0] as usize * cols..][..cols];
-            for r in rows {
-                write(
-                    r,
-                    0,
-                    dot_quant_row(qm, r, xr).expect("the same layout as the first row"),
-                );
-            }
+            dequant_dot::dot_rows(qm, rows, xr, |r, v| write(r, 0, v));
         }
         _ => {
             for r in rows {

@@ -112,6 +112,19 @@ pub(crate) mod x86 {
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
 
+    /// The sum of `v`'s eight lanes: the two halves, then pairs, then the last two. Every
+    /// 256-bit reduction here uses it, so kernels that keep `dot_avx2`'s accumulators keep
+    /// its bits.
+    ///
+    /// # Safety
+    /// Needs AVX (call it from a function compiled with AVX2).
+    #[inline(always)]
+    pub unsafe fn hsum_avx(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
@@ -128,13 +141,7 @@ pub(crate) mod x86 {
             );
             i += 16;
         }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let lo = _mm256_castps256_ps128(acc);
-        let s4 = _mm_add_ps(hi, lo);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        let mut s = _mm_cvtss_f32(s1);
+        let mut s = hsum_avx(_mm256_add_ps(acc0, acc1));
         while i < n {
             s += *pa.add(i) * *pb.add(i);
             i += 1;

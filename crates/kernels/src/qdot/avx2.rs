@@ -20,6 +20,7 @@ use super::format::{QuantizedRow, RowPtrs, BLOCK};
 use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
 use super::PREFETCH_AHEAD;
 use crate::matrix::QuantMatrix;
+use crate::simd::x86::hsum_avx as hsum;
 use std::arch::x86_64::*;
 
 /// [`super::format::quantize_block_scalar`] on 32 values in four registers.
@@ -54,13 +55,6 @@ pub unsafe fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     );
     let sum = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
     (d, hsum(sum), hsum_epi32(qs))
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
 }
 
 #[inline(always)]
