@@ -51,7 +51,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     eprintln!("measuring memory bandwidth...");
-    let bandwidth = moestream_kernels::membw::read_bandwidth(&model.pool, args.bandwidth_bytes, 5);
+    let bandwidth =
+        moestream_kernels::membw::read_bandwidth(&model.dev.pool, args.bandwidth_bytes, 5);
 
     // Random prompt ids within the tokenizer's range (fixed seed: the same prompt every run).
     let id_range = engine
@@ -169,7 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "prefetch": args.model.stream_experts.then_some(args.model.prefetch.as_str()),
             "direct_io": args.model.stream_experts.then_some(&args.model.direct_io),
             "io_engine": args.model.stream_experts.then(|| format!("{:?}", args.model.io_engine)),
-            "threads": model.pool.threads(),
+            "threads": model.dev.pool.threads(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "draft_model": args.model.draft_model.as_ref().map(|p| p.display().to_string()),

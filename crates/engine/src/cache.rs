@@ -1,4 +1,11 @@
 //! Per-sequence state: the KV cache of every attention layer plus preallocated scratch.
+//!
+//! Every type here is generic over where its numbers live (a backend's [`Memory`] family,
+//! host vectors by default). What only the host can do with them (growing a cache by copy,
+//! checkpoints, prefix copies for the prompt cache) is implemented for [`Host`]; on another
+//! device those are its backend's ops.
+
+use crate::backend::memory::{Host, Memory};
 
 /// Keys and values of one attention layer, head-major `[n_kv, cap, head_dim]` (values
 /// `[n_kv, cap, v_dim]`) so attention reads each head's keys contiguously. Capacity grows in
@@ -6,9 +13,9 @@
 /// "head": the normalised latent (`kv_lora_rank` wide) as the key and the rotary key
 /// (`qk_rope_head_dim` wide) as the value.
 #[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+pub struct KvCache<M: Memory = Host> {
+    pub k: M::F32,
+    pub v: M::F32,
     pub cap: usize,
     pub n_kv: usize,
     pub head_dim: usize,
@@ -16,7 +23,7 @@ pub struct KvCache {
     pub v_dim: usize,
 }
 
-impl KvCache {
+impl<M: Memory> KvCache<M> {
     pub const STEP: usize = 256;
 
     pub fn new(n_kv: usize, head_dim: usize) -> Self {
@@ -26,8 +33,8 @@ impl KvCache {
     /// A cache whose key and value rows differ in width.
     pub fn with_widths(n_kv: usize, head_dim: usize, v_dim: usize) -> Self {
         KvCache {
-            k: Vec::new(),
-            v: Vec::new(),
+            k: Default::default(),
+            v: Default::default(),
             cap: 0,
             n_kv,
             head_dim,
@@ -35,12 +42,23 @@ impl KvCache {
         }
     }
 
+    /// The capacity `reserve` grows to for `len` tokens.
+    pub fn grown_cap(&self, len: usize) -> usize {
+        len.div_ceil(Self::STEP) * Self::STEP
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.n_kv * self.cap * (self.head_dim + self.v_dim) * 4
+    }
+}
+
+impl KvCache {
     /// Makes room for `len` tokens, keeping the first `keep`.
     pub fn reserve(&mut self, len: usize, keep: usize) {
         if len <= self.cap {
             return;
         }
-        let new_cap = len.div_ceil(Self::STEP) * Self::STEP;
+        let new_cap = self.grown_cap(len);
         for (buf, w) in [(&mut self.k, self.head_dim), (&mut self.v, self.v_dim)] {
             let mut grown = vec![0f32; self.n_kv * new_cap * w];
             for h in 0..self.n_kv {
@@ -60,10 +78,6 @@ impl KvCache {
             self.k[kd..kd + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
             self.v[vdst..vdst + vd].copy_from_slice(&v[h * vd..(h + 1) * vd]);
         }
-    }
-
-    pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
     }
 
     /// A copy of the first `len` positions only (a prompt cache hands out prefixes of what it
@@ -88,74 +102,88 @@ impl KvCache {
 /// `Transformer::forward_batch`, or per thread for `Transformer::forward`) so their memory is
 /// allocated once. Each is resized (never shrunk) to the call's token count.
 #[derive(Clone, Debug, Default)]
-pub struct Scratch {
-    pub x: Vec<f32>,
-    pub xn: Vec<f32>,
-    pub delta: Vec<f32>,
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub attn: Vec<f32>,
-    pub mlp_h: Vec<f32>,
-    pub swiglu_u: Vec<f32>,
-    /// `0..n` (row indices of a dense matmul over a whole batch).
-    pub identity: Vec<u32>,
-    pub router: Vec<f32>,
-    pub expert_ids: Vec<u32>,
-    pub expert_w: Vec<f32>,
-    pub moe_h: Vec<f32>,
-    pub moe_y: Vec<f32>,
-    pub slots_by_expert: Vec<u32>,
-    pub tokens_by_expert: Vec<u32>,
-    pub expert_counts: Vec<u32>,
-    pub expert_fill: Vec<u32>,
-    pub active_experts: Vec<u32>,
-    pub last_rows: Vec<f32>,
+pub struct Scratch<M: Memory = Host> {
+    pub x: M::F32,
+    pub xn: M::F32,
+    pub delta: M::F32,
+    pub q: M::F32,
+    pub k: M::F32,
+    pub v: M::F32,
+    pub attn: M::F32,
+    pub mlp_h: M::F32,
+    pub swiglu_u: M::F32,
+    /// Row indices of a dense (gathered) matmul over a whole batch.
+    pub identity: M::U32,
+    pub router: M::F32,
+    pub expert_ids: M::U32,
+    pub expert_w: M::F32,
+    pub moe_h: M::F32,
+    pub moe_y: M::F32,
+    pub dispatch: MoeDispatch<M>,
+    pub last_rows: M::F32,
     /// Rows whose logits a batched call wants.
     pub wanted_rows: Vec<usize>,
+    /// The router lookahead's routing of the next MoE layer, and the experts it predicts
+    /// (on the host: they go to the expert store).
+    pub predicted_ids: M::U32,
+    pub predicted_w: M::F32,
+    pub predicted: Vec<u32>,
     /// Attention output gate `[l, nh * hd]` (gated attention).
-    pub gate: Vec<f32>,
+    pub gate: M::F32,
     /// Shared expert output and its sigmoid gate logits.
-    pub shared_y: Vec<f32>,
-    pub shared_gate: Vec<f32>,
-    pub delta_net: DeltaScratch,
-    pub mla: MlaScratch,
+    pub shared_y: M::F32,
+    pub shared_gate: M::F32,
+    pub delta_net: DeltaScratch<M>,
+    pub mla: MlaScratch<M>,
+}
+
+/// A MoE layer's routed slots (`t * k + j`: token `t`'s `j`-th expert) grouped by expert
+/// with a counting sort: `counts[e..e + 1]` bounds expert `e`'s run in `slots` (the slot
+/// numbers) and `tokens` (their tokens); `active` lists the experts with a run, on the host,
+/// where the expert store reads them.
+#[derive(Clone, Debug, Default)]
+pub struct MoeDispatch<M: Memory = Host> {
+    pub counts: M::U32,
+    pub fill: M::U32,
+    pub slots: M::U32,
+    pub tokens: M::U32,
+    pub active: Vec<u32>,
 }
 
 /// Scratch of a multi-head latent attention layer (see `models::mla`).
 #[derive(Clone, Debug, Default)]
-pub struct MlaScratch {
+pub struct MlaScratch<M: Memory = Host> {
     /// `q_a_proj` output (low-rank queries), then the full queries `[l, nh, dn + dr]`.
-    pub q_a: Vec<f32>,
-    pub q: Vec<f32>,
+    pub q_a: M::F32,
+    pub q: M::F32,
     /// The queries split per head: `[l, nh, dn]` and `[l, nh, dr]`.
-    pub q_nope: Vec<f32>,
-    pub q_pe: Vec<f32>,
+    pub q_nope: M::F32,
+    pub q_pe: M::F32,
     /// `kv_a_proj_with_mqa` output `[l, R + dr]` (latent normalised in place).
-    pub ckv: Vec<f32>,
+    pub ckv: M::F32,
     /// Absorbed queries and attended latents `[l, nh, R]`, head outputs `[l, nh, dv]`.
-    pub q_lat: Vec<f32>,
-    pub o_lat: Vec<f32>,
-    pub out: Vec<f32>,
+    pub q_lat: M::F32,
+    pub o_lat: M::F32,
+    pub out: M::F32,
     /// Row indices of the per-head projections.
-    pub rows: Vec<u32>,
+    pub rows: M::U32,
 }
 
 /// Scratch of a Gated DeltaNet layer (see `models::delta_net`).
 #[derive(Clone, Debug, Default)]
-pub struct DeltaScratch {
+pub struct DeltaScratch<M: Memory = Host> {
     /// Fused projections (qwen3_next layout) before they are rearranged.
-    pub qkvz: Vec<f32>,
-    pub ba: Vec<f32>,
+    pub qkvz: M::F32,
+    pub ba: M::F32,
     /// `[l, C]` mixed q/k/v, then the conv output.
-    pub qkv: Vec<f32>,
-    pub conv: Vec<f32>,
-    pub z: Vec<f32>,
-    pub b: Vec<f32>,
-    pub a: Vec<f32>,
-    pub g: Vec<f32>,
-    pub beta: Vec<f32>,
-    pub y: Vec<f32>,
+    pub qkv: M::F32,
+    pub conv: M::F32,
+    pub z: M::F32,
+    pub b: M::F32,
+    pub a: M::F32,
+    pub g: M::F32,
+    pub beta: M::F32,
+    pub y: M::F32,
 }
 
 /// Recurrent state of one Gated DeltaNet layer: the conv window (the last `kernel - 1`
@@ -163,9 +191,9 @@ pub struct DeltaScratch {
 /// Both are overwritten in place at every token, so unlike a KV cache they cannot be
 /// trimmed: going back needs a [`Checkpoint`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct DeltaState {
-    pub conv: Vec<f32>,
-    pub state: Vec<f32>,
+pub struct DeltaState<M: Memory = Host> {
+    pub conv: M::F32,
+    pub state: M::F32,
 }
 
 impl DeltaState {
@@ -184,48 +212,52 @@ impl DeltaState {
 /// What [`SeqCache::restore`] needs to return a sequence to an earlier point: the position,
 /// and a copy of every recurrent layer's state (KV caches roll back by position alone).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Checkpoint {
+pub struct Checkpoint<M: Memory = Host> {
     pub offset: usize,
-    pub recurrent: Vec<Option<DeltaState>>,
-}
-
-/// Resizes `v` to `n` without shrinking its capacity.
-#[inline]
-pub fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
-    &mut v[..n]
+    pub recurrent: Vec<Option<DeltaState<M>>>,
 }
 
 /// Everything a sequence carries between forward calls.
 #[derive(Clone, Debug, Default)]
-pub struct SeqCache {
+pub struct SeqCache<M: Memory = Host> {
     /// Tokens already in the cache (the position of the next token).
     pub offset: usize,
-    pub layers: Vec<KvCache>,
+    pub layers: Vec<KvCache<M>>,
     /// Per layer: the recurrent state of a Gated DeltaNet layer (`None` for attention).
-    pub recurrent: Vec<Option<DeltaState>>,
+    pub recurrent: Vec<Option<DeltaState<M>>>,
     /// While active, the recurrent layers' inputs since a checkpoint (speculative decoding
     /// rolls back to a point between the checkpoint and now by replaying them).
-    pub log: RecurrentLog,
+    pub log: RecurrentLog<M>,
 }
 
 /// The inputs of every recurrent layer for the tokens fed since [`RecurrentLog::start`], in
 /// order: enough to recompute the state after any prefix of those tokens from the
 /// checkpoint, without running the rest of the model again. Buffers are kept across rounds.
 #[derive(Clone, Debug, Default)]
-pub struct RecurrentLog {
+pub struct RecurrentLog<M: Memory = Host> {
     pub active: bool,
     /// Per layer (empty for attention layers).
-    pub layers: Vec<LayerLog>,
+    pub layers: Vec<LayerLog<M>>,
 }
 
 /// One recurrent layer's logged inputs, one row per token: the pre-conv `q|k|v` channels
 /// (`[C]`), and the decay and write gates (`[Hv]` each).
 #[derive(Clone, Debug, Default)]
-pub struct LayerLog {
-    pub qkv: Vec<f32>,
-    pub g: Vec<f32>,
-    pub beta: Vec<f32>,
+pub struct LayerLog<M: Memory = Host> {
+    pub qkv: M::F32,
+    pub g: M::F32,
+    pub beta: M::F32,
+}
+
+impl<M: Memory> RecurrentLog<M> {
+    pub fn stop(&mut self) {
+        self.active = false;
+    }
+
+    /// Where layer `layer` appends its inputs, while logging.
+    pub fn recording(&mut self, layer: usize) -> Option<&mut LayerLog<M>> {
+        self.layers.get_mut(layer).filter(|_| self.active)
+    }
 }
 
 impl RecurrentLog {
@@ -239,22 +271,9 @@ impl RecurrentLog {
             l.beta.clear();
         }
     }
-
-    pub fn stop(&mut self) {
-        self.active = false;
-    }
-
-    /// Appends one layer's rows (called by the recurrent layer's forward pass).
-    pub fn record(&mut self, layer: usize, qkv: &[f32], g: &[f32], beta: &[f32]) {
-        if let Some(l) = self.layers.get_mut(layer).filter(|_| self.active) {
-            l.qkv.extend_from_slice(qkv);
-            l.g.extend_from_slice(g);
-            l.beta.extend_from_slice(beta);
-        }
-    }
 }
 
-impl SeqCache {
+impl<M: Memory> SeqCache<M> {
     /// Forgets tokens past `len` (KV data is simply overwritten later). Only valid when
     /// [`SeqCache::is_trimmable`]; recurrent layers go back with [`SeqCache::restore`].
     pub fn truncate(&mut self, len: usize) {
@@ -267,6 +286,14 @@ impl SeqCache {
         self.recurrent.iter().all(Option::is_none)
     }
 
+    /// Whether [`SeqCache::clone_prefix`] can give the state after `len` tokens: any prefix
+    /// of a pure KV cache, only the whole sequence when recurrent layers are present.
+    pub fn can_clone_prefix(&self, len: usize) -> bool {
+        len <= self.offset && (self.is_trimmable() || len == self.offset)
+    }
+}
+
+impl SeqCache {
     /// A copy of what it takes to come back to this point later (position and recurrent
     /// states; a few MB per sequence for a real hybrid model, nothing for a pure KV model).
     pub fn checkpoint(&self) -> Checkpoint {
@@ -317,12 +344,6 @@ impl SeqCache {
                 .flatten()
                 .map(DeltaState::bytes)
                 .sum::<usize>()
-    }
-
-    /// Whether [`SeqCache::clone_prefix`] can give the state after `len` tokens: any prefix
-    /// of a pure KV cache, only the whole sequence when recurrent layers are present.
-    pub fn can_clone_prefix(&self, len: usize) -> bool {
-        len <= self.offset && (self.is_trimmable() || len == self.offset)
     }
 
     /// The state after the first `len` tokens (`len <= offset`).

@@ -3,6 +3,7 @@
 //! Layers (dependencies point down): `generate` -> `models` -> `experts` -> `weights`, with
 //! every numeric op coming from `moestream-kernels`.
 
+pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Opening a model directory: config, weight files, architecture, checks.
 
+use crate::backend::{Backend, Cpu, WeightLayout};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::experts::streamed::{BudgetPlan, StreamOptions};
@@ -74,24 +75,25 @@ pub fn load_model(
             None,
         ),
     };
-    let pool = Arc::new(match opts.threads {
+    let dev = Cpu::new(Arc::new(match opts.threads {
         Some(n) => ThreadPool::new(n),
         None => ThreadPool::with_default_threads(),
-    });
-    // The interleaved layout serves the int8-activation kernels; f32 activations dequantize
-    // whole rows, which the row-major layout gives faster.
-    let interleave = !opts.row_major_weights
-        && opts.precision == Precision::Fast
-        && moestream_kernels::qdot::prefers_interleaved();
+    }));
+    // The backend says how it wants the weights laid out; `--row-major-weights` keeps the
+    // files' layout whatever it says.
+    let layout = match opts.row_major_weights {
+        true => WeightLayout::default(),
+        false => dev.weight_layout(opts.precision),
+    };
     let loader = WeightLoader::new(&store, &config.quant)
         .owning_dense(opts.stream.is_some())
-        .interleaving(interleave);
+        .interleaving(layout.interleave_resident);
     let stream = opts.stream.map(|s| StreamOptions {
-        interleave_slots: interleave && moestream_kernels::qdot::needs_interleaved_4bit(),
+        interleave_slots: layout.interleave_slots,
         ..s
     });
     let ctx = models::BuildContext {
-        pool,
+        dev,
         stream,
         plan: Default::default(),
     };
@@ -124,7 +126,7 @@ pub fn requested_weights(
     let store = WeightStore::from_tensors(Default::default());
     let loader = WeightLoader::recording(&store, &config.quant);
     let ctx = models::BuildContext {
-        pool: Arc::new(ThreadPool::new(1)),
+        dev: Cpu::new(Arc::new(ThreadPool::new(1))),
         stream: None,
         plan: Default::default(),
     };

@@ -102,7 +102,7 @@ impl Engine {
         let mut model = draft.loaded.model;
         // One pool for both models: they run in turn, and a second pool's spinning workers
         // would compete with the first for the cores.
-        model.pool = std::sync::Arc::clone(&self.loaded.model.pool);
+        model.dev.pool = std::sync::Arc::clone(&self.loaded.model.dev.pool);
         self.draft = Some(Draft { model, num_draft });
         self.draft_dir = Some(draft_dir.to_path_buf());
         Ok(())

@@ -2,11 +2,10 @@
 //! whole-projection norm (OLMoE), RoPE, and Qwen3-Next's sigmoid output gate.
 
 use super::exec::{Exec, SeqStep};
-use super::ops;
-use crate::cache::{sized, Scratch};
+use crate::backend::{Backend, Rope};
+use crate::cache::Scratch;
 use crate::weights::{Floats, Linear};
-use moestream_kernels::attention::{attention, AttnShape};
-use moestream_kernels::norm::rms_norm_inplace;
+use moestream_kernels::attention::AttnShape;
 
 /// Shapes and RoPE parameters common to all attention layers of a model.
 #[derive(Clone, Debug)]
@@ -58,52 +57,40 @@ impl Attention {
     /// Attention sub-layer over the rows of every step: reads `s.xn`, writes its output
     /// projection to `s.delta`. Projections run over all rows at once; RoPE, the cache write
     /// and attention itself run per sequence.
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        ex: &Exec,
+        ex: &Exec<B>,
         c: &AttnConfig,
         layer: usize,
-        steps: &mut [SeqStep],
+        steps: &mut [SeqStep<B>],
         l: usize,
-        s: &mut Scratch,
+        s: &mut Scratch<B::Mem>,
     ) {
-        let (qd, kd) = (c.n_heads * c.head_dim, c.n_kv * c.head_dim);
-        let q = sized(&mut s.q, l * qd * if self.output_gate { 2 } else { 1 });
-        let k = sized(&mut s.k, l * kd);
-        let v = sized(&mut s.v, l * kd);
-        for (proj, out) in [
-            (&self.q_proj, &mut *q),
-            (&self.k_proj, &mut *k),
-            (&self.v_proj, &mut *v),
-        ] {
-            ex.linear(&s.xn, l, proj, out);
-        }
+        let dev = ex.dev;
+        let qd = c.n_heads * c.head_dim;
+        ex.linear(&s.xn, l, &self.q_proj, &mut s.q);
+        ex.linear(&s.xn, l, &self.k_proj, &mut s.k);
+        ex.linear(&s.xn, l, &self.v_proj, &mut s.v);
         if self.output_gate {
-            ops::split_query_gate(q, sized(&mut s.gate, l * qd), c.head_dim);
+            dev.split_query_gate(&mut s.q, &mut s.gate, c.head_dim);
         }
-        let q = &mut q[..l * qd];
-        if let Some(w) = &self.q_norm {
-            rms_norm_inplace(q, &w.view(), ex.eps);
+        for (norm, x) in [(&self.q_norm, &mut s.q), (&self.k_norm, &mut s.k)] {
+            if let Some(w) = norm {
+                dev.rms_norm_rows(x, w, ex.eps, w.view().len());
+            }
         }
-        if let Some(w) = &self.k_norm {
-            rms_norm_inplace(k, &w.view(), ex.eps);
-        }
-        let out = sized(&mut s.attn, l * qd);
+        dev.resize(&mut s.attn, l * qd);
+        let rope = Rope {
+            head_dim: c.head_dim,
+            inv_freq: &c.inv_freq,
+            traditional: c.rope_traditional,
+        };
         let mut row = 0;
         for st in steps.iter_mut() {
             let (n, offset) = (st.tokens.len(), st.cache.offset);
             let kv = &mut st.cache.layers[layer];
-            ops::rope_append(
-                kv,
-                &mut q[row * qd..(row + n) * qd],
-                &mut k[row * kd..(row + n) * kd],
-                &v[row * kd..(row + n) * kd],
-                n,
-                offset,
-                c.head_dim,
-                &c.inv_freq,
-                c.rope_traditional,
-            );
+            let rows = row..row + n;
+            dev.rope_append(kv, &mut s.q, &mut s.k, &s.v, rows.clone(), offset, rope);
             let shape = AttnShape {
                 l: n,
                 t: offset + n,
@@ -113,21 +100,12 @@ impl Attention {
                 head_dim: c.head_dim,
                 scale: c.scale,
             };
-            let rows = row * qd..(row + n) * qd;
-            attention(
-                ex.pool,
-                &q[rows.clone()],
-                &kv.k,
-                &kv.v,
-                shape,
-                &mut out[rows],
-            );
+            dev.attention(&s.q, rows, kv, shape, &mut s.attn);
             row += n;
         }
         if self.output_gate {
-            ops::sigmoid_gate(out, &s.gate);
+            dev.sigmoid_gate(&mut s.attn, &s.gate);
         }
-        let delta = sized(&mut s.delta, l * ex.hidden);
-        ex.linear(out, l, &self.o_proj, delta);
+        ex.linear(&s.attn, l, &self.o_proj, &mut s.delta);
     }
 }

@@ -10,14 +10,11 @@
 //! The two checkpoints differ only in the input projections (see [`DeltaIn`]).
 
 use super::exec::{Exec, SeqStep};
-use super::ops;
-use crate::cache::{sized, DeltaScratch, DeltaState, LayerLog, Scratch};
+use crate::backend::{Backend, DeltaRule};
+use crate::cache::{DeltaScratch, DeltaState, LayerLog, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
-use moestream_kernels::delta::{
-    conv1d_causal_silu, delta_gates, gated_delta, gated_rms_norm, l2norm, DeltaShape,
-};
-use moestream_kernels::ThreadPool;
+use moestream_kernels::delta::DeltaShape;
 
 /// The input projections.
 #[allow(clippy::large_enum_variant)] // one per layer, built at load
@@ -105,11 +102,11 @@ impl DeltaNet {
     }
 
     /// A zeroed recurrent state for a new sequence.
-    pub fn new_state(&self) -> DeltaState {
-        DeltaState::zeros(
-            (self.kernel - 1) * self.shape.channels(),
-            self.shape.state_len(),
-        )
+    pub fn new_state<B: Backend>(&self, dev: &B) -> DeltaState<B::Mem> {
+        DeltaState {
+            conv: dev.zeros((self.kernel - 1) * self.shape.channels()),
+            state: dev.zeros(self.shape.state_len()),
+        }
     }
 
     /// Weight bytes one token reads.
@@ -125,127 +122,86 @@ impl DeltaNet {
     /// of layer `layer` by its tokens, writes the layer's output projection to `s.delta`.
     /// Projections and the output norm run over all rows at once; the conv and the delta
     /// rule per sequence. (The caller has checked that every step's cache has the state.)
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        ex: &Exec,
+        ex: &Exec<B>,
         layer: usize,
-        steps: &mut [SeqStep],
+        steps: &mut [SeqStep<B>],
         l: usize,
-        s: &mut Scratch,
+        s: &mut Scratch<B::Mem>,
     ) {
-        let hv = self.shape.hv;
-        let (kd, vd, c) = (
-            self.shape.key_dim(),
-            self.shape.value_dim(),
-            self.shape.channels(),
-        );
+        let dev = ex.dev;
+        let (hv, c) = (self.shape.hv, self.shape.channels());
         let d = &mut s.delta_net;
-        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| ex.linear(x, l, lin, out);
-        let qkv = sized(&mut d.qkv, l * c);
-        let z = sized(&mut d.z, l * vd);
-        let b = sized(&mut d.b, l * hv);
-        let a = sized(&mut d.a, l * hv);
         match &self.input {
-            DeltaIn::Split {
-                qkv: wq,
-                z: wz,
-                b: wb,
-                a: wa,
-            } => {
-                mm(&s.xn, wq, qkv);
-                mm(&s.xn, wz, z);
-                mm(&s.xn, wb, b);
-                mm(&s.xn, wa, a);
+            DeltaIn::Split { qkv, z, b, a } => {
+                ex.linear(&s.xn, l, qkv, &mut d.qkv);
+                ex.linear(&s.xn, l, z, &mut d.z);
+                ex.linear(&s.xn, l, b, &mut d.b);
+                ex.linear(&s.xn, l, a, &mut d.a);
             }
             DeltaIn::Fused { qkvz, ba } => {
-                let fused = sized(&mut d.qkvz, l * (2 * kd + 2 * vd));
-                mm(&s.xn, qkvz, fused);
-                let nba = sized(&mut d.ba, l * 2 * hv);
-                mm(&s.xn, ba, nba);
-                ops::unfuse_delta_inputs(fused, nba, self.shape, l, [qkv, z, b, a]);
+                ex.linear(&s.xn, l, qkvz, &mut d.qkvz);
+                ex.linear(&s.xn, l, ba, &mut d.ba);
+                let out = [&mut d.qkv, &mut d.z, &mut d.b, &mut d.a];
+                dev.unfuse_delta_inputs(&d.qkvz, &d.ba, self.shape, l, out);
             }
         }
-        let conv = sized(&mut d.conv, l * c);
-        let g = sized(&mut d.g, l * hv);
-        let beta = sized(&mut d.beta, l * hv);
-        delta_gates(a, b, &self.a_exp, &self.dt_bias, g, beta);
-        let y = sized(&mut d.y, l * vd);
+        dev.delta_gates(
+            &d.a,
+            &d.b,
+            &self.a_exp,
+            &self.dt_bias,
+            &mut d.g,
+            &mut d.beta,
+        );
+        dev.resize(&mut d.conv, l * c);
+        dev.resize(&mut d.y, l * self.shape.value_dim());
         let mut row = 0;
         for step in steps.iter_mut() {
-            let n = step.tokens.len();
-            let rows = row * c..(row + n) * c;
-            let (gr, yr) = (row * hv..(row + n) * hv, row * vd..(row + n) * vd);
-            let (gs, bs) = (&g[gr.clone()], &beta[gr]);
-            step.cache.log.record(layer, &qkv[rows.clone()], gs, bs);
+            let rows = row..row + step.tokens.len();
+            if let Some(log) = step.cache.log.recording(layer) {
+                dev.append_rows(&mut log.qkv, &d.qkv, rows.clone(), c);
+                dev.append_rows(&mut log.g, &d.g, rows.clone(), hv);
+                dev.append_rows(&mut log.beta, &d.beta, rows.clone(), hv);
+            }
             let Some(Some(st)) = step.cache.recurrent.get_mut(layer) else {
                 unreachable!("forward_batch checks every step's recurrent state")
             };
-            self.advance(
-                ex.pool,
-                st,
-                &qkv[rows.clone()],
-                gs,
-                bs,
-                &mut conv[rows],
-                &mut y[yr],
-            );
-            row += n;
+            let inputs = (&d.qkv, &d.g, &d.beta);
+            dev.delta_advance(self.rule(), st, inputs, rows.clone(), &mut d.conv, &mut d.y);
+            row = rows.end;
         }
-        gated_rms_norm(y, z, &self.norm.view(), self.eps);
-        let delta = sized(&mut s.delta, l * ex.hidden);
-        mm(y, &self.out_proj, delta);
+        dev.gated_rms_norm(&mut d.y, &d.z, &self.norm, self.eps);
+        ex.linear(&d.y, l, &self.out_proj, &mut s.delta);
     }
 
-    /// Advances one sequence's state over the tokens of `qkv` (pre-conv rows `[n, C]`, with
-    /// their gates `g`, `beta` `[n, Hv]`): the conv window, SiLU, q/k normalisation, then the
-    /// delta rule. `conv` (`[n, C]`) and `y` (`[n, Hv * Dv]`) receive the intermediate and
-    /// final outputs. The state after `n` tokens does not depend on how they were chunked.
-    #[allow(clippy::too_many_arguments)]
-    fn advance(
-        &self,
-        pool: &ThreadPool,
-        st: &mut DeltaState,
-        qkv: &[f32],
-        g: &[f32],
-        beta: &[f32],
-        conv: &mut [f32],
-        y: &mut [f32],
-    ) {
-        let (dk, kd, c) = (self.shape.dk, self.shape.key_dim(), self.shape.channels());
-        conv1d_causal_silu(&mut st.conv, qkv, c, &self.conv_w, self.kernel, conv);
-        for r in conv.chunks_exact_mut(c) {
-            // mlx's normalize_qk: l2norm with eps 1e-6, q further scaled by Dk^-0.5.
-            l2norm(&mut r[..kd], dk, 1e-6, (dk as f32).powf(-0.5));
-            l2norm(&mut r[kd..2 * kd], dk, 1e-6, 1.0);
+    /// The recurrence's shapes and conv weight.
+    fn rule(&self) -> DeltaRule<'_> {
+        DeltaRule {
+            shape: self.shape,
+            kernel: self.kernel,
+            conv_w: &self.conv_w,
         }
-        gated_delta(pool, conv, g, beta, self.shape, &mut st.state, y);
     }
 
     /// Re-runs the recurrence over the first `n` logged tokens from the state `st` (restored
     /// to where the log started): the state then equals that of a sequence fed only those
     /// tokens. The layer's output is not needed and goes to scratch.
-    pub fn replay(
+    pub fn replay<B: Backend>(
         &self,
-        pool: &ThreadPool,
-        st: &mut DeltaState,
-        log: &LayerLog,
+        dev: &B,
+        st: &mut DeltaState<B::Mem>,
+        log: &LayerLog<B::Mem>,
         n: usize,
-        s: &mut DeltaScratch,
+        s: &mut DeltaScratch<B::Mem>,
     ) {
-        let (c, hv) = (self.shape.channels(), self.shape.hv);
         if n == 0 {
             return;
         }
-        let conv = sized(&mut s.conv, n * c);
-        let y = sized(&mut s.y, n * self.shape.value_dim());
-        self.advance(
-            pool,
-            st,
-            &log.qkv[..n * c],
-            &log.g[..n * hv],
-            &log.beta[..n * hv],
-            conv,
-            y,
-        );
+        dev.resize(&mut s.conv, n * self.shape.channels());
+        dev.resize(&mut s.y, n * self.shape.value_dim());
+        let inputs = (&log.qkv, &log.g, &log.beta);
+        dev.delta_advance(self.rule(), st, inputs, 0..n, &mut s.conv, &mut s.y);
     }
 }

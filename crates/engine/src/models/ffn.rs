@@ -4,14 +4,12 @@
 
 use super::exec::Exec;
 use super::lookahead::{self, Lookahead};
-use super::ops;
-use crate::cache::{sized, Scratch};
+use crate::backend::Backend;
+use crate::cache::Scratch;
 use crate::error::RunError;
 use crate::experts::ExpertStore;
 use crate::weights::Linear;
-use moestream_kernels::activation::sigmoid;
-use moestream_kernels::matmul::{gather_matmul, GatherGroup, GatherPair};
-use moestream_kernels::router::{router_topk, RouterKind};
+use moestream_kernels::router::RouterKind;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 pub struct DenseMlp {
@@ -46,35 +44,22 @@ pub enum FeedForward {
     Moe(MoeBlock),
 }
 
-/// `identity[..l]`: the row indices `0..l` (a dense block's gather is every row).
-fn identity(identity: &mut Vec<u32>, l: usize) -> &[u32] {
-    if identity.len() < l {
-        *identity = (0..l as u32).collect();
-    }
-    &identity[..l]
-}
-
 impl DenseMlp {
-    /// `h = swiglu(x)` of the `l` rows of `s.xn` into `s.mlp_h`, and `out = down(h)`.
-    fn run(&self, ex: &Exec, l: usize, s: &mut Scratch, out: Out) {
-        let rows = identity(&mut s.identity, l);
-        let pair = GatherPair {
-            gate: self.gate_proj.matrix(),
-            up: self.up_proj.matrix(),
-            x_rows: rows,
-            out_rows: rows,
-        };
-        let h = sized(&mut s.mlp_h, l * self.gate_proj.rows);
-        ex.swiglu(&s.xn, &[pair], h, &mut s.swiglu_u);
+    /// `h = swiglu(x)` of the `l` rows of `s.xn` into `s.mlp_h`, and `down(h)` into `out`'s
+    /// buffer.
+    fn run<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>, out: Out) {
+        let gate_up = (&self.gate_proj, &self.up_proj);
+        let scratch = (&mut s.identity, &mut s.swiglu_u);
+        ex.swiglu(&s.xn, l, gate_up, &mut s.mlp_h, scratch);
         let y = match out {
-            Out::Delta => sized(&mut s.delta, l * ex.hidden),
-            Out::Shared => sized(&mut s.shared_y, l * ex.hidden),
+            Out::Delta => &mut s.delta,
+            Out::Shared => &mut s.shared_y,
         };
-        ex.matmul(h, l, &self.down_proj.matrix(), y);
+        ex.linear(&s.mlp_h, l, &self.down_proj, y);
     }
 
     /// Reads `s.xn`, writes the block's output to `s.delta`.
-    pub fn forward(&self, ex: &Exec, l: usize, s: &mut Scratch) {
+    pub fn forward<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>) {
         self.run(ex, l, s, Out::Delta);
     }
 }
@@ -87,19 +72,21 @@ enum Out {
 
 impl SharedExpert {
     /// `delta += [sigmoid(gate(x)) *] mlp(x)` for every token.
-    fn forward(&self, ex: &Exec, l: usize, s: &mut Scratch) {
-        let hsz = ex.hidden;
+    fn forward<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>) {
         self.mlp.run(ex, l, s, Out::Shared);
-        let gates = sized(&mut s.shared_gate, l);
         match &self.gate {
             // Exact, like the router: a one-row matmul, and it scales the whole output.
             Some(g) => {
-                ex.matmul_exact(&s.xn, l, &g.matrix(), gates);
-                gates.iter_mut().for_each(|v| *v = sigmoid(*v));
+                ex.linear_exact(&s.xn, l, g, &mut s.shared_gate);
+                ex.dev.sigmoid(&mut s.shared_gate);
             }
-            None => gates.fill(1.0),
+            None => {
+                ex.dev.resize(&mut s.shared_gate, l);
+                ex.dev.fill(&mut s.shared_gate, 1.0);
+            }
         }
-        ops::scaled_add_rows(gates, &s.shared_y, &mut s.delta, hsz);
+        ex.dev
+            .scaled_add_rows(&s.shared_gate, &s.shared_y, &mut s.delta, ex.hidden);
     }
 }
 
@@ -110,70 +97,32 @@ impl MoeBlock {
     /// its router weights. Reads `s.xn`, writes `s.delta`. `next` is the following MoE
     /// layer, whose experts the router lookahead may prefetch meanwhile.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        ex: &Exec,
+        ex: &Exec<B>,
         experts: &dyn ExpertStore,
         top_k: usize,
         layer: usize,
         next: Option<Lookahead>,
         l: usize,
-        s: &mut Scratch,
+        s: &mut Scratch<B::Mem>,
     ) -> Result<(), RunError> {
-        let (hsz, k, e) = (ex.hidden, top_k, self.n_experts);
-        let router = sized(&mut s.router, l * e);
+        let (dev, k, e) = (ex.dev, top_k, self.n_experts);
         // The router stays exact: a flipped expert choice changes the output far more than
         // int8 rounding elsewhere, and the router is a small share of the bytes.
-        ex.matmul_exact(&s.xn, l, &self.router.matrix(), router);
-        s.expert_ids.resize(l * k, 0);
-        sized(&mut s.expert_w, l * k);
-        for t in 0..l {
-            router_topk(
-                &self.kind,
-                &mut router[t * e..(t + 1) * e],
-                self.selection_bias.as_deref(),
-                &mut s.expert_ids[t * k..(t + 1) * k],
-                &mut s.expert_w[t * k..(t + 1) * k],
-            );
-        }
-        ops::moe_dispatch(s, e, k, l);
+        ex.linear_exact(&s.xn, l, &self.router, &mut s.router);
+        let bias = self.selection_bias.as_deref();
+        let (ids, w) = (&mut s.expert_ids, &mut s.expert_w);
+        dev.router_topk(&self.kind, &mut s.router, e, bias, k, ids, w);
+        dev.moe_dispatch(&s.expert_ids, e, k, &mut s.dispatch);
         if let Some(next) = next {
             lookahead::prefetch(ex, experts, &next, l, s);
         }
-        let h = sized(&mut s.moe_h, l * k * self.expert_inter);
-        let y = sized(&mut s.moe_y, l * k * hsz);
-        let u = &mut s.swiglu_u;
-        let (counts, slots, toks, xn) = (
-            &s.expert_counts,
-            &s.slots_by_expert,
-            &s.tokens_by_expert,
-            &s.xn,
-        );
-        experts.with_experts(layer, &s.active_experts, &mut |batch, mats| {
-            let range = |id: u32| counts[id as usize] as usize..counts[id as usize + 1] as usize;
-            let pairs: Vec<GatherPair> = batch
-                .iter()
-                .zip(mats)
-                .map(|(&id, m)| GatherPair {
-                    gate: m.gate,
-                    up: m.up,
-                    x_rows: &toks[range(id)],
-                    out_rows: &slots[range(id)],
-                })
-                .collect();
-            ex.swiglu(xn, &pairs, h, u);
-            let downs: Vec<GatherGroup> = batch
-                .iter()
-                .zip(mats)
-                .map(|(&id, m)| GatherGroup {
-                    w: m.down,
-                    x_rows: &slots[range(id)],
-                    out_rows: &slots[range(id)],
-                })
-                .collect();
-            gather_matmul(ex.pool, ex.precision, h, &downs, y);
-        })?;
-        ops::moe_combine(&s.expert_w, y, sized(&mut s.delta, l * hsz), k, hsz);
+        let arith = (ex.precision, ex.fused_swiglu);
+        let shapes = (self.expert_inter, ex.hidden);
+        let out = (&mut s.moe_h, &mut s.moe_y, &mut s.swiglu_u);
+        dev.moe_experts(arith, experts, layer, &s.xn, &s.dispatch, shapes, out)?;
+        dev.moe_combine(&s.expert_w, &s.moe_y, &mut s.delta, k, ex.hidden);
         if let Some(sh) = &self.shared {
             sh.forward(ex, l, s);
         }

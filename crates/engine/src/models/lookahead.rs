@@ -5,11 +5,11 @@
 //! compute. A wrong guess costs a read, never a different output.
 
 use super::exec::Exec;
-use crate::cache::{sized, Scratch};
+use crate::backend::Backend;
+use crate::cache::Scratch;
 use crate::experts::ExpertStore;
 use crate::weights::{Floats, Linear};
-use moestream_kernels::norm::rms_norm;
-use moestream_kernels::router::{router_topk, RouterKind};
+use moestream_kernels::router::RouterKind;
 
 /// Largest token x top-k product worth predicting for (decode and small batches; a prefill
 /// chunk touches most experts of a layer anyway).
@@ -29,30 +29,29 @@ pub struct Lookahead<'a> {
 /// `Prefetch::Lookahead` (the decoder only finds the next MoE layer then): `s.router` is free
 /// again, `s.x` holds the residual stream entering the block, `s.last_rows` is unused until
 /// the final norm.
-pub fn prefetch(ex: &Exec, experts: &dyn ExpertStore, next: &Lookahead, l: usize, s: &mut Scratch) {
-    let (hsz, e, k) = (ex.hidden, next.n_experts, next.top_k);
+pub fn prefetch<B: Backend>(
+    ex: &Exec<B>,
+    experts: &dyn ExpertStore,
+    next: &Lookahead,
+    l: usize,
+    s: &mut Scratch<B::Mem>,
+) {
+    let (dev, e, k) = (ex.dev, next.n_experts, next.top_k);
     if l * k > MAX_PREDICTED {
         return;
     }
-    let xn = sized(&mut s.last_rows, l * hsz);
-    rms_norm(&s.x[..l * hsz], &next.norm.view(), ex.eps, xn);
-    let logits = sized(&mut s.router, l * e);
-    ex.matmul_exact(xn, l, &next.router.matrix(), logits);
-    let (mut ids, mut w) = ([0u32; MAX_PREDICTED], [0f32; MAX_PREDICTED]);
-    let (mut want, mut n) = ([0u32; MAX_PREDICTED], 0);
-    for t in 0..l {
-        router_topk(
-            next.kind,
-            &mut logits[t * e..(t + 1) * e],
-            None,
-            &mut ids[..k],
-            &mut w[..k],
-        );
-        for &id in &ids[..k] {
-            if !want[..n].contains(&id) {
-                want[n] = id;
-                n += 1;
-            }
+    dev.rms_norm(&s.x, next.norm, ex.eps, &mut s.last_rows);
+    ex.linear_exact(&s.last_rows, l, next.router, &mut s.router);
+    let (ids, w) = (&mut s.predicted_ids, &mut s.predicted_w);
+    dev.router_topk(next.kind, &mut s.router, e, None, k, ids, w);
+    dev.ids_to_host(ids, &mut s.predicted);
+    let want = &mut s.predicted;
+    let mut n = 0;
+    for i in 0..want.len() {
+        let id = want[i];
+        if !want[..n].contains(&id) {
+            want[n] = id;
+            n += 1;
         }
     }
     experts.prefetch(next.layer, &want[..n]);

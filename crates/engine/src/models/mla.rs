@@ -10,13 +10,11 @@
 //! same math up to float rounding (the parity tests hold both to mlx's logits).
 
 use super::exec::{Exec, SeqStep};
-use super::ops;
-use crate::cache::{sized, KvCache, Scratch};
+use crate::backend::{Backend, Memory};
+use crate::cache::{KvCache, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Floats, Linear, WeightLoader};
-use moestream_kernels::mla::{mla_attention, per_head_matmul, MlaShape};
-use moestream_kernels::norm::rms_norm_inplace;
-use moestream_kernels::Matrix;
+use moestream_kernels::mla::MlaShape;
 
 /// Head counts and widths of an MLA layer.
 #[derive(Clone, Copy, Debug)]
@@ -99,7 +97,7 @@ impl Mla {
     }
 
     /// The compressed cache: the latent as the key row, `k_pe` as the value row.
-    pub fn new_cache(&self) -> KvCache {
+    pub fn new_cache<M: Memory>(&self) -> KvCache<M> {
         KvCache::with_widths(1, self.dims.rank, self.dims.rope)
     }
 
@@ -126,67 +124,44 @@ impl Mla {
     /// cache of layer `layer`, writes the layer's output projection to `s.delta`. Every
     /// projection (the per-head absorbed ones included) runs over all rows at once; RoPE, the
     /// cache write and attention per sequence.
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        ex: &Exec,
+        ex: &Exec<B>,
         layer: usize,
-        steps: &mut [SeqStep],
+        steps: &mut [SeqStep<B>],
         l: usize,
-        s: &mut Scratch,
+        s: &mut Scratch<B::Mem>,
     ) {
         let MlaDims {
             n_heads: nh,
             nope: dn,
             rope: dr,
             rank: r,
-            v_dim: dv,
+            ..
         } = self.dims;
+        let (dev, p) = (ex.dev, ex.precision);
         let sc = &mut s.mla;
-        let mm = |x: &[f32], lin: &Linear, out: &mut [f32]| ex.linear(x, l, lin, out);
-        let q = sized(&mut sc.q, l * nh * (dn + dr));
         match &self.query {
             QueryProj::LowRank { a, norm, b } => {
-                let qa = sized(&mut sc.q_a, l * a.rows);
-                mm(&s.xn, a, qa);
-                rms_norm_inplace(qa, &norm.view(), self.eps);
-                mm(qa, b, q);
+                ex.linear(&s.xn, l, a, &mut sc.q_a);
+                dev.rms_norm_rows(&mut sc.q_a, norm, self.eps, a.rows);
+                ex.linear(&sc.q_a, l, b, &mut sc.q);
             }
-            QueryProj::Full(p) => mm(&s.xn, p, q),
+            QueryProj::Full(q) => ex.linear(&s.xn, l, q, &mut sc.q),
         }
-        let q_nope = sized(&mut sc.q_nope, l * nh * dn);
-        let q_pe = sized(&mut sc.q_pe, l * nh * dr);
-        ops::split_heads(q, q_nope, q_pe, dn, dr);
-        let ckv = sized(&mut sc.ckv, l * (r + dr));
-        mm(&s.xn, &self.kv_a, ckv);
-        for row in ckv.chunks_exact_mut(r + dr) {
-            rms_norm_inplace(&mut row[..r], &self.kv_norm.view(), self.eps);
-        }
+        dev.split_heads(&sc.q, &mut sc.q_nope, &mut sc.q_pe, dn, dr);
+        ex.linear(&s.xn, l, &self.kv_a, &mut sc.ckv);
+        dev.rms_norm_rows(&mut sc.ckv, &self.kv_norm, self.eps, r + dr);
         // Absorb embed_q into the queries: q' = q_nope @ Wq_h^T, `[l, nh, R]`.
-        let embed: Vec<Matrix> = self.embed_q.iter().map(Linear::matrix).collect();
-        let q_lat = sized(&mut sc.q_lat, l * nh * r);
-        per_head_matmul(
-            ex.pool,
-            ex.precision,
-            q_nope,
-            l,
-            &embed,
-            &mut sc.rows,
-            q_lat,
-        );
-        let o_lat = sized(&mut sc.o_lat, l * nh * r);
+        dev.per_head_linear(p, &sc.q_nope, l, &self.embed_q, &mut sc.rows, &mut sc.q_lat);
+        dev.resize(&mut sc.o_lat, l * nh * r);
         let mut row = 0;
         for st in steps.iter_mut() {
             let (n, offset) = (st.tokens.len(), st.cache.offset);
             let kv = &mut st.cache.layers[layer];
-            ops::rope_append_latent(
-                kv,
-                &mut q_pe[row * nh * dr..(row + n) * nh * dr],
-                &mut ckv[row * (r + dr)..(row + n) * (r + dr)],
-                n,
-                offset,
-                (r, dr),
-                &self.inv_freq,
-            );
+            let rows = row..row + n;
+            let (q_pe, ckv, freq) = (&mut sc.q_pe, &mut sc.ckv, &self.inv_freq);
+            dev.rope_append_latent(kv, q_pe, ckv, rows.clone(), offset, (r, dr), freq);
             let shape = MlaShape {
                 l: n,
                 t: offset + n,
@@ -196,27 +171,12 @@ impl Mla {
                 rope_dim: dr,
                 scale: self.scale,
             };
-            let (lat, pe) = (
-                row * nh * r..(row + n) * nh * r,
-                row * nh * dr..(row + n) * nh * dr,
-            );
-            let q_rows = &q_lat[lat.clone()];
-            mla_attention(
-                ex.pool,
-                q_rows,
-                &q_pe[pe],
-                &kv.k,
-                &kv.v,
-                shape,
-                &mut o_lat[lat],
-            );
+            dev.mla_attention((&sc.q_lat, &sc.q_pe), rows, kv, shape, &mut sc.o_lat);
             row += n;
         }
         // Un-absorb: out = o @ Wo_h^T, `[l, nh, dv]`, then o_proj.
-        let unembed: Vec<Matrix> = self.unembed_out.iter().map(Linear::matrix).collect();
-        let out = sized(&mut sc.out, l * nh * dv);
-        per_head_matmul(ex.pool, ex.precision, o_lat, l, &unembed, &mut sc.rows, out);
-        let delta = sized(&mut s.delta, l * ex.hidden);
-        mm(out, &self.o_proj, delta);
+        let unembed = &self.unembed_out;
+        dev.per_head_linear(p, &sc.o_lat, l, unembed, &mut sc.rows, &mut sc.out);
+        ex.linear(&sc.out, l, &self.o_proj, &mut s.delta);
     }
 }

@@ -14,26 +14,25 @@ pub mod lookahead;
 pub mod mixtral;
 pub mod mla;
 pub mod olmoe;
-pub mod ops;
 pub mod qwen3;
 pub mod qwen3_5_moe;
 pub mod qwen3_moe;
 pub mod qwen3_next;
 pub mod transformer;
 
+use crate::backend::Cpu;
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::experts::streamed::{BudgetPlan, StreamOptions, StreamedExperts};
 use crate::experts::{ExpertStore, ExpertWeights, ResidentExperts};
 use crate::weights::WeightLoader;
 pub use exec::{LogitRows, SeqStep};
-use moestream_kernels::ThreadPool;
-use std::sync::Arc;
 pub use transformer::{ModelInfo, Transformer};
 
 /// What an architecture loader needs besides config and weights.
 pub struct BuildContext {
-    pub pool: Arc<ThreadPool>,
+    /// The device the model will run on.
+    pub dev: Cpu,
     /// Stream routed experts from disk (`None`: keep them resident in the mapping).
     pub stream: Option<StreamOptions>,
     /// How streaming spent the memory budget (set once, by `expert_store`).
@@ -89,7 +88,7 @@ impl BuildContext {
 }
 
 /// What an architecture file loads; [`BuildContext::assemble`] adds what every model shares
-/// (the expert store, the thread pool, default precision and fused SwiGLU).
+/// (the expert store, the device, default precision and fused SwiGLU).
 pub struct DecoderParts {
     pub trunk: Trunk,
     pub layers: Vec<LayerParts>,
@@ -139,7 +138,7 @@ impl BuildContext {
             eps: p.eps,
             attn: p.attn,
             experts: self.expert_store(experts, w, kv)?,
-            pool: Arc::clone(&self.pool),
+            dev: self.dev.clone(),
             precision: Default::default(),
             fused_swiglu: true,
             moe_top_k: None,

@@ -7,16 +7,12 @@ use super::attention::{Attention, AttnConfig};
 use super::exec::{Exec, LogitRows, SeqStep};
 use super::ffn::{FeedForward, MoeBlock};
 use super::lookahead::Lookahead;
-use super::ops;
-use crate::cache::{sized, KvCache, Scratch, SeqCache};
+use crate::backend::{Backend, Cpu, Memory};
+use crate::cache::{KvCache, Scratch, SeqCache};
 use crate::error::RunError;
 use crate::experts::{ExpertStore, Prefetch};
 use crate::weights::{Floats, Linear};
-use moestream_kernels::matmul::matmul;
-use moestream_kernels::norm::{add_rms_norm, rms_norm_inplace};
 use moestream_kernels::Precision;
-use moestream_kernels::ThreadPool;
-use std::sync::Arc;
 
 /// The token mixer of a layer: attention over the KV cache, multi-head latent attention
 /// over its compressed cache, or a Gated DeltaNet over its recurrent state. (One per layer,
@@ -31,7 +27,7 @@ pub enum Mixer {
 impl Mixer {
     /// The layer's (empty) cache: keys/values of the model's attention shape, MLA's latent
     /// cache, or an unused placeholder for a recurrent layer (its state lives apart).
-    fn new_cache(&self, c: &AttnConfig) -> KvCache {
+    fn new_cache<M: Memory>(&self, c: &AttnConfig) -> KvCache<M> {
         match self {
             Mixer::Mla(m) => m.new_cache(),
             Mixer::Attention(_) | Mixer::DeltaNet(_) => KvCache::new(c.n_kv, c.head_dim),
@@ -79,7 +75,8 @@ pub fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
-pub struct Transformer {
+/// A model on a backend (the CPU unless named).
+pub struct Transformer<B: Backend = Cpu> {
     pub info: ModelInfo,
     pub embed: Linear,
     pub layers: Vec<Layer>,
@@ -89,7 +86,8 @@ pub struct Transformer {
     pub eps: f32,
     pub attn: AttnConfig,
     pub experts: Box<dyn ExpertStore>,
-    pub pool: Arc<ThreadPool>,
+    /// The device the model runs on.
+    pub dev: B,
     /// Arithmetic of the quantized matmuls (int8 activations by default; `Exact` for
     /// comparisons with mlx and for `validate`'s reference).
     pub precision: Precision,
@@ -101,8 +99,8 @@ pub struct Transformer {
     pub moe_top_k: Option<usize>,
 }
 
-impl Transformer {
-    pub fn new_cache(&self) -> SeqCache {
+impl<B: Backend> Transformer<B> {
+    pub fn new_cache(&self) -> SeqCache<B::Mem> {
         SeqCache {
             offset: 0,
             layers: self
@@ -114,7 +112,7 @@ impl Transformer {
                 .layers
                 .iter()
                 .map(|l| match &l.attn {
-                    Mixer::DeltaNet(d) => Some(d.new_state()),
+                    Mixer::DeltaNet(d) => Some(d.new_state(&self.dev)),
                     Mixer::Attention(_) | Mixer::Mla(_) => None,
                 })
                 .collect(),
@@ -128,9 +126,9 @@ impl Transformer {
     }
 
     /// The execution context the blocks run with.
-    fn exec(&self) -> Exec<'_> {
+    fn exec(&self) -> Exec<'_, B> {
         Exec {
-            pool: &self.pool,
+            dev: &self.dev,
             precision: self.precision,
             fused_swiglu: self.fused_swiglu,
             hidden: self.info.hidden_size,
@@ -161,6 +159,96 @@ impl Transformer {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// One forward pass over several sequences at once: every weight matrix (dense and
+    /// expert) is read once for all their tokens, while attention runs per sequence over its
+    /// own cache. Logits are written for the rows each step asks for, in step order
+    /// (`[rows, vocab]`). Nothing is changed when an input is rejected.
+    pub fn forward_batch(
+        &self,
+        steps: &mut [SeqStep<B>],
+        s: &mut Scratch<B::Mem>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let (hsz, vocab) = (self.info.hidden_size, self.info.vocab_size);
+        for st in steps.iter() {
+            if st.tokens.is_empty() {
+                return Err(RunError::EmptyPrompt);
+            }
+            if let Some(&id) = st.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(RunError::TokenOutOfRange { id, vocab });
+            }
+            self.check_cache(st.cache)?;
+            let end = st.cache.offset + st.tokens.len();
+            if end > self.info.max_context {
+                return Err(RunError::ContextFull {
+                    len: end,
+                    max: self.info.max_context,
+                });
+            }
+        }
+        let l: usize = steps.iter().map(|st| st.tokens.len()).sum();
+        if l == 0 {
+            return Err(RunError::EmptyPrompt);
+        }
+        let dev = &self.dev;
+        let all_tokens = steps.iter().flat_map(|st| st.tokens.iter());
+        dev.embed(&self.embed, all_tokens, l, &mut s.x);
+        dev.resize(&mut s.delta, l * hsz);
+        dev.fill(&mut s.delta, 0.0);
+        let ex = self.exec();
+        for (li, layer) in self.layers.iter().enumerate() {
+            dev.add_rms_norm(&mut s.x, &s.delta, &layer.input_norm, self.eps, &mut s.xn);
+            match &layer.attn {
+                Mixer::Attention(a) => a.forward(&ex, &self.attn, li, steps, l, s),
+                Mixer::Mla(m) => m.forward(&ex, li, steps, l, s),
+                Mixer::DeltaNet(d) => d.forward(&ex, li, steps, l, s),
+            }
+            dev.add_rms_norm(&mut s.x, &s.delta, &layer.post_norm, self.eps, &mut s.xn);
+            match &layer.ffn {
+                FeedForward::Dense(mlp) => mlp.forward(&ex, l, s),
+                FeedForward::Moe(moe) => {
+                    let top_k = self.top_k(moe);
+                    let lookahead = self.experts.prefetch_policy() == Prefetch::Lookahead;
+                    let next = lookahead.then(|| self.next_moe(li)).flatten();
+                    moe.forward(&ex, &*self.experts, top_k, li, next, l, s)?
+                }
+            }
+        }
+        // Final norm and head only for the rows whose logits are wanted.
+        let wanted = &mut s.wanted_rows;
+        wanted.clear();
+        let mut start = 0;
+        for st in steps.iter_mut() {
+            let n = st.tokens.len();
+            match st.logits {
+                LogitRows::None => {}
+                LogitRows::Last => wanted.push(start + n - 1),
+                LogitRows::All => wanted.extend(start..start + n),
+            }
+            st.cache.offset += n;
+            start += n;
+        }
+        let rows = wanted.len();
+        dev.residual_rows(&s.x, &s.delta, wanted, hsz, &mut s.last_rows);
+        dev.rms_norm_rows(&mut s.last_rows, &self.norm, self.eps, hsz);
+        dev.logits(self.precision, &s.last_rows, rows, self.head(), logits);
+        Ok(())
+    }
+
+    /// Every Gated DeltaNet layer needs its recurrent state in the sequence's cache.
+    fn check_cache(&self, c: &SeqCache<B::Mem>) -> Result<(), RunError> {
+        for (li, layer) in self.layers.iter().enumerate() {
+            let has = matches!(c.recurrent.get(li), Some(Some(_)));
+            if matches!(layer.attn, Mixer::DeltaNet(_)) && !has {
+                return Err(RunError::CacheMismatch(li));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whole-sequence calls on the CPU, with this thread's scratch.
+impl Transformer {
     /// Runs `tokens` through the model at positions `cache.offset..`, appends them to the
     /// cache and writes logits: for the last token (`all_logits == false`, `[vocab]`) or for
     /// every token (`[tokens.len(), vocab]`).
@@ -195,117 +283,5 @@ impl Transformer {
             };
             self.forward_batch(&mut [step], s, logits)
         })
-    }
-
-    /// One forward pass over several sequences at once: every weight matrix (dense and
-    /// expert) is read once for all their tokens, while attention runs per sequence over its
-    /// own cache. Logits are written for the rows each step asks for, in step order
-    /// (`[rows, vocab]`). Nothing is changed when an input is rejected.
-    pub fn forward_batch(
-        &self,
-        steps: &mut [SeqStep],
-        s: &mut Scratch,
-        logits: &mut Vec<f32>,
-    ) -> Result<(), RunError> {
-        let (hsz, vocab) = (self.info.hidden_size, self.info.vocab_size);
-        for st in steps.iter() {
-            if st.tokens.is_empty() {
-                return Err(RunError::EmptyPrompt);
-            }
-            if let Some(&id) = st.tokens.iter().find(|&&id| id as usize >= vocab) {
-                return Err(RunError::TokenOutOfRange { id, vocab });
-            }
-            self.check_cache(st.cache)?;
-            let end = st.cache.offset + st.tokens.len();
-            if end > self.info.max_context {
-                return Err(RunError::ContextFull {
-                    len: end,
-                    max: self.info.max_context,
-                });
-            }
-        }
-        let l: usize = steps.iter().map(|st| st.tokens.len()).sum();
-        if l == 0 {
-            return Err(RunError::EmptyPrompt);
-        }
-        let x = sized(&mut s.x, l * hsz);
-        let all_tokens = steps.iter().flat_map(|st| st.tokens.iter());
-        ops::embed_rows(&self.embed.matrix(), all_tokens, hsz, x);
-        sized(&mut s.delta, l * hsz).fill(0.0);
-        sized(&mut s.xn, l * hsz);
-        let ex = self.exec();
-        for (li, layer) in self.layers.iter().enumerate() {
-            add_rms_norm(
-                &mut s.x,
-                &s.delta,
-                &layer.input_norm.view(),
-                self.eps,
-                &mut s.xn,
-            );
-            match &layer.attn {
-                Mixer::Attention(a) => a.forward(&ex, &self.attn, li, steps, l, s),
-                Mixer::Mla(m) => m.forward(&ex, li, steps, l, s),
-                Mixer::DeltaNet(d) => d.forward(&ex, li, steps, l, s),
-            }
-            add_rms_norm(
-                &mut s.x,
-                &s.delta,
-                &layer.post_norm.view(),
-                self.eps,
-                &mut s.xn,
-            );
-            match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&ex, l, s),
-                FeedForward::Moe(moe) => {
-                    let top_k = self.top_k(moe);
-                    let lookahead = self.experts.prefetch_policy() == Prefetch::Lookahead;
-                    let next = lookahead.then(|| self.next_moe(li)).flatten();
-                    moe.forward(&ex, &*self.experts, top_k, li, next, l, s)?
-                }
-            }
-        }
-        // Final norm and head only for the rows whose logits are wanted.
-        let mut wanted = std::mem::take(&mut s.wanted_rows);
-        wanted.clear();
-        let mut start = 0;
-        for st in steps.iter_mut() {
-            let n = st.tokens.len();
-            match st.logits {
-                LogitRows::None => {}
-                LogitRows::Last => wanted.push(start + n - 1),
-                LogitRows::All => wanted.extend(start..start + n),
-            }
-            st.cache.offset += n;
-            start += n;
-        }
-        let rows = wanted.len();
-        let normed = sized(&mut s.last_rows, rows * hsz);
-        ops::residual_rows(&s.x, &s.delta, &wanted, hsz, normed);
-        s.wanted_rows = wanted;
-        rms_norm_inplace(normed, &self.norm.view(), self.eps);
-        logits.resize(rows * vocab, 0.0);
-        if rows > 0 {
-            matmul(
-                &self.pool,
-                self.precision,
-                normed,
-                rows,
-                &self.head().matrix(),
-                logits,
-            );
-            super::exec::add_bias(self.head(), logits);
-        }
-        Ok(())
-    }
-
-    /// Every Gated DeltaNet layer needs its recurrent state in the sequence's cache.
-    fn check_cache(&self, c: &SeqCache) -> Result<(), RunError> {
-        for (li, layer) in self.layers.iter().enumerate() {
-            let has = matches!(c.recurrent.get(li), Some(Some(_)));
-            if matches!(layer.attn, Mixer::DeltaNet(_)) && !has {
-                return Err(RunError::CacheMismatch(li));
-            }
-        }
-        Ok(())
     }
 }

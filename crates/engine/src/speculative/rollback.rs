@@ -43,7 +43,7 @@ pub fn rewind(model: &Transformer, cache: &mut SeqCache, cp: &Checkpoint, keep: 
             if let (Mixer::DeltaNet(d), Some(Some(st)), Some(l)) =
                 (&layer.attn, recurrent.get_mut(li), log.layers.get(li))
             {
-                d.replay(&model.pool, st, l, n, &mut scratch.delta_net);
+                d.replay(&model.dev, st, l, n, &mut scratch.delta_net);
             }
         }
     });

@@ -1,9 +1,8 @@
-//! The data-movement ops the blocks run between kernel calls, each over whole buffers: the
-//! host loops a device backend has to provide as kernels of its own (gathers, splits, the
-//! expert dispatch and combine, RoPE with the cache append, gates). Blocks call these and
-//! the kernels crate, and loop over nothing themselves except the sequences of a batch.
+//! The CPU's data-movement ops, over host slices: gathers, splits, the expert dispatch and
+//! combine, RoPE with the cache append, gates (a device backend has kernels of its own for
+//! each).
 
-use crate::cache::{KvCache, Scratch};
+use crate::cache::{KvCache, MoeDispatch};
 use moestream_kernels::activation::sigmoid;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::rope::rope;
@@ -110,30 +109,28 @@ pub fn split_heads(x: &[f32], left: &mut [f32], right: &mut [f32], a: usize, b: 
     }
 }
 
-/// Groups the `l * k` routed slots (`t * k + j`) of `s.expert_ids` by expert with a
-/// counting sort: `expert_counts[e..e + 1]` bounds expert `e`'s run in `slots_by_expert` /
-/// `tokens_by_expert`, and `active_experts` lists the experts with a run.
-pub fn moe_dispatch(s: &mut Scratch, e: usize, k: usize, l: usize) {
-    s.expert_counts.clear();
-    s.expert_counts.resize(e + 1, 0);
-    for &id in &s.expert_ids {
-        s.expert_counts[id as usize + 1] += 1;
+/// Groups the routed slots (`t * k + j`) of `ids` by expert with a counting sort (see
+/// [`MoeDispatch`]).
+pub fn moe_dispatch(ids: &[u32], e: usize, k: usize, d: &mut MoeDispatch) {
+    d.counts.clear();
+    d.counts.resize(e + 1, 0);
+    for &id in ids {
+        d.counts[id as usize + 1] += 1;
     }
     for i in 0..e {
-        s.expert_counts[i + 1] += s.expert_counts[i];
+        d.counts[i + 1] += d.counts[i];
     }
-    s.active_experts.clear();
-    s.active_experts.extend(
-        (0..e as u32).filter(|&i| s.expert_counts[i as usize + 1] > s.expert_counts[i as usize]),
-    );
-    s.slots_by_expert.resize(l * k, 0);
-    s.tokens_by_expert.resize(l * k, 0);
-    s.expert_fill.clear();
-    s.expert_fill.extend_from_slice(&s.expert_counts[..e]);
-    for (slot, &id) in s.expert_ids.iter().enumerate() {
-        let p = &mut s.expert_fill[id as usize];
-        s.slots_by_expert[*p as usize] = slot as u32;
-        s.tokens_by_expert[*p as usize] = (slot / k) as u32;
+    d.active.clear();
+    d.active
+        .extend((0..e as u32).filter(|&i| d.counts[i as usize + 1] > d.counts[i as usize]));
+    d.slots.resize(ids.len(), 0);
+    d.tokens.resize(ids.len(), 0);
+    d.fill.clear();
+    d.fill.extend_from_slice(&d.counts[..e]);
+    for (slot, &id) in ids.iter().enumerate() {
+        let p = &mut d.fill[id as usize];
+        d.slots[*p as usize] = slot as u32;
+        d.tokens[*p as usize] = (slot / k) as u32;
         *p += 1;
     }
 }
