@@ -17,14 +17,15 @@
 
 pub mod cpu;
 pub mod memory;
+pub mod weights;
 
 pub use cpu::Cpu;
 pub use memory::{Host, Memory};
+pub use weights::{HostWeights, WeightSet};
 
 use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
 use crate::experts::ExpertStore;
-use crate::weights::{Floats, Linear};
 use moestream_kernels::attention::AttnShape;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::mla::MlaShape;
@@ -36,6 +37,12 @@ use std::ops::Range;
 pub type F32<B> = <<B as Backend>::Mem as Memory>::F32;
 /// A backend's u32 buffer type.
 pub type U32<B> = <<B as Backend>::Mem as Memory>::U32;
+/// A backend's weight matrix.
+pub type Mat<B> = <<B as Backend>::Weights as WeightSet>::Matrix;
+/// A backend's norm weight vector.
+pub type Vector<B> = <<B as Backend>::Weights as WeightSet>::Vector;
+/// A backend's f32 weight values.
+pub type Values<B> = <<B as Backend>::Weights as WeightSet>::Values;
 
 /// Rotary embedding parameters of one attention kind.
 #[derive(Clone, Copy, Debug)]
@@ -49,13 +56,12 @@ pub struct Rope<'a> {
 }
 
 /// The shapes and weights of a Gated DeltaNet recurrence (one layer).
-#[derive(Clone, Copy, Debug)]
-pub struct DeltaRule<'a> {
+pub struct DeltaRule<'a, B: Backend + ?Sized> {
     pub shape: DeltaShape,
     /// Conv window length.
     pub kernel: usize,
     /// Conv weight `[kernel, C]`.
-    pub conv_w: &'a [f32],
+    pub conv_w: &'a Values<B>,
 }
 
 /// The weight preparation a backend asks of the loader.
@@ -76,6 +82,8 @@ pub struct WeightLayout {
 pub trait Backend: Send + Sync {
     /// The buffer types of this device.
     type Mem: Memory;
+    /// The weight types of this device.
+    type Weights: WeightSet;
 
     /// The device's name in summaries and `bench` JSON (`cpu`).
     fn name(&self) -> &'static str;
@@ -101,16 +109,16 @@ pub trait Backend: Send + Sync {
     /// `x[i] = table row tokens[i]` for the `rows` token ids (from the host).
     fn embed<'t>(
         &self,
-        table: &Linear,
+        table: &Mat<Self>,
         tokens: impl Iterator<Item = &'t u32>,
         rows: usize,
         x: &mut F32<Self>,
     );
     /// `out = x W^T + b` over `rows` rows of `x`.
-    fn linear(&self, p: Precision, x: &F32<Self>, rows: usize, w: &Linear, out: &mut F32<Self>);
+    fn linear(&self, p: Precision, x: &F32<Self>, rows: usize, w: &Mat<Self>, out: &mut F32<Self>);
     /// The LM head: `out = x W^T + b` over `rows` rows, written to host memory (the logits
     /// the sampler reads).
-    fn logits(&self, p: Precision, x: &F32<Self>, rows: usize, w: &Linear, out: &mut Vec<f32>);
+    fn logits(&self, p: Precision, x: &F32<Self>, rows: usize, w: &Mat<Self>, out: &mut Vec<f32>);
     /// `out[h] = x[h] W_h^T` per head `h` of `x[rows, heads, in]` (MLA's absorbed
     /// projections). `idx` is the op's scratch.
     fn per_head_linear(
@@ -118,7 +126,7 @@ pub trait Backend: Send + Sync {
         p: Precision,
         x: &F32<Self>,
         rows: usize,
-        heads: &[Linear],
+        heads: &[Mat<Self>],
         idx: &mut U32<Self>,
         out: &mut F32<Self>,
     );
@@ -132,7 +140,7 @@ pub trait Backend: Send + Sync {
         fused: bool,
         x: &F32<Self>,
         rows: usize,
-        gate_up: (&Linear, &Linear),
+        gate_up: (&Mat<Self>, &Mat<Self>),
         h: &mut F32<Self>,
         scratch: (&mut U32<Self>, &mut F32<Self>),
     );
@@ -144,15 +152,16 @@ pub trait Backend: Send + Sync {
         &self,
         x: &mut F32<Self>,
         delta: &F32<Self>,
-        w: &Floats,
+        w: &Vector<Self>,
         eps: f32,
         xn: &mut F32<Self>,
     );
-    /// RMSNorm in place of the first `w.len()` values of every row of `stride` values
-    /// (`stride == w.len()`: every value).
-    fn rms_norm_rows(&self, x: &mut F32<Self>, w: &Floats, eps: f32, stride: usize);
+    /// RMSNorm in place of every row (rows of `w.len()`).
+    fn rms_norm_rows(&self, x: &mut F32<Self>, w: &Vector<Self>, eps: f32);
+    /// RMSNorm in place of the first `w.len()` values of every row of `stride` values.
+    fn rms_norm_prefix(&self, x: &mut F32<Self>, w: &Vector<Self>, eps: f32, stride: usize);
     /// `out = rms_norm(x)` (rows of `w.len()`).
-    fn rms_norm(&self, x: &F32<Self>, w: &Floats, eps: f32, out: &mut F32<Self>);
+    fn rms_norm(&self, x: &F32<Self>, w: &Vector<Self>, eps: f32, out: &mut F32<Self>);
     /// `out[j] = x[rows[j]] + delta[rows[j]]` (rows of `width`; row indices from the host).
     fn residual_rows(
         &self,
@@ -250,8 +259,8 @@ pub trait Backend: Send + Sync {
         &self,
         a: &F32<Self>,
         b: &F32<Self>,
-        a_exp: &[f32],
-        dt_bias: &[f32],
+        a_exp: &Values<Self>,
+        dt_bias: &Values<Self>,
         g: &mut F32<Self>,
         beta: &mut F32<Self>,
     );
@@ -261,7 +270,7 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn delta_advance(
         &self,
-        rule: DeltaRule,
+        rule: DeltaRule<Self>,
         st: &mut DeltaState<Self::Mem>,
         inputs: (&F32<Self>, &F32<Self>, &F32<Self>),
         rows: Range<usize>,
@@ -269,7 +278,7 @@ pub trait Backend: Send + Sync {
         y: &mut F32<Self>,
     );
     /// `y = silu(z) * (w * rms_norm(y))` (rows of `w.len()`).
-    fn gated_rms_norm(&self, y: &mut F32<Self>, z: &F32<Self>, w: &Floats, eps: f32);
+    fn gated_rms_norm(&self, y: &mut F32<Self>, z: &F32<Self>, w: &Vector<Self>, eps: f32);
     /// `dst = src` for a recurrent state of the same shape (checkpoints).
     fn copy_state(&self, dst: &mut DeltaState<Self::Mem>, src: &DeltaState<Self::Mem>);
 
@@ -284,7 +293,7 @@ pub trait Backend: Send + Sync {
         kind: &RouterKind,
         logits: &mut F32<Self>,
         experts: usize,
-        bias: Option<&[f32]>,
+        bias: Option<&Values<Self>>,
         k: usize,
         ids: &mut U32<Self>,
         w: &mut F32<Self>,

@@ -2,9 +2,8 @@
 //! whole-projection norm (OLMoE), RoPE, and Qwen3-Next's sigmoid output gate.
 
 use super::exec::{Exec, SeqStep};
-use crate::backend::{Backend, Rope};
+use crate::backend::{Backend, HostWeights, Rope, WeightSet};
 use crate::cache::Scratch;
-use crate::weights::{Floats, Linear};
 use moestream_kernels::attention::AttnShape;
 
 /// Shapes and RoPE parameters common to all attention layers of a model.
@@ -40,24 +39,24 @@ impl AttnConfig {
 }
 
 /// Grouped-query self-attention with optional per-head q/k RMSNorm and RoPE.
-pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+pub struct Attention<W: WeightSet = HostWeights> {
+    pub q_proj: W::Matrix,
+    pub k_proj: W::Matrix,
+    pub v_proj: W::Matrix,
+    pub o_proj: W::Matrix,
     /// RMSNorm weights, per head `[head_dim]` (Qwen3) or over the whole projection (OLMoE).
-    pub q_norm: Option<Floats>,
-    pub k_norm: Option<Floats>,
+    pub q_norm: Option<W::Vector>,
+    pub k_norm: Option<W::Vector>,
     /// Qwen3-Next's output gate: `q_proj` yields `[q | gate]` per head (`2 * head_dim`), and
     /// the attention output is multiplied by `sigmoid(gate)` before `o_proj`.
     pub output_gate: bool,
 }
 
-impl Attention {
+impl<W: WeightSet> Attention<W> {
     /// Attention sub-layer over the rows of every step: reads `s.xn`, writes its output
     /// projection to `s.delta`. Projections run over all rows at once; RoPE, the cache write
     /// and attention itself run per sequence.
-    pub fn forward<B: Backend>(
+    pub fn forward<B: Backend<Weights = W>>(
         &self,
         ex: &Exec<B>,
         c: &AttnConfig,
@@ -76,7 +75,7 @@ impl Attention {
         }
         for (norm, x) in [(&self.q_norm, &mut s.q), (&self.k_norm, &mut s.k)] {
             if let Some(w) = norm {
-                dev.rms_norm_rows(x, w, ex.eps, w.view().len());
+                dev.rms_norm_rows(x, w, ex.eps);
             }
         }
         dev.resize(&mut s.attn, l * qd);

@@ -10,40 +10,40 @@
 //! The two checkpoints differ only in the input projections (see [`DeltaIn`]).
 
 use super::exec::{Exec, SeqStep};
-use crate::backend::{Backend, DeltaRule};
+use crate::backend::{Backend, DeltaRule, HostWeights, WeightSet};
 use crate::cache::{DeltaScratch, DeltaState, LayerLog, Scratch};
 use crate::error::LoadError;
-use crate::weights::{Floats, Linear, WeightLoader};
+use crate::weights::WeightLoader;
 use moestream_kernels::delta::DeltaShape;
 
 /// The input projections.
 #[allow(clippy::large_enum_variant)] // one per layer, built at load
-pub enum DeltaIn {
+pub enum DeltaIn<W: WeightSet = HostWeights> {
     /// qwen3_next: `in_proj_qkvz [2*Hk*Dk + 2*Hv*Dv, H]` laid out per key head as
     /// `[q (Dk) | k (Dk) | v (r*Dv) | z (r*Dv)]`, and `in_proj_ba [2*Hv, H]` per key head as
     /// `[b (r) | a (r)]` (`r = Hv / Hk`).
-    Fused { qkvz: Linear, ba: Linear },
+    Fused { qkvz: W::Matrix, ba: W::Matrix },
     /// qwen3_5: `in_proj_qkv` already `[q | k | v]` (head-major), and separate `z`, `b`, `a`.
     Split {
-        qkv: Linear,
-        z: Linear,
-        b: Linear,
-        a: Linear,
+        qkv: W::Matrix,
+        z: W::Matrix,
+        b: W::Matrix,
+        a: W::Matrix,
     },
 }
 
-pub struct DeltaNet {
-    pub input: DeltaIn,
+pub struct DeltaNet<W: WeightSet = HostWeights> {
+    pub input: DeltaIn<W>,
     pub shape: DeltaShape,
     pub kernel: usize,
     /// `conv1d.weight [C, K, 1]` transposed to `[K, C]` (f32).
-    pub conv_w: Vec<f32>,
+    pub conv_w: W::Values,
     /// `exp(A_log)` in f32, per value head.
-    pub a_exp: Vec<f32>,
-    pub dt_bias: Vec<f32>,
+    pub a_exp: W::Values,
+    pub dt_bias: W::Values,
     /// Gated RMSNorm weight `[Dv]`.
-    pub norm: Floats,
-    pub out_proj: Linear,
+    pub norm: W::Vector,
+    pub out_proj: W::Matrix,
     pub eps: f32,
 }
 
@@ -101,14 +101,6 @@ impl DeltaNet {
         })
     }
 
-    /// A zeroed recurrent state for a new sequence.
-    pub fn new_state<B: Backend>(&self, dev: &B) -> DeltaState<B::Mem> {
-        DeltaState {
-            conv: dev.zeros((self.kernel - 1) * self.shape.channels()),
-            state: dev.zeros(self.shape.state_len()),
-        }
-    }
-
     /// Weight bytes one token reads.
     pub fn bytes(&self) -> usize {
         let inputs = match &self.input {
@@ -117,12 +109,22 @@ impl DeltaNet {
         };
         inputs + self.out_proj.bytes() + self.norm.bytes.len() + self.conv_w.len() * 4
     }
+}
+
+impl<W: WeightSet> DeltaNet<W> {
+    /// A zeroed recurrent state for a new sequence.
+    pub fn new_state<B: Backend>(&self, dev: &B) -> DeltaState<B::Mem> {
+        DeltaState {
+            conv: dev.zeros((self.kernel - 1) * self.shape.channels()),
+            state: dev.zeros(self.shape.state_len()),
+        }
+    }
 
     /// Reads `s.xn` (the `l` normed rows of all steps), advances each step's recurrent state
     /// of layer `layer` by its tokens, writes the layer's output projection to `s.delta`.
     /// Projections and the output norm run over all rows at once; the conv and the delta
     /// rule per sequence. (The caller has checked that every step's cache has the state.)
-    pub fn forward<B: Backend>(
+    pub fn forward<B: Backend<Weights = W>>(
         &self,
         ex: &Exec<B>,
         layer: usize,
@@ -177,7 +179,7 @@ impl DeltaNet {
     }
 
     /// The recurrence's shapes and conv weight.
-    fn rule(&self) -> DeltaRule<'_> {
+    fn rule<B: Backend<Weights = W>>(&self) -> DeltaRule<'_, B> {
         DeltaRule {
             shape: self.shape,
             kernel: self.kernel,
@@ -188,7 +190,7 @@ impl DeltaNet {
     /// Re-runs the recurrence over the first `n` logged tokens from the state `st` (restored
     /// to where the log started): the state then equals that of a sequence fed only those
     /// tokens. The layer's output is not needed and goes to scratch.
-    pub fn replay<B: Backend>(
+    pub fn replay<B: Backend<Weights = W>>(
         &self,
         dev: &B,
         st: &mut DeltaState<B::Mem>,

@@ -3,9 +3,8 @@
 //! ([`SeqStep`]). Blocks take these instead of the model they are part of, so the model
 //! file imports the blocks and no block imports the model.
 
-use crate::backend::{Backend, Cpu, F32, U32};
+use crate::backend::{Backend, Cpu, Mat, F32, U32};
 use crate::cache::SeqCache;
-use crate::weights::Linear;
 use moestream_kernels::Precision;
 
 /// Which logits a step of a batched forward pass wants.
@@ -41,13 +40,13 @@ pub struct Exec<'a, B: Backend = Cpu> {
 
 impl<B: Backend> Exec<'_, B> {
     /// `out = x W^T + b` over `rows` rows in the model's arithmetic.
-    pub fn linear(&self, x: &F32<B>, rows: usize, lin: &Linear, out: &mut F32<B>) {
+    pub fn linear(&self, x: &F32<B>, rows: usize, lin: &Mat<B>, out: &mut F32<B>) {
         self.dev.linear(self.precision, x, rows, lin, out);
     }
 
     /// `out = x W^T + b` in f32 whatever the model's arithmetic: for routers and gates,
     /// where a flipped choice or a scaled output costs more than int8 rounding saves.
-    pub fn linear_exact(&self, x: &F32<B>, rows: usize, lin: &Linear, out: &mut F32<B>) {
+    pub fn linear_exact(&self, x: &F32<B>, rows: usize, lin: &Mat<B>, out: &mut F32<B>) {
         self.dev.linear(Precision::Exact, x, rows, lin, out);
     }
 
@@ -58,7 +57,7 @@ impl<B: Backend> Exec<'_, B> {
         &self,
         x: &F32<B>,
         rows: usize,
-        gate_up: (&Linear, &Linear),
+        gate_up: (&Mat<B>, &Mat<B>),
         h: &mut F32<B>,
         scratch: (&mut U32<B>, &mut F32<B>),
     ) {

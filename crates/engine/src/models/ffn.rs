@@ -4,50 +4,55 @@
 
 use super::exec::Exec;
 use super::lookahead::{self, Lookahead};
-use crate::backend::Backend;
+use crate::backend::{Backend, HostWeights, WeightSet};
 use crate::cache::Scratch;
 use crate::error::RunError;
 use crate::experts::ExpertStore;
-use crate::weights::Linear;
 use moestream_kernels::router::RouterKind;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
-pub struct DenseMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+pub struct DenseMlp<W: WeightSet = HostWeights> {
+    pub gate_proj: W::Matrix,
+    pub up_proj: W::Matrix,
+    pub down_proj: W::Matrix,
 }
 
 /// Routed experts: the router runs here, the experts' weights come from the expert store.
-pub struct MoeBlock {
-    pub router: Linear,
+pub struct MoeBlock<W: WeightSet = HostWeights> {
+    pub router: W::Matrix,
     pub kind: RouterKind,
     pub n_experts: usize,
     pub top_k: usize,
     pub expert_inter: usize,
     /// An always-on expert added to the routed sum (Qwen3-Next, GLM).
-    pub shared: Option<SharedExpert>,
+    pub shared: Option<SharedExpert<W>>,
     /// Added to the router scores for selection only (GLM's `e_score_correction_bias`).
-    pub selection_bias: Option<Vec<f32>>,
+    pub selection_bias: Option<W::Values>,
 }
 
 /// A dense SwiGLU expert every token goes through, optionally scaled by
 /// `sigmoid(gate(x))` (Qwen3-Next's `shared_expert_gate`, a `[1, hidden]` linear).
-pub struct SharedExpert {
-    pub mlp: DenseMlp,
-    pub gate: Option<Linear>,
+pub struct SharedExpert<W: WeightSet = HostWeights> {
+    pub mlp: DenseMlp<W>,
+    pub gate: Option<W::Matrix>,
 }
 
 #[allow(clippy::large_enum_variant)] // one per layer, built at load
-pub enum FeedForward {
-    Dense(Box<DenseMlp>),
-    Moe(MoeBlock),
+pub enum FeedForward<W: WeightSet = HostWeights> {
+    Dense(Box<DenseMlp<W>>),
+    Moe(MoeBlock<W>),
 }
 
-impl DenseMlp {
+impl<W: WeightSet> DenseMlp<W> {
     /// `h = swiglu(x)` of the `l` rows of `s.xn` into `s.mlp_h`, and `down(h)` into `out`'s
     /// buffer.
-    fn run<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>, out: Out) {
+    fn run<B: Backend<Weights = W>>(
+        &self,
+        ex: &Exec<B>,
+        l: usize,
+        s: &mut Scratch<B::Mem>,
+        out: Out,
+    ) {
         let gate_up = (&self.gate_proj, &self.up_proj);
         let scratch = (&mut s.identity, &mut s.swiglu_u);
         ex.swiglu(&s.xn, l, gate_up, &mut s.mlp_h, scratch);
@@ -59,7 +64,12 @@ impl DenseMlp {
     }
 
     /// Reads `s.xn`, writes the block's output to `s.delta`.
-    pub fn forward<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>) {
+    pub fn forward<B: Backend<Weights = W>>(
+        &self,
+        ex: &Exec<B>,
+        l: usize,
+        s: &mut Scratch<B::Mem>,
+    ) {
         self.run(ex, l, s, Out::Delta);
     }
 }
@@ -70,9 +80,9 @@ enum Out {
     Shared,
 }
 
-impl SharedExpert {
+impl<W: WeightSet> SharedExpert<W> {
     /// `delta += [sigmoid(gate(x)) *] mlp(x)` for every token.
-    fn forward<B: Backend>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>) {
+    fn forward<B: Backend<Weights = W>>(&self, ex: &Exec<B>, l: usize, s: &mut Scratch<B::Mem>) {
         self.mlp.run(ex, l, s, Out::Shared);
         match &self.gate {
             // Exact, like the router: a one-row matmul, and it scales the whole output.
@@ -90,20 +100,20 @@ impl SharedExpert {
     }
 }
 
-impl MoeBlock {
+impl<W: WeightSet> MoeBlock<W> {
     /// Routed experts: route every token (to `top_k` experts), group the (token, choice)
     /// slots by expert, run one gathered SwiGLU and one gathered down projection over all
     /// active experts of `experts`' layer `layer`, then combine each token's k outputs with
     /// its router weights. Reads `s.xn`, writes `s.delta`. `next` is the following MoE
     /// layer, whose experts the router lookahead may prefetch meanwhile.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward<B: Backend>(
+    pub fn forward<B: Backend<Weights = W>>(
         &self,
         ex: &Exec<B>,
         experts: &dyn ExpertStore,
         top_k: usize,
         layer: usize,
-        next: Option<Lookahead>,
+        next: Option<Lookahead<W>>,
         l: usize,
         s: &mut Scratch<B::Mem>,
     ) -> Result<(), RunError> {
@@ -111,7 +121,7 @@ impl MoeBlock {
         // The router stays exact: a flipped expert choice changes the output far more than
         // int8 rounding elsewhere, and the router is a small share of the bytes.
         ex.linear_exact(&s.xn, l, &self.router, &mut s.router);
-        let bias = self.selection_bias.as_deref();
+        let bias = self.selection_bias.as_ref();
         let (ids, w) = (&mut s.expert_ids, &mut s.expert_w);
         dev.router_topk(&self.kind, &mut s.router, e, bias, k, ids, w);
         dev.moe_dispatch(&s.expert_ids, e, k, &mut s.dispatch);

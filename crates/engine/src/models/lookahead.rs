@@ -5,10 +5,9 @@
 //! compute. A wrong guess costs a read, never a different output.
 
 use super::exec::Exec;
-use crate::backend::Backend;
+use crate::backend::{Backend, HostWeights, WeightSet};
 use crate::cache::Scratch;
 use crate::experts::ExpertStore;
-use crate::weights::{Floats, Linear};
 use moestream_kernels::router::RouterKind;
 
 /// Largest token x top-k product worth predicting for (decode and small batches; a prefill
@@ -16,10 +15,10 @@ use moestream_kernels::router::RouterKind;
 const MAX_PREDICTED: usize = 64;
 
 /// The next MoE layer, as the lookahead sees it: its post-attention norm and its router.
-pub struct Lookahead<'a> {
+pub struct Lookahead<'a, W: WeightSet = HostWeights> {
     pub layer: usize,
-    pub norm: &'a Floats,
-    pub router: &'a Linear,
+    pub norm: &'a W::Vector,
+    pub router: &'a W::Matrix,
     pub kind: &'a RouterKind,
     pub n_experts: usize,
     pub top_k: usize,
@@ -32,7 +31,7 @@ pub struct Lookahead<'a> {
 pub fn prefetch<B: Backend>(
     ex: &Exec<B>,
     experts: &dyn ExpertStore,
-    next: &Lookahead,
+    next: &Lookahead<B::Weights>,
     l: usize,
     s: &mut Scratch<B::Mem>,
 ) {

@@ -10,10 +10,10 @@
 //! same math up to float rounding (the parity tests hold both to mlx's logits).
 
 use super::exec::{Exec, SeqStep};
-use crate::backend::{Backend, Memory};
+use crate::backend::{Backend, HostWeights, Memory, WeightSet};
 use crate::cache::{KvCache, Scratch};
 use crate::error::LoadError;
-use crate::weights::{Floats, Linear, WeightLoader};
+use crate::weights::{Linear, WeightLoader};
 use moestream_kernels::mla::MlaShape;
 
 /// Head counts and widths of an MLA layer.
@@ -28,21 +28,25 @@ pub struct MlaDims {
 }
 
 /// How queries are made: through a low-rank bottleneck (`q_lora_rank` set) or directly.
-pub enum QueryProj {
-    LowRank { a: Linear, norm: Floats, b: Linear },
-    Full(Linear),
+pub enum QueryProj<W: WeightSet = HostWeights> {
+    LowRank {
+        a: W::Matrix,
+        norm: W::Vector,
+        b: W::Matrix,
+    },
+    Full(W::Matrix),
 }
 
-pub struct Mla {
-    pub query: QueryProj,
+pub struct Mla<W: WeightSet = HostWeights> {
+    pub query: QueryProj<W>,
     /// `kv_a_proj_with_mqa` `[R + dr, H]`.
-    pub kv_a: Linear,
+    pub kv_a: W::Matrix,
     /// `kv_a_layernorm` `[R]`.
-    pub kv_norm: Floats,
+    pub kv_norm: W::Vector,
     /// Per head: `embed_q` `[R, dn]` and `unembed_out` `[dv, R]`.
-    pub embed_q: Vec<Linear>,
-    pub unembed_out: Vec<Linear>,
-    pub o_proj: Linear,
+    pub embed_q: Vec<W::Matrix>,
+    pub unembed_out: Vec<W::Matrix>,
+    pub o_proj: W::Matrix,
     pub dims: MlaDims,
     /// Inverse frequencies of the `dr / 2` rotated pairs.
     pub inv_freq: Vec<f32>,
@@ -96,15 +100,6 @@ impl Mla {
         })
     }
 
-    /// The compressed cache: the latent as the key row, `k_pe` as the value row.
-    pub fn new_cache<M: Memory>(&self) -> KvCache<M> {
-        KvCache::with_widths(1, self.dims.rank, self.dims.rope)
-    }
-
-    pub fn cache_floats_per_token(&self) -> usize {
-        self.dims.rank + self.dims.rope
-    }
-
     /// Weight bytes one token reads.
     pub fn bytes(&self) -> usize {
         let q = match &self.query {
@@ -119,12 +114,23 @@ impl Mla {
             .sum();
         q + self.kv_a.bytes() + self.kv_norm.bytes.len() + heads + self.o_proj.bytes()
     }
+}
+
+impl<W: WeightSet> Mla<W> {
+    /// The compressed cache: the latent as the key row, `k_pe` as the value row.
+    pub fn new_cache<M: Memory>(&self) -> KvCache<M> {
+        KvCache::with_widths(1, self.dims.rank, self.dims.rope)
+    }
+
+    pub fn cache_floats_per_token(&self) -> usize {
+        self.dims.rank + self.dims.rope
+    }
 
     /// Reads `s.xn` (the `l` normed rows of all steps), appends each step's latents to its
     /// cache of layer `layer`, writes the layer's output projection to `s.delta`. Every
     /// projection (the per-head absorbed ones included) runs over all rows at once; RoPE, the
     /// cache write and attention per sequence.
-    pub fn forward<B: Backend>(
+    pub fn forward<B: Backend<Weights = W>>(
         &self,
         ex: &Exec<B>,
         layer: usize,
@@ -144,14 +150,14 @@ impl Mla {
         match &self.query {
             QueryProj::LowRank { a, norm, b } => {
                 ex.linear(&s.xn, l, a, &mut sc.q_a);
-                dev.rms_norm_rows(&mut sc.q_a, norm, self.eps, a.rows);
+                dev.rms_norm_rows(&mut sc.q_a, norm, self.eps);
                 ex.linear(&sc.q_a, l, b, &mut sc.q);
             }
             QueryProj::Full(q) => ex.linear(&s.xn, l, q, &mut sc.q),
         }
         dev.split_heads(&sc.q, &mut sc.q_nope, &mut sc.q_pe, dn, dr);
         ex.linear(&s.xn, l, &self.kv_a, &mut sc.ckv);
-        dev.rms_norm_rows(&mut sc.ckv, &self.kv_norm, self.eps, r + dr);
+        dev.rms_norm_prefix(&mut sc.ckv, &self.kv_norm, self.eps, r + dr);
         // Absorb embed_q into the queries: q' = q_nope @ Wq_h^T, `[l, nh, R]`.
         dev.per_head_linear(p, &sc.q_nope, l, &self.embed_q, &mut sc.rows, &mut sc.q_lat);
         dev.resize(&mut sc.o_lat, l * nh * r);

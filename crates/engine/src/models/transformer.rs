@@ -7,24 +7,23 @@ use super::attention::{Attention, AttnConfig};
 use super::exec::{Exec, LogitRows, SeqStep};
 use super::ffn::{FeedForward, MoeBlock};
 use super::lookahead::Lookahead;
-use crate::backend::{Backend, Cpu, Memory};
+use crate::backend::{Backend, Cpu, HostWeights, Mat, Memory, Vector, WeightSet};
 use crate::cache::{KvCache, Scratch, SeqCache};
 use crate::error::RunError;
 use crate::experts::{ExpertStore, Prefetch};
-use crate::weights::{Floats, Linear};
 use moestream_kernels::Precision;
 
 /// The token mixer of a layer: attention over the KV cache, multi-head latent attention
 /// over its compressed cache, or a Gated DeltaNet over its recurrent state. (One per layer,
 /// built at load: variant sizes do not matter.)
 #[allow(clippy::large_enum_variant)]
-pub enum Mixer {
-    Attention(Attention),
-    Mla(Box<super::mla::Mla>),
-    DeltaNet(Box<super::delta_net::DeltaNet>),
+pub enum Mixer<W: WeightSet = HostWeights> {
+    Attention(Attention<W>),
+    Mla(Box<super::mla::Mla<W>>),
+    DeltaNet(Box<super::delta_net::DeltaNet<W>>),
 }
 
-impl Mixer {
+impl<W: WeightSet> Mixer<W> {
     /// The layer's (empty) cache: keys/values of the model's attention shape, MLA's latent
     /// cache, or an unused placeholder for a recurrent layer (its state lives apart).
     fn new_cache<M: Memory>(&self, c: &AttnConfig) -> KvCache<M> {
@@ -44,11 +43,11 @@ impl Mixer {
     }
 }
 
-pub struct Layer {
-    pub input_norm: Floats,
-    pub attn: Mixer,
-    pub post_norm: Floats,
-    pub ffn: FeedForward,
+pub struct Layer<W: WeightSet = HostWeights> {
+    pub input_norm: W::Vector,
+    pub attn: Mixer<W>,
+    pub post_norm: W::Vector,
+    pub ffn: FeedForward<W>,
 }
 
 /// Sizes the rest of the engine needs to know.
@@ -78,11 +77,11 @@ pub fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// A model on a backend (the CPU unless named).
 pub struct Transformer<B: Backend = Cpu> {
     pub info: ModelInfo,
-    pub embed: Linear,
-    pub layers: Vec<Layer>,
-    pub norm: Floats,
+    pub embed: Mat<B>,
+    pub layers: Vec<Layer<B::Weights>>,
+    pub norm: Vector<B>,
     /// `None` when the head is tied to the embedding.
-    pub lm_head: Option<Linear>,
+    pub lm_head: Option<Mat<B>>,
     pub eps: f32,
     pub attn: AttnConfig,
     pub experts: Box<dyn ExpertStore>,
@@ -121,7 +120,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Experts each token is routed to in `m` (the runtime override, else the config's).
-    pub fn top_k(&self, m: &MoeBlock) -> usize {
+    pub fn top_k(&self, m: &MoeBlock<B::Weights>) -> usize {
         self.moe_top_k.map_or(m.top_k, |k| k.min(m.n_experts))
     }
 
@@ -137,7 +136,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// The first MoE layer after `layer`, for the router lookahead.
-    fn next_moe(&self, layer: usize) -> Option<Lookahead<'_>> {
+    fn next_moe(&self, layer: usize) -> Option<Lookahead<'_, B::Weights>> {
         self.layers
             .iter()
             .enumerate()
@@ -155,7 +154,7 @@ impl<B: Backend> Transformer<B> {
             })
     }
 
-    pub fn head(&self) -> &Linear {
+    pub fn head(&self) -> &Mat<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -230,7 +229,7 @@ impl<B: Backend> Transformer<B> {
         }
         let rows = wanted.len();
         dev.residual_rows(&s.x, &s.delta, wanted, hsz, &mut s.last_rows);
-        dev.rms_norm_rows(&mut s.last_rows, &self.norm, self.eps, hsz);
+        dev.rms_norm_rows(&mut s.last_rows, &self.norm, self.eps);
         dev.logits(self.precision, &s.last_rows, rows, self.head(), logits);
         Ok(())
     }

@@ -4,6 +4,7 @@
 mod moves;
 
 use super::memory::Host;
+use super::weights::HostWeights;
 use super::{Backend, DeltaRule, Rope, WeightLayout};
 use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
@@ -61,6 +62,7 @@ fn add_bias(lin: &Linear, out: &mut [f32]) {
 
 impl Backend for Cpu {
     type Mem = Host;
+    type Weights = HostWeights;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -176,15 +178,15 @@ impl Backend for Cpu {
         add_rms_norm(x, delta, &w.view(), eps, xn);
     }
 
-    fn rms_norm_rows(&self, x: &mut Vec<f32>, w: &Floats, eps: f32, stride: usize) {
+    fn rms_norm_rows(&self, x: &mut Vec<f32>, w: &Floats, eps: f32) {
+        rms_norm_inplace(x, &w.view(), eps);
+    }
+
+    fn rms_norm_prefix(&self, x: &mut Vec<f32>, w: &Floats, eps: f32, stride: usize) {
         let view = w.view();
         let n = view.len();
-        if stride == n {
-            rms_norm_inplace(x, &view, eps);
-        } else {
-            for row in x.chunks_exact_mut(stride) {
-                rms_norm_inplace(&mut row[..n], &view, eps);
-            }
+        for row in x.chunks_exact_mut(stride) {
+            rms_norm_inplace(&mut row[..n], &view, eps);
         }
     }
 
@@ -341,8 +343,8 @@ impl Backend for Cpu {
         &self,
         a: &Vec<f32>,
         b: &Vec<f32>,
-        a_exp: &[f32],
-        dt_bias: &[f32],
+        a_exp: &Vec<f32>,
+        dt_bias: &Vec<f32>,
         g: &mut Vec<f32>,
         beta: &mut Vec<f32>,
     ) {
@@ -352,7 +354,7 @@ impl Backend for Cpu {
 
     fn delta_advance(
         &self,
-        rule: DeltaRule,
+        rule: DeltaRule<Self>,
         st: &mut DeltaState,
         (qkv, g, beta): (&Vec<f32>, &Vec<f32>, &Vec<f32>),
         rows: Range<usize>,
@@ -396,7 +398,7 @@ impl Backend for Cpu {
         kind: &RouterKind,
         logits: &mut Vec<f32>,
         experts: usize,
-        bias: Option<&[f32]>,
+        bias: Option<&Vec<f32>>,
         k: usize,
         ids: &mut Vec<u32>,
         w: &mut Vec<f32>,
@@ -409,7 +411,7 @@ impl Backend for Cpu {
             .zip(ids.chunks_exact_mut(k))
             .zip(w.chunks_exact_mut(k))
         {
-            router_topk(kind, l, bias, ids, w);
+            router_topk(kind, l, bias.map(Vec::as_slice), ids, w);
         }
     }
 
