@@ -25,7 +25,7 @@ pub use weights::{HostWeights, WeightSet};
 
 use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
-use crate::experts::ExpertStore;
+use crate::experts::ExpertSource;
 use moestream_kernels::attention::AttnShape;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::mla::MlaShape;
@@ -84,6 +84,9 @@ pub trait Backend: Send + Sync {
     type Mem: Memory;
     /// The weight types of this device.
     type Weights: WeightSet;
+    /// Where this device's routed experts come from: resident, or streamed into slots it
+    /// owns (the reads themselves are `experts/io.rs`'s, into memory the store hands it).
+    type Experts: ?Sized + ExpertSource;
 
     /// The device's name in summaries and `bench` JSON (`cpu`).
     fn name(&self) -> &'static str;
@@ -315,7 +318,7 @@ pub trait Backend: Send + Sync {
     fn moe_experts(
         &self,
         arith: (Precision, bool),
-        store: &dyn ExpertStore,
+        store: &Self::Experts,
         layer: usize,
         x: &F32<Self>,
         d: &MoeDispatch<Self::Mem>,

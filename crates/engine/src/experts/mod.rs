@@ -128,17 +128,10 @@ pub struct ExpertMats<'a> {
     pub down: Matrix<'a>,
 }
 
-pub trait ExpertStore: Send + Sync {
-    /// Makes experts `ids` (distinct) of MoE layer `layer` available and calls
-    /// `f(batch, mats)` with their matrices (`mats[i]` is expert `batch[i]`). A store with
-    /// fewer slots than `ids` calls `f` several times with consecutive sub-slices of `ids`.
-    fn with_experts(
-        &self,
-        layer: usize,
-        ids: &[u32],
-        f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
-    ) -> Result<(), RunError>;
-
+/// What the decoder and the tools ask of an expert store whatever memory its experts live
+/// in: prefetch hints, counters and sizes. A backend names its store type
+/// (`Backend::Experts`); the one with host matrices is [`ExpertStore`].
+pub trait ExpertSource: Send + Sync {
     /// The prefetch policy the model should drive (`Lookahead` needs the model's routers).
     fn prefetch_policy(&self) -> Prefetch {
         Prefetch::None
@@ -165,6 +158,20 @@ pub trait ExpertStore: Send + Sync {
     /// forward call that used it): `usage()[layer][expert]`, empty for dense layers. Shows the
     /// routing spread (synthetic models must not route everything to a few experts).
     fn usage(&self) -> Vec<Vec<u64>>;
+}
+
+/// An expert store in host memory (the CPU backend's): resident views of the mapped files,
+/// or slots that `io.rs` reads missing experts into.
+pub trait ExpertStore: ExpertSource {
+    /// Makes experts `ids` (distinct) of MoE layer `layer` available and calls
+    /// `f(batch, mats)` with their matrices (`mats[i]` is expert `batch[i]`). A store with
+    /// fewer slots than `ids` calls `f` several times with consecutive sub-slices of `ids`.
+    fn with_experts(
+        &self,
+        layer: usize,
+        ids: &[u32],
+        f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
+    ) -> Result<(), RunError>;
 }
 
 /// Per-layer, per-expert use counts (the routing spread), shared by every store.
@@ -265,7 +272,9 @@ impl ExpertStore for ResidentExperts {
         f(ids, &mats);
         Ok(())
     }
+}
 
+impl ExpertSource for ResidentExperts {
     fn expert_bytes(&self, layer: usize) -> usize {
         self.layers
             .get(layer)

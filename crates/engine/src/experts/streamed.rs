@@ -10,7 +10,9 @@ use super::io::{
     direct_region, view_offset, IoEngine, IoPool, Priority, ReadJob, SourceFiles, Ticket,
     DIRECT_ALIGN,
 };
-use super::{ExpertMats, ExpertStore, ExpertWeights, Prefetch, StoreStats, UsageCounters};
+use super::{
+    ExpertMats, ExpertSource, ExpertStore, ExpertWeights, Prefetch, StoreStats, UsageCounters,
+};
 use crate::error::RunError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -445,7 +447,9 @@ impl ExpertStore for StreamedExperts {
         }
         Ok(())
     }
+}
 
+impl ExpertSource for StreamedExperts {
     fn expert_bytes(&self, layer: usize) -> usize {
         self.layers
             .get(layer)

@@ -7,7 +7,6 @@ use super::lookahead::{self, Lookahead};
 use crate::backend::{Backend, HostWeights, WeightSet};
 use crate::cache::Scratch;
 use crate::error::RunError;
-use crate::experts::ExpertStore;
 use moestream_kernels::router::RouterKind;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
@@ -110,7 +109,7 @@ impl<W: WeightSet> MoeBlock<W> {
     pub fn forward<B: Backend<Weights = W>>(
         &self,
         ex: &Exec<B>,
-        experts: &dyn ExpertStore,
+        experts: &B::Experts,
         top_k: usize,
         layer: usize,
         next: Option<Lookahead<W>>,

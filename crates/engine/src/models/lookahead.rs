@@ -7,7 +7,7 @@
 use super::exec::Exec;
 use crate::backend::{Backend, HostWeights, WeightSet};
 use crate::cache::Scratch;
-use crate::experts::ExpertStore;
+use crate::experts::ExpertSource;
 use moestream_kernels::router::RouterKind;
 
 /// Largest token x top-k product worth predicting for (decode and small batches; a prefill
@@ -30,7 +30,7 @@ pub struct Lookahead<'a, W: WeightSet = HostWeights> {
 /// the final norm.
 pub fn prefetch<B: Backend>(
     ex: &Exec<B>,
-    experts: &dyn ExpertStore,
+    experts: &B::Experts,
     next: &Lookahead<B::Weights>,
     l: usize,
     s: &mut Scratch<B::Mem>,

@@ -10,7 +10,7 @@ use super::lookahead::Lookahead;
 use crate::backend::{Backend, Cpu, HostWeights, Mat, Memory, Vector, WeightSet};
 use crate::cache::{KvCache, Scratch, SeqCache};
 use crate::error::RunError;
-use crate::experts::{ExpertStore, Prefetch};
+use crate::experts::{ExpertSource, Prefetch};
 use moestream_kernels::Precision;
 
 /// The token mixer of a layer: attention over the KV cache, multi-head latent attention
@@ -84,7 +84,7 @@ pub struct Transformer<B: Backend = Cpu> {
     pub lm_head: Option<Mat<B>>,
     pub eps: f32,
     pub attn: AttnConfig,
-    pub experts: Box<dyn ExpertStore>,
+    pub experts: Box<B::Experts>,
     /// The device the model runs on.
     pub dev: B,
     /// Arithmetic of the quantized matmuls (int8 activations by default; `Exact` for

@@ -63,6 +63,7 @@ fn add_bias(lin: &Linear, out: &mut [f32]) {
 impl Backend for Cpu {
     type Mem = Host;
     type Weights = HostWeights;
+    type Experts = dyn ExpertStore;
 
     fn name(&self) -> &'static str {
         "cpu"
