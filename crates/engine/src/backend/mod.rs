@@ -77,8 +77,8 @@ pub struct WeightLayout {
 ///
 /// Shapes: a buffer of `rows` rows holds `rows * width` values, row-major. `rows` (a range of
 /// token rows) selects one sequence's share of a batched buffer. Ops that write a buffer size
-/// it (callers never pre-size an output), keeping its capacity, so a warm decode step
-/// allocates nothing on the device.
+/// it (callers never pre-size an output), keeping its capacity: the buffers of a warm decode
+/// step are never reallocated.
 pub trait Backend: Send + Sync {
     /// The buffer types of this device.
     type Mem: Memory;
