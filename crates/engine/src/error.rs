@@ -92,4 +92,7 @@ pub enum RunError {
         "layer {0}: the sequence cache has no recurrent state there (made for another model?)"
     )]
     CacheMismatch(usize),
+    /// A device backend's failure (a kernel launch, a copy, out of device memory).
+    #[error("device: {0}")]
+    Device(String),
 }

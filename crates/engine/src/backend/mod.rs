@@ -16,6 +16,7 @@
 //! [`Backend::weight_layout`]).
 
 pub mod cpu;
+pub mod cuda;
 pub mod memory;
 pub mod weights;
 
@@ -90,6 +91,13 @@ pub trait Backend: Send + Sync {
 
     /// The device's name in summaries and `bench` JSON (`cpu`).
     fn name(&self) -> &'static str;
+
+    /// The first failure of an op since the last call (a device reports errors at its sync
+    /// points; the ops themselves cannot fail on the CPU), which the decoder turns into the
+    /// forward pass's error.
+    fn check(&self) -> Result<(), RunError> {
+        Ok(())
+    }
 
     /// How the loader prepares weights for this device's kernels in arithmetic `p`.
     fn weight_layout(&self, p: Precision) -> WeightLayout;

@@ -172,6 +172,13 @@ pub trait ExpertStore: ExpertSource {
         ids: &[u32],
         f: &mut dyn FnMut(&[u32], &[ExpertMats<'_>]),
     ) -> Result<(), RunError>;
+
+    /// Every expert's weights, per layer (`None` for dense layers), when they are all
+    /// resident: what a device backend copies into its own memory. `None` for a store that
+    /// reads them on demand.
+    fn resident(&self) -> Option<&[Option<Vec<ExpertWeights>>]> {
+        None
+    }
 }
 
 /// Per-layer, per-expert use counts (the routing spread), shared by every store.
@@ -271,6 +278,10 @@ impl ExpertStore for ResidentExperts {
         }
         f(ids, &mats);
         Ok(())
+    }
+
+    fn resident(&self) -> Option<&[Option<Vec<ExpertWeights>>]> {
+        Some(&self.layers)
     }
 }
 

@@ -231,7 +231,7 @@ impl<B: Backend> Transformer<B> {
         dev.residual_rows(&s.x, &s.delta, wanted, hsz, &mut s.last_rows);
         dev.rms_norm_rows(&mut s.last_rows, &self.norm, self.eps);
         dev.logits(self.precision, &s.last_rows, rows, self.head(), logits);
-        Ok(())
+        dev.check()
     }
 
     /// Every Gated DeltaNet layer needs its recurrent state in the sequence's cache.

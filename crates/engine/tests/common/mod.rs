@@ -6,8 +6,13 @@ use moestream_engine::{load_model, LoadOptions};
 use moestream_kernels::Precision;
 use std::path::{Path, PathBuf};
 
+/// The repository (`MOESTREAM_REPO_ROOT` when set: a test binary carried to another machine,
+/// where the build's path does not exist).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    match std::env::var_os("MOESTREAM_REPO_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {

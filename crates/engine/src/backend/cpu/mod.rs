@@ -1,7 +1,7 @@
 //! The CPU backend: host vectors, the kernels of `moestream-kernels` on a thread pool, and
 //! the host loops of `moves.rs` for the data movement between them.
 
-mod moves;
+pub(super) mod moves;
 
 use super::memory::Host;
 use super::weights::HostWeights;

@@ -1,0 +1,677 @@
+//! The CUDA backend (first version): the blocks' ops as CUDA kernels (`kernels.cu`, compiled
+//! at run time by NVRTC for the GPU in use), over device buffers, with the weights and every
+//! routed expert resident in device memory.
+//!
+//! The CUDA libraries are loaded at run time (cudarc's dynamic loading), so the binary builds
+//! and runs where there is no CUDA; [`Cuda::new`] says what is missing there.
+//!
+//! What this version does not do yet (each a clear error, never a wrong answer): MLA and the
+//! Gated DeltaNet (the models with them are refused by [`to_cuda`]), streamed experts, and
+//! int8 activations (it always computes in f32, `--exact`'s arithmetic). Routing runs on the
+//! host: each MoE layer copies its router logits back, routes with the CPU's `router_topk`
+//! and counting sort, and copies the dispatch tables in, a sync per MoE layer.
+
+mod buffer;
+mod prepare;
+
+pub use buffer::{DevBuf, Device};
+pub use prepare::{to_cuda, CudaExperts, CudaWeights, DevMat};
+
+use super::cpu::moves;
+use super::{Backend, DeltaRule, Rope, WeightLayout};
+use crate::cache::{DeltaState, KvCache, MoeDispatch};
+use crate::error::RunError;
+use crate::experts::ExpertSource;
+use moestream_kernels::attention::AttnShape;
+use moestream_kernels::delta::DeltaShape;
+use moestream_kernels::mla::MlaShape;
+use moestream_kernels::router::{router_topk, RouterKind};
+use moestream_kernels::Precision;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+type Buf = DevBuf<f32>;
+type Ids = DevBuf<u32>;
+
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// The kernels of `kernels.cu`.
+struct Kernels {
+    gather_matmul: CudaFunction,
+    embed_rows: CudaFunction,
+    silu_mul: CudaFunction,
+    rms_norm: CudaFunction,
+    residual_rows: CudaFunction,
+    sigmoid_inplace: CudaFunction,
+    sigmoid_gate: CudaFunction,
+    scaled_add_rows: CudaFunction,
+    moe_combine: CudaFunction,
+    split_query_gate: CudaFunction,
+    rope_append: CudaFunction,
+    grow_cache: CudaFunction,
+    attention: CudaFunction,
+    fill: CudaFunction,
+}
+
+/// One NVIDIA GPU and a stream on it.
+pub struct Cuda {
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    name: String,
+    /// The first failure since the last [`Backend::check`]; ops do nothing once set.
+    error: Mutex<Option<String>>,
+}
+
+/// Launches `$f` with `$grid` blocks (x, y) of `$block` threads and the arguments given.
+macro_rules! launch {
+    ($self:ident, $f:ident, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+        if !$self.failed() {
+            let (gx, gy): (u32, u32) = $grid;
+            let cfg = LaunchConfig {
+                grid_dim: (gx.max(1), gy.max(1), 1),
+                block_dim: ($block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = $self.stream.launch_builder(&$self.kernels.$f);
+            $( let a = $arg; b.arg(&a); )*
+            // SAFETY: the arguments match the kernel's signature in kernels.cu.
+            let r = unsafe { b.launch(cfg) };
+            $self.ok(r.map(|_| ()), stringify!($f));
+        }
+    }};
+}
+
+impl Cuda {
+    /// The GPU `ordinal`, with the kernels compiled for it. Fails with what is missing: no
+    /// driver library, no NVRTC, no such GPU, or a compile error.
+    pub fn new(ordinal: usize) -> Result<Cuda, String> {
+        // SAFETY: only probes whether the libraries can be opened.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver on this machine (libcuda could not be loaded)".into());
+        }
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err("no NVRTC on this machine (libnvrtc could not be loaded; it ships \
+                        with the CUDA toolkit)"
+                .into());
+        }
+        let count = CudaContext::device_count().map_err(|e| format!("CUDA: {e}"))?;
+        if ordinal as i32 >= count {
+            return Err(format!(
+                "no CUDA device {ordinal}: this machine has {count}"
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
+        // Every buffer lives on the one stream, so cudarc's per-buffer events only cost time.
+        // SAFETY: the backend uses a single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+            .map_err(|e| format!("compiling the CUDA kernels: {e}"))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| format!("loading the CUDA kernels: {e}"))?;
+        let f = |n: &str| {
+            module
+                .load_function(n)
+                .map_err(|e| format!("CUDA kernel {n}: {e}"))
+        };
+        let kernels = Kernels {
+            gather_matmul: f("gather_matmul")?,
+            embed_rows: f("embed_rows")?,
+            silu_mul: f("silu_mul")?,
+            rms_norm: f("rms_norm")?,
+            residual_rows: f("residual_rows")?,
+            sigmoid_inplace: f("sigmoid_inplace")?,
+            sigmoid_gate: f("sigmoid_gate")?,
+            scaled_add_rows: f("scaled_add_rows")?,
+            moe_combine: f("moe_combine")?,
+            split_query_gate: f("split_query_gate")?,
+            rope_append: f("rope_append")?,
+            grow_cache: f("grow_cache")?,
+            attention: f("attention")?,
+            fill: f("fill")?,
+        };
+        Ok(Cuda {
+            stream: ctx.default_stream(),
+            kernels,
+            name: format!("{name} (sm_{major}{minor})"),
+            error: Mutex::new(None),
+        })
+    }
+
+    /// The GPU's name and compute capability.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn failed(&self) -> bool {
+        self.error.lock().map_or(true, |e| e.is_some())
+    }
+
+    /// Keeps the first error of `r` (what was being done: `what`).
+    fn ok<T>(&self, r: Result<T, cudarc::driver::DriverError>, what: &str) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn fail(&self, msg: String) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(msg);
+        }
+    }
+
+    /// An op this version has no kernel for (never reached: `to_cuda` refuses such models).
+    fn unsupported(&self, what: &str) {
+        self.fail(format!("{what} is not implemented on CUDA yet"));
+    }
+
+    /// The device address of `b` (0 when it has no allocation).
+    fn ptr<T>(&self, b: &DevBuf<T>) -> u64 {
+        b.slice.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
+    }
+
+    /// Sizes `b` to `n` values, keeping its first values and zeroing new ones.
+    fn resize_buf<T: DeviceRepr + ValidAsZeroBits>(&self, b: &mut DevBuf<T>, n: usize) {
+        if self.failed() {
+            return;
+        }
+        if n > b.capacity() {
+            let cap = n.max(b.capacity() * 3 / 2);
+            let Some(mut fresh) = self.ok(self.stream.alloc_zeros::<T>(cap), "allocating") else {
+                return;
+            };
+            if let Some(old) = &b.slice {
+                if b.len > 0 {
+                    let r = self
+                        .stream
+                        .memcpy_dtod(&old.slice(..b.len), &mut fresh.slice_mut(..b.len));
+                    self.ok(r, "copying");
+                }
+            }
+            b.slice = Some(fresh);
+        } else if n > b.len {
+            if let Some(s) = &mut b.slice {
+                let r = self.stream.memset_zeros(&mut s.slice_mut(b.len..n));
+                self.ok(r, "zeroing");
+            }
+        }
+        b.len = n;
+    }
+
+    /// `b = host`.
+    fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, b: &mut DevBuf<T>, host: &[T]) {
+        self.resize_buf(b, host.len());
+        if let (false, Some(s), false) = (self.failed(), &mut b.slice, host.is_empty()) {
+            let r = self.stream.memcpy_htod(host, &mut s.slice_mut(..host.len()));
+            self.ok(r, "copying to the device");
+        }
+    }
+
+    /// A new buffer holding `host`.
+    fn uploaded<T: DeviceRepr + ValidAsZeroBits>(&self, host: &[T]) -> DevBuf<T> {
+        let mut b = DevBuf::default();
+        self.upload(&mut b, host);
+        b
+    }
+
+    /// `out = b` on the host (waits for the stream).
+    fn download<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(
+        &self,
+        b: &DevBuf<T>,
+        out: &mut Vec<T>,
+    ) {
+        out.clear();
+        out.resize(b.len, T::default());
+        if let (false, Some(s), false) = (self.failed(), &b.slice, b.len == 0) {
+            let r = self.stream.memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice());
+            self.ok(r, "copying to the host");
+        }
+    }
+
+    /// Elementwise launch shape for `n` values.
+    fn flat(n: usize) -> (u32, u32) {
+        (n.div_ceil(256) as u32, 1)
+    }
+
+    /// `out[out_idx[t]] = x[x_idx[t]] W^T + b` for `n` rows (index addresses of 0: the
+    /// identity).
+    #[allow(clippy::too_many_arguments)]
+    fn gathered(&self, x: u64, x_idx: u64, n: usize, w: &DevMat, out: u64, out_idx: u64) {
+        if n == 0 {
+            return;
+        }
+        let grid = (w.arg.rows as usize).div_ceil(8) as u32;
+        launch!(self, gather_matmul, (grid, 1), 256; x, x_idx, n as i32, w.arg, out, out_idx);
+    }
+
+    /// Grows a head-major cache buffer `[heads, cap, w]` to `new_cap`, keeping `keep`
+    /// positions of each head.
+    fn grow(&self, b: &mut Buf, heads: usize, (cap, new_cap): (usize, usize), keep: usize, w: usize) {
+        let mut fresh = Buf::default();
+        self.resize_buf(&mut fresh, heads * new_cap * w);
+        if keep > 0 {
+            let (src, dst) = (self.ptr(b), self.ptr(&fresh));
+            let grid = ((keep * w).div_ceil(256).min(1024) as u32, heads as u32);
+            launch!(self, grow_cache, grid, 256; src, dst, cap as i32, new_cap as i32,
+                keep as i32, w as i32);
+        }
+        *b = fresh;
+    }
+
+    fn reserve(&self, kv: &mut KvCache<Device>, len: usize, keep: usize) {
+        if len <= kv.cap {
+            return;
+        }
+        let new_cap = kv.grown_cap(len);
+        let caps = (kv.cap, new_cap);
+        self.grow(&mut kv.k, kv.n_kv, caps, keep, kv.head_dim);
+        self.grow(&mut kv.v, kv.n_kv, caps, keep, kv.v_dim);
+        kv.cap = new_cap;
+    }
+
+    /// `norm` over rows of `stride` (the first `width` values of each), from `x` (+ `delta`,
+    /// written back to `x`) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm(&self, x: u64, delta: u64, w: &Buf, eps: f32, width: usize, stride: usize, rows: usize, out: u64) {
+        let wp = self.ptr(w);
+        launch!(self, rms_norm, (rows as u32, 1), 256; x, delta, wp, eps, width as i32,
+            stride as i32, out);
+    }
+}
+
+impl Backend for Cuda {
+    type Mem = Device;
+    type Weights = CudaWeights;
+    type Experts = CudaExperts;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn check(&self) -> Result<(), RunError> {
+        let r = self.stream.synchronize();
+        self.ok(r, "synchronizing");
+        match self.error.lock() {
+            Ok(mut e) => e.take().map_or(Ok(()), |m| Err(RunError::Device(m))),
+            Err(_) => Err(RunError::Device("the error state was poisoned".into())),
+        }
+    }
+
+    fn weight_layout(&self, _p: Precision) -> WeightLayout {
+        // The kernels read MLX's row-major layout.
+        WeightLayout::default()
+    }
+
+    fn zeros(&self, n: usize) -> Buf {
+        let mut b = Buf::default();
+        self.resize_buf(&mut b, n);
+        b
+    }
+
+    fn resize(&self, b: &mut Buf, n: usize) {
+        self.resize_buf(b, n);
+    }
+
+    fn fill(&self, b: &mut Buf, v: f32) {
+        let (p, n) = (self.ptr(b), b.len);
+        launch!(self, fill, Self::flat(n), 256; p, v, n as i32);
+    }
+
+    fn append_rows(&self, dst: &mut Buf, src: &Buf, rows: Range<usize>, width: usize) {
+        let (at, n) = (dst.len, rows.len() * width);
+        self.resize_buf(dst, at + n);
+        if let (false, Some(d), Some(s), true) = (self.failed(), &mut dst.slice, &src.slice, n > 0) {
+            let r = self.stream.memcpy_dtod(
+                &s.slice(rows.start * width..rows.end * width),
+                &mut d.slice_mut(at..at + n),
+            );
+            self.ok(r, "appending rows");
+        }
+    }
+
+    fn ids_to_host(&self, b: &Ids, out: &mut Vec<u32>) {
+        self.download(b, out);
+    }
+
+    fn embed<'t>(
+        &self,
+        table: &DevMat,
+        tokens: impl Iterator<Item = &'t u32>,
+        rows: usize,
+        x: &mut Buf,
+    ) {
+        let ids: Vec<u32> = tokens.copied().collect();
+        let ids = self.uploaded(&ids);
+        self.resize_buf(x, rows * table.arg.cols as usize);
+        let (ip, xp) = (self.ptr(&ids), self.ptr(x));
+        launch!(self, embed_rows, (rows as u32, 1), 256; table.arg, ip, rows as i32, xp);
+    }
+
+    fn linear(&self, _p: Precision, x: &Buf, rows: usize, w: &DevMat, out: &mut Buf) {
+        self.resize_buf(out, rows * w.arg.rows as usize);
+        self.gathered(self.ptr(x), 0, rows, w, self.ptr(out), 0);
+    }
+
+    fn logits(&self, p: Precision, x: &Buf, rows: usize, w: &DevMat, out: &mut Vec<f32>) {
+        let mut dev = Buf::default();
+        self.linear(p, x, rows, w, &mut dev);
+        self.download(&dev, out);
+    }
+
+    fn per_head_linear(
+        &self,
+        _p: Precision,
+        _x: &Buf,
+        _rows: usize,
+        _heads: &[DevMat],
+        _idx: &mut Ids,
+        _out: &mut Buf,
+    ) {
+        self.unsupported("MLA's per-head projection");
+    }
+
+    fn swiglu(
+        &self,
+        _p: Precision,
+        _fused: bool,
+        x: &Buf,
+        rows: usize,
+        (gate, up): (&DevMat, &DevMat),
+        h: &mut Buf,
+        (_idx, u): (&mut Ids, &mut Buf),
+    ) {
+        let n = rows * gate.arg.rows as usize;
+        self.resize_buf(h, n);
+        self.resize_buf(u, n);
+        let xp = self.ptr(x);
+        self.gathered(xp, 0, rows, gate, self.ptr(h), 0);
+        self.gathered(xp, 0, rows, up, self.ptr(u), 0);
+        let (hp, up_) = (self.ptr(h), self.ptr(u));
+        launch!(self, silu_mul, Self::flat(n), 256; hp, up_, n as i32);
+    }
+
+    fn add_rms_norm(&self, x: &mut Buf, delta: &Buf, w: &Buf, eps: f32, xn: &mut Buf) {
+        self.resize_buf(xn, x.len);
+        let rows = x.len / w.len.max(1);
+        let (xp, dp, op) = (self.ptr(x), self.ptr(delta), self.ptr(xn));
+        self.norm(xp, dp, w, eps, w.len, w.len, rows, op);
+    }
+
+    fn rms_norm_rows(&self, x: &mut Buf, w: &Buf, eps: f32) {
+        let xp = self.ptr(x);
+        self.norm(xp, 0, w, eps, w.len, w.len, x.len / w.len.max(1), xp);
+    }
+
+    fn rms_norm_prefix(&self, x: &mut Buf, w: &Buf, eps: f32, stride: usize) {
+        let xp = self.ptr(x);
+        self.norm(xp, 0, w, eps, w.len, stride, x.len / stride.max(1), xp);
+    }
+
+    fn rms_norm(&self, x: &Buf, w: &Buf, eps: f32, out: &mut Buf) {
+        self.resize_buf(out, x.len);
+        let (xp, op) = (self.ptr(x), self.ptr(out));
+        self.norm(xp, 0, w, eps, w.len, w.len, x.len / w.len.max(1), op);
+    }
+
+    fn residual_rows(&self, x: &Buf, delta: &Buf, rows: &[usize], width: usize, out: &mut Buf) {
+        self.resize_buf(out, rows.len() * width);
+        if rows.is_empty() {
+            return;
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = self.uploaded(&idx);
+        let (xp, dp, ip, op) = (self.ptr(x), self.ptr(delta), self.ptr(&idx), self.ptr(out));
+        launch!(self, residual_rows, (rows.len() as u32, 1), 256; xp, dp, ip, width as i32, op);
+    }
+
+    fn sigmoid(&self, x: &mut Buf) {
+        let (p, n) = (self.ptr(x), x.len);
+        launch!(self, sigmoid_inplace, Self::flat(n), 256; p, n as i32);
+    }
+
+    fn sigmoid_gate(&self, out: &mut Buf, gate: &Buf) {
+        let (op, gp, n) = (self.ptr(out), self.ptr(gate), out.len);
+        launch!(self, sigmoid_gate, Self::flat(n), 256; op, gp, n as i32);
+    }
+
+    fn scaled_add_rows(&self, w: &Buf, y: &Buf, delta: &mut Buf, width: usize) {
+        let n = w.len * width;
+        let (wp, yp, dp) = (self.ptr(w), self.ptr(y), self.ptr(delta));
+        launch!(self, scaled_add_rows, Self::flat(n), 256; wp, yp, dp, width as i32, n as i32);
+    }
+
+    fn split_query_gate(&self, qg: &mut Buf, gate: &mut Buf, head_dim: usize) {
+        let n = qg.len / 2;
+        let mut q = Buf::default();
+        self.resize_buf(&mut q, n);
+        self.resize_buf(gate, n);
+        let (src, qp, gp) = (self.ptr(qg), self.ptr(&q), self.ptr(gate));
+        launch!(self, split_query_gate, Self::flat(n), 256; src, qp, gp, head_dim as i32, n as i32);
+        *qg = q;
+    }
+
+    fn split_heads(&self, _x: &Buf, _l: &mut Buf, _r: &mut Buf, _a: usize, _b: usize) {
+        self.unsupported("MLA's head split");
+    }
+
+    fn rope_append(
+        &self,
+        kv: &mut KvCache<Device>,
+        q: &mut Buf,
+        k: &mut Buf,
+        v: &Buf,
+        rows: Range<usize>,
+        offset: usize,
+        rope: Rope,
+    ) {
+        let (n, hd) = (rows.len(), kv.head_dim);
+        let nk = kv.n_kv;
+        let total = k.len / (nk * hd).max(1);
+        let nq = q.len / (total * hd).max(1);
+        self.reserve(kv, offset + n, offset);
+        let freq = self.uploaded(rope.inv_freq);
+        let (qp, kp, vp, fp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(&freq));
+        let (kc, vc) = (self.ptr(&kv.k), self.ptr(&kv.v));
+        launch!(self, rope_append, (n as u32, (nq + nk) as u32), 64;
+            qp, kp, vp, rows.start as i32, n as i32, nq as i32, nk as i32, hd as i32, fp,
+            rope.inv_freq.len() as i32, rope.traditional as i32, offset as i32, kc, vc,
+            kv.cap as i32);
+    }
+
+    fn attention(&self, q: &Buf, rows: Range<usize>, kv: &KvCache<Device>, s: AttnShape, out: &mut Buf) {
+        if s.head_dim > 256 {
+            return self.unsupported("attention over heads wider than 256");
+        }
+        let warps = s.l * s.n_heads;
+        let (qp, kc, vc, op) = (self.ptr(q), self.ptr(&kv.k), self.ptr(&kv.v), self.ptr(out));
+        launch!(self, attention, (warps.div_ceil(8) as u32, 1), 256;
+            qp, rows.start as i32, s.l as i32, s.t as i32, s.n_heads as i32, s.n_kv as i32,
+            s.head_dim as i32, s.scale, kc, vc, kv.cap as i32, op);
+    }
+
+    fn rope_append_latent(
+        &self,
+        _kv: &mut KvCache<Device>,
+        _q_pe: &mut Buf,
+        _ckv: &mut Buf,
+        _rows: Range<usize>,
+        _offset: usize,
+        _r_dr: (usize, usize),
+        _inv_freq: &[f32],
+    ) {
+        self.unsupported("MLA's latent cache");
+    }
+
+    fn mla_attention(
+        &self,
+        _queries: (&Buf, &Buf),
+        _rows: Range<usize>,
+        _kv: &KvCache<Device>,
+        _shape: MlaShape,
+        _out: &mut Buf,
+    ) {
+        self.unsupported("MLA attention");
+    }
+
+    fn unfuse_delta_inputs(&self, _f: &Buf, _ba: &Buf, _s: DeltaShape, _rows: usize, _o: [&mut Buf; 4]) {
+        self.unsupported("the Gated DeltaNet");
+    }
+
+    fn delta_gates(
+        &self,
+        _a: &Buf,
+        _b: &Buf,
+        _a_exp: &Vec<f32>,
+        _dt_bias: &Vec<f32>,
+        _g: &mut Buf,
+        _beta: &mut Buf,
+    ) {
+        self.unsupported("the Gated DeltaNet");
+    }
+
+    fn delta_advance(
+        &self,
+        _rule: DeltaRule<Self>,
+        _st: &mut DeltaState<Device>,
+        _inputs: (&Buf, &Buf, &Buf),
+        _rows: Range<usize>,
+        _conv: &mut Buf,
+        _y: &mut Buf,
+    ) {
+        self.unsupported("the Gated DeltaNet");
+    }
+
+    fn gated_rms_norm(&self, _y: &mut Buf, _z: &Buf, _w: &Buf, _eps: f32) {
+        self.unsupported("the Gated DeltaNet");
+    }
+
+    fn copy_state(&self, dst: &mut DeltaState<Device>, src: &DeltaState<Device>) {
+        for (d, s) in [(&mut dst.conv, &src.conv), (&mut dst.state, &src.state)] {
+            if let (false, Some(d), Some(s)) = (self.failed(), &mut d.slice, &s.slice) {
+                let r = self.stream.memcpy_dtod(s, d);
+                self.ok(r, "copying a state");
+            }
+        }
+    }
+
+    fn router_topk(
+        &self,
+        kind: &RouterKind,
+        logits: &mut Buf,
+        experts: usize,
+        bias: Option<&Vec<f32>>,
+        k: usize,
+        ids: &mut Ids,
+        w: &mut Buf,
+    ) {
+        let mut host = Vec::new();
+        self.download(logits, &mut host);
+        let rows = host.len() / experts.max(1);
+        let (mut hid, mut hw) = (vec![0u32; rows * k], vec![0f32; rows * k]);
+        for ((l, i), wt) in host
+            .chunks_exact_mut(experts)
+            .zip(hid.chunks_exact_mut(k))
+            .zip(hw.chunks_exact_mut(k))
+        {
+            router_topk(kind, l, bias.map(Vec::as_slice), i, wt);
+        }
+        self.upload(ids, &hid);
+        self.upload(w, &hw);
+    }
+
+    fn moe_dispatch(&self, ids: &Ids, experts: usize, k: usize, d: &mut MoeDispatch<Device>) {
+        let mut host_ids = Vec::new();
+        self.download(ids, &mut host_ids);
+        let mut h = MoeDispatch::default();
+        moves::moe_dispatch(&host_ids, experts, k, &mut h);
+        self.upload(&mut d.counts, &h.counts);
+        self.upload(&mut d.slots, &h.slots);
+        self.upload(&mut d.tokens, &h.tokens);
+        d.active = h.active;
+    }
+
+    fn moe_experts(
+        &self,
+        _arith: (Precision, bool),
+        store: &CudaExperts,
+        layer: usize,
+        x: &Buf,
+        d: &MoeDispatch<Device>,
+        (inter, width): (usize, usize),
+        (h, y, u): (&mut Buf, &mut Buf, &mut Buf),
+    ) -> Result<(), RunError> {
+        let Some(experts) = store.layer(layer) else {
+            return Err(RunError::Experts(format!("layer {layer} has no routed experts")));
+        };
+        store.count(layer, &d.active);
+        let slots = d.slots.len;
+        self.resize_buf(h, slots * inter);
+        self.resize_buf(u, slots * inter);
+        self.resize_buf(y, slots * width);
+        let mut counts = Vec::new();
+        self.download(&d.counts, &mut counts);
+        let (xp, hp, up, yp) = (self.ptr(x), self.ptr(h), self.ptr(u), self.ptr(y));
+        let (sp, tp) = (self.ptr(&d.slots), self.ptr(&d.tokens));
+        let runs: Vec<(usize, usize, &[DevMat; 3])> = d
+            .active
+            .iter()
+            .map(|&id| {
+                let (a, b) = (counts[id as usize] as usize, counts[id as usize + 1] as usize);
+                experts
+                    .get(id as usize)
+                    .map(|m| (a, b - a, m))
+                    .ok_or_else(|| RunError::Experts(format!("expert {id} of layer {layer} does not exist")))
+            })
+            .collect::<Result<_, _>>()?;
+        for &(at, n, [gate, up_m, _]) in &runs {
+            let (ti, si) = (tp + 4 * at as u64, sp + 4 * at as u64);
+            self.gathered(xp, ti, n, gate, hp, si);
+            self.gathered(xp, ti, n, up_m, up, si);
+        }
+        let n = slots * inter;
+        launch!(self, silu_mul, Self::flat(n), 256; hp, up, n as i32);
+        for &(at, n, [_, _, down]) in &runs {
+            let si = sp + 4 * at as u64;
+            self.gathered(hp, si, n, down, yp, si);
+        }
+        self.check()
+    }
+
+    fn moe_combine(&self, w: &Buf, y: &Buf, delta: &mut Buf, k: usize, width: usize) {
+        let n = w.len / k.max(1) * width;
+        self.resize_buf(delta, n);
+        let (wp, yp, dp) = (self.ptr(w), self.ptr(y), self.ptr(delta));
+        launch!(self, moe_combine, Self::flat(n), 256; wp, yp, dp, k as i32, width as i32, n as i32);
+    }
+}
+
+/// Whether a CUDA GPU can be used here, and if not why (for tests that skip).
+pub fn available() -> Result<(), String> {
+    Cuda::new(0).map(|_| ())
+}
+
+impl ExpertSource for CudaExperts {
+    fn expert_bytes(&self, layer: usize) -> usize {
+        self.bytes.get(layer).copied().unwrap_or(0)
+    }
+
+    fn usage(&self) -> Vec<Vec<u64>> {
+        self.usage.snapshot()
+    }
+}

@@ -1,0 +1,149 @@
+//! The CUDA backend held to the CPU: every fixture it runs gives the CPU `--exact` path's
+//! logits (within float rounding: both compute in f32, in different orders) over the prompt,
+//! and the same 32 greedy tokens; models it does not run yet are refused with the reason.
+//!
+//! Needs an NVIDIA GPU with its driver and NVRTC: elsewhere (CI) each test prints why it
+//! skipped. On the device machine: `scripts/gpu/test.sh`.
+
+mod common;
+
+use common::*;
+use moestream_engine::backend::cuda::{to_cuda, Cuda, Device};
+use moestream_engine::backend::Backend;
+use moestream_engine::cache::{Scratch, SeqCache};
+use moestream_engine::models::{LogitRows, SeqStep, Transformer};
+use moestream_engine::{load_model, RunError};
+
+/// Fixtures of the architectures this version runs (standard and gated attention, dense and
+/// MoE feed-forwards), in each storage the fixtures have (f32, bf16, 3/4/6/8-bit).
+const SUPPORTED: &[&str] = &[
+    "qwen3_moe_f32",
+    "qwen3_moe_bf16",
+    "qwen3_moe_hf_f32",
+    "qwen3_moe_sparse_step2_f32",
+    "qwen3_moe_q3_g32_f32",
+    "qwen3_moe_q4_g32_f32",
+    "qwen3_moe_q4_g64_bf16",
+    "qwen3_moe_q4_g64_f32",
+    "qwen3_moe_q6_g64_f32",
+    "qwen3_moe_q8_g64_f32",
+    "qwen3_dense_f32",
+    "llama_dense_f32",
+    "olmoe_f32",
+    "olmoe_q4_g32_f32",
+    "mixtral_f32",
+    "mixtral_hf_f32",
+    "mixtral_q4_g32_f32",
+    "glm4_moe_f32",
+    "glm4_moe_q4_g32_f32",
+];
+
+/// Fixtures with token mixers this version has no kernels for.
+const REFUSED: &[(&str, &str)] = &[
+    ("glm4_moe_lite_f32", "MLA"),
+    ("qwen3_next_f32", "Gated DeltaNet"),
+    ("qwen3_5_moe_f32", "Gated DeltaNet"),
+];
+
+const GREEDY: usize = 32;
+
+/// The GPU, or `None` after printing why there is none.
+fn gpu(test: &str) -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("{test}: skipped, no usable CUDA GPU here: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `tokens` through `model` on `cache`, all logits.
+fn forward<B: Backend>(
+    model: &Transformer<B>,
+    tokens: &[u32],
+    cache: &mut SeqCache<B::Mem>,
+    s: &mut Scratch<B::Mem>,
+) -> Result<Vec<f32>, RunError> {
+    let mut logits = Vec::new();
+    let step = SeqStep {
+        tokens,
+        cache,
+        logits: LogitRows::All,
+    };
+    model.forward_batch(&mut [step], s, &mut logits)?;
+    Ok(logits)
+}
+
+/// Greedy ids after `prompt` (prefill, then one token at a time).
+fn greedy<B: Backend>(model: &Transformer<B>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let (mut cache, mut s) = (model.new_cache(), Scratch::default());
+    let mut logits = forward(model, prompt, &mut cache, &mut s).expect("prefill");
+    let vocab = model.info.vocab_size;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let id = argmax(&logits[logits.len() - vocab..]);
+        out.push(id);
+        logits = forward(model, &[id], &mut cache, &mut s).expect("decode");
+    }
+    out
+}
+
+#[test]
+fn every_fixture_it_runs_matches_the_cpu_exact_path() {
+    if gpu("every_fixture_it_runs_matches_the_cpu_exact_path").is_none() {
+        return;
+    }
+    for name in SUPPORTED {
+        let cpu = load_model(&fixture(name), &exact_options(), &mut |_| {}).expect("loads");
+        let dev = Cuda::new(0).expect("the GPU again");
+        let device = dev.device_name().to_string();
+        let cuda = to_cuda(&cpu.model, dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = ids(&expected(name)["prompt_ids"]);
+        let (mut cc, mut cs) = (cpu.model.new_cache(), Scratch::default());
+        let (mut gc, mut gs) = (cuda.new_cache(), Scratch::<Device>::default());
+        let want = forward(&cpu.model, &prompt, &mut cc, &mut cs).expect("cpu");
+        let got = forward(&cuda, &prompt, &mut gc, &mut gs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&want, &got);
+        eprintln!(
+            "{name} on {device}: prompt logits ({} tokens) max |cuda - cpu| = {diff:.2e} (max |logit| {scale:.1})",
+            prompt.len()
+        );
+        assert!(diff <= 1e-3 * scale, "{name}: logits differ by {diff}");
+        let (a, b) = (greedy(&cpu.model, &prompt, GREEDY), greedy(&cuda, &prompt, GREEDY));
+        assert_eq!(a, b, "{name}: greedy tokens differ");
+    }
+}
+
+#[test]
+fn models_it_cannot_run_yet_are_refused_with_the_reason() {
+    if gpu("models_it_cannot_run_yet_are_refused_with_the_reason").is_none() {
+        return;
+    }
+    for (name, what) in REFUSED {
+        let cpu = load_model(&fixture(name), &exact_options(), &mut |_| {}).expect("loads");
+        let err = match to_cuda(&cpu.model, Cuda::new(0).expect("the GPU")) {
+            Ok(_) => panic!("{name}: must be refused"),
+            Err(e) => e,
+        };
+        assert!(err.contains(what) && err.contains("not on CUDA yet"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn without_a_gpu_the_error_says_what_is_missing() {
+    match Cuda::new(0) {
+        Ok(c) => eprintln!(
+            "without_a_gpu_the_error_says_what_is_missing: skipped, this machine has {}",
+            c.device_name()
+        ),
+        Err(e) => assert!(
+            e.contains("CUDA") || e.contains("NVRTC"),
+            "unclear error: {e}"
+        ),
+    }
+    // A GPU ordinal that cannot exist is an error on any machine.
+    let err = Cuda::new(1 << 20).err().expect("no such GPU");
+    assert!(!err.is_empty());
+}
