@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use moestream_engine::backend::cuda::{to_cuda, Cuda, Device};
+use moestream_engine::backend::cuda::{compile_kernels, to_cuda, Cuda, Device};
 use moestream_engine::backend::Backend;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::models::{LogitRows, SeqStep, Transformer};
@@ -146,4 +146,44 @@ fn without_a_gpu_the_error_says_what_is_missing() {
     // A GPU ordinal that cannot exist is an error on any machine.
     let err = Cuda::new(1 << 20).err().expect("no such GPU");
     assert!(!err.is_empty());
+}
+
+/// The kernels compile under NVRTC for Hopper (sm_90) and Ampere (sm_80). Needs NVRTC, not a
+/// GPU: where there is none (CI), NVRTC's PyPI wheel is installed under target/ and this
+/// test runs again in a child process that can load it (a library path is read at start).
+#[test]
+fn the_kernels_compile_under_nvrtc() {
+    let compile = || {
+        for (major, minor) in [(9, 0), (8, 0)] {
+            compile_kernels(major, minor).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    if std::env::var_os("MOESTREAM_NVRTC_CHILD").is_some() || compile_kernels(9, 0).is_ok() {
+        return compile();
+    }
+    let dir = repo_root().join("target/nvrtc");
+    let out = std::process::Command::new(repo_root().join("scripts/tests/nvrtc-lib.sh"))
+        .arg(&dir)
+        .output()
+        .expect("runs the install script");
+    if !out.status.success() {
+        eprintln!(
+            "the_kernels_compile_under_nvrtc: skipped, NVRTC could not be installed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let lib = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let child = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["the_kernels_compile_under_nvrtc", "--exact", "--nocapture"])
+        .env("LD_LIBRARY_PATH", &lib)
+        .env("MOESTREAM_NVRTC_CHILD", "1")
+        .output()
+        .expect("runs the child");
+    assert!(
+        child.status.success(),
+        "compiling under NVRTC failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
 }

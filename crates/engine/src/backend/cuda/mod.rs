@@ -112,12 +112,7 @@ impl Cuda {
             .compute_capability()
             .map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
-        let opts = cudarc::nvrtc::CompileOptions {
-            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
-            .map_err(|e| format!("compiling the CUDA kernels: {e}"))?;
+        let ptx = compile_kernels(major, minor)?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("loading the CUDA kernels: {e}"))?;
@@ -661,9 +656,19 @@ impl Backend for Cuda {
     }
 }
 
-/// Whether a CUDA GPU can be used here, and if not why (for tests that skip).
-pub fn available() -> Result<(), String> {
-    Cuda::new(0).map(|_| ())
+/// `kernels.cu` compiled by NVRTC for compute capability `major.minor` (needs NVRTC, not a
+/// GPU).
+pub fn compile_kernels(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, String> {
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("no NVRTC on this machine (libnvrtc could not be loaded)".into());
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+        .map_err(|e| format!("compiling the CUDA kernels for sm_{major}{minor}: {e}"))
 }
 
 impl ExpertSource for CudaExperts {
