@@ -250,6 +250,18 @@ pub struct LayerLog<M: Memory = Host> {
 }
 
 impl<M: Memory> RecurrentLog<M> {
+    /// Starts logging from now, forgetting what was logged before (`clear` empties a
+    /// buffer, keeping its memory).
+    pub fn start(&mut self, layers: usize, clear: impl Fn(&mut M::F32)) {
+        self.active = true;
+        self.layers.resize_with(layers, LayerLog::default);
+        for l in &mut self.layers {
+            clear(&mut l.qkv);
+            clear(&mut l.g);
+            clear(&mut l.beta);
+        }
+    }
+
     pub fn stop(&mut self) {
         self.active = false;
     }
@@ -257,19 +269,6 @@ impl<M: Memory> RecurrentLog<M> {
     /// Where layer `layer` appends its inputs, while logging.
     pub fn recording(&mut self, layer: usize) -> Option<&mut LayerLog<M>> {
         self.layers.get_mut(layer).filter(|_| self.active)
-    }
-}
-
-impl RecurrentLog {
-    /// Starts logging from now (forgets what was logged before).
-    pub fn start(&mut self, layers: usize) {
-        self.active = true;
-        self.layers.resize_with(layers, LayerLog::default);
-        for l in &mut self.layers {
-            l.qkv.clear();
-            l.g.clear();
-            l.beta.clear();
-        }
     }
 }
 
@@ -291,51 +290,18 @@ impl<M: Memory> SeqCache<M> {
     pub fn can_clone_prefix(&self, len: usize) -> bool {
         len <= self.offset && (self.is_trimmable() || len == self.offset)
     }
-}
 
-impl SeqCache {
     /// A copy of what it takes to come back to this point later (position and recurrent
     /// states; a few MB per sequence for a real hybrid model, nothing for a pure KV model).
-    pub fn checkpoint(&self) -> Checkpoint {
+    pub fn checkpoint(&self) -> Checkpoint<M> {
         Checkpoint {
             offset: self.offset,
             recurrent: self.recurrent.clone(),
         }
     }
+}
 
-    /// [`SeqCache::checkpoint`] into an existing checkpoint, reusing its buffers (no
-    /// allocation once they have the right sizes).
-    pub fn checkpoint_into(&self, cp: &mut Checkpoint) {
-        cp.offset = self.offset;
-        cp.recurrent.resize(self.recurrent.len(), None);
-        for (dst, src) in cp.recurrent.iter_mut().zip(&self.recurrent) {
-            match (dst, src) {
-                (Some(d), Some(s)) if d.conv.len() == s.conv.len() => {
-                    d.conv.copy_from_slice(&s.conv);
-                    d.state.copy_from_slice(&s.state);
-                }
-                (d, s) => *d = s.clone(),
-            }
-        }
-    }
-
-    /// Returns to `cp` (taken from this sequence, at or before the current position): the
-    /// KV caches keep their rows below `cp.offset` and recurrent states are copied back in
-    /// place (no allocation).
-    pub fn restore(&mut self, cp: &Checkpoint) {
-        debug_assert!(cp.offset <= self.offset && cp.recurrent.len() == self.recurrent.len());
-        self.offset = cp.offset;
-        for (dst, src) in self.recurrent.iter_mut().zip(&cp.recurrent) {
-            match (dst, src) {
-                (Some(d), Some(s)) => {
-                    d.conv.copy_from_slice(&s.conv);
-                    d.state.copy_from_slice(&s.state);
-                }
-                (d, s) => *d = s.clone(),
-            }
-        }
-    }
-
+impl SeqCache {
     pub fn kv_bytes(&self) -> usize {
         self.layers.iter().map(KvCache::bytes).sum::<usize>()
             + self

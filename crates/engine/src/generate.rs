@@ -261,9 +261,9 @@ impl TokenLoop {
 
 /// Feeds `tokens` to `model` after what `cache` holds, [`PREFILL_CHUNK`] at a time; `logits`
 /// gets the last token's.
-pub fn prefill(
-    model: &Transformer,
-    cache: &mut SeqCache,
+pub fn prefill<B: crate::backend::Backend>(
+    model: &Transformer<B>,
+    cache: &mut SeqCache<B::Mem>,
     tokens: &[u32],
     logits: &mut Vec<f32>,
 ) -> Result<(), RunError> {

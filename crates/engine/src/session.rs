@@ -8,6 +8,7 @@
 //! from the prompt's logits, then per step feeds the last token and samples the next, or,
 //! with a draft, feeds the last token plus the draft's proposals and takes the verified ones.
 
+use crate::backend::{Backend, Host, Memory};
 use crate::cache::SeqCache;
 use crate::error::RunError;
 use crate::generate::{
@@ -51,11 +52,11 @@ impl Sequence for TokenLoop {
 /// (through the loop it is handed); returns whether generation goes on.
 pub type Emit<'e, S> = dyn FnMut(&mut S, <S as Sequence>::Step, &[f32]) -> bool + 'e;
 
-/// One sequence being generated. The cache stays with the caller (a prompt cache may hand
-/// one in, and the scheduler batches several).
-pub struct Session<'d, S: Sequence> {
+/// One sequence being generated, on a model whose memory is `M`. The cache stays with the
+/// caller (a prompt cache may hand one in, and the scheduler batches several).
+pub struct Session<'d, S: Sequence, M: Memory = Host> {
     pub seq: S,
-    draft: Option<(&'d Draft, SpecSeq)>,
+    draft: Option<(&'d Draft, SpecSeq<M>)>,
     /// Prompt tokens fed to the model so far.
     fed: usize,
     prompt_len: usize,
@@ -66,7 +67,7 @@ pub struct Session<'d, S: Sequence> {
     logits: Vec<f32>,
 }
 
-impl<'d, S: Sequence> Session<'d, S> {
+impl<'d, S: Sequence, M: Memory> Session<'d, S, M> {
     /// A session over `seq` (which holds the prompt); `cached` prompt tokens are already in
     /// the cache the caller will pass (a prompt-cache hit). With `draft`, tokens are proposed
     /// by it and verified by the main model.
@@ -105,10 +106,10 @@ impl<'d, S: Sequence> Session<'d, S> {
     /// tokens while prefilling (logits only after the last), else the last token (logits
     /// after it), or with a draft the last token and the draft's proposals (logits after
     /// each). Runs the draft model.
-    pub fn feed(
+    pub fn feed<B: Backend<Mem = M>>(
         &mut self,
-        model: &Transformer,
-        cache: &mut SeqCache,
+        model: &Transformer<B>,
+        cache: &mut SeqCache<M>,
         budget: usize,
     ) -> Result<(&[u32], LogitRows), RunError> {
         self.feed.clear();
@@ -140,10 +141,10 @@ impl<'d, S: Sequence> Session<'d, S> {
 
     /// Takes the logits of the tokens [`Session::feed`] gave (the rows it asked for), and
     /// hands each resulting step to `emit`; returns whether generation goes on.
-    pub fn absorb(
+    pub fn absorb<B: Backend<Mem = M>>(
         &mut self,
-        model: &Transformer,
-        cache: &mut SeqCache,
+        model: &Transformer<B>,
+        cache: &mut SeqCache<M>,
         rows: &[f32],
         emit: &mut Emit<S>,
     ) -> Result<bool, RunError> {
@@ -180,10 +181,10 @@ impl<'d, S: Sequence> Session<'d, S> {
 
     /// One step of a session run on its own: feed, the model's pass, absorb. While the
     /// prompt is fed a step is one chunk of it and emits nothing.
-    pub fn step(
+    pub fn step<B: Backend<Mem = M>>(
         &mut self,
-        model: &Transformer,
-        cache: &mut SeqCache,
+        model: &Transformer<B>,
+        cache: &mut SeqCache<M>,
         emit: &mut Emit<S>,
     ) -> Result<bool, RunError> {
         let mut logits = std::mem::take(&mut self.logits);
@@ -198,10 +199,10 @@ impl<'d, S: Sequence> Session<'d, S> {
     }
 
     /// Runs [`Session::step`] until generation is over.
-    pub fn run(
+    pub fn run<B: Backend<Mem = M>>(
         &mut self,
-        model: &Transformer,
-        cache: &mut SeqCache,
+        model: &Transformer<B>,
+        cache: &mut SeqCache<M>,
         emit: &mut Emit<S>,
     ) -> Result<(), RunError> {
         while self.step(model, cache, emit)? {}
@@ -213,10 +214,10 @@ impl<'d, S: Sequence> Session<'d, S> {
 /// with each new token and the main model's logits that chose it; with `draft`, through
 /// speculative decoding (the same tokens under greedy decoding, the same distribution under
 /// sampling). EOS tokens end generation and are not reported.
-pub fn generate(
-    model: &Transformer,
+pub fn generate<B: Backend>(
+    model: &Transformer<B>,
     draft: Option<&Draft>,
-    cache: &mut SeqCache,
+    cache: &mut SeqCache<B::Mem>,
     prompt: &[u32],
     sampler: Sampler,
     params: &GenerateParams,

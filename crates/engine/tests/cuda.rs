@@ -103,7 +103,8 @@ fn every_fixture_it_runs_matches_the_cpu_exact_path() {
         let (mut cc, mut cs) = (cpu.model.new_cache(), Scratch::default());
         let (mut gc, mut gs) = (cuda.new_cache(), Scratch::<Device>::default());
         let want = forward(&cpu.model, &prompt, &mut cc, &mut cs).expect("cpu");
-        let got = forward(&cuda, &prompt, &mut gc, &mut gs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got =
+            forward(&cuda, &prompt, &mut gc, &mut gs).unwrap_or_else(|e| panic!("{name}: {e}"));
         let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&want, &got);
         eprintln!(
@@ -111,7 +112,10 @@ fn every_fixture_it_runs_matches_the_cpu_exact_path() {
             prompt.len()
         );
         assert!(diff <= 1e-3 * scale, "{name}: logits differ by {diff}");
-        let (a, b) = (greedy(&cpu.model, &prompt, GREEDY), greedy(&cuda, &prompt, GREEDY));
+        let (a, b) = (
+            greedy(&cpu.model, &prompt, GREEDY),
+            greedy(&cuda, &prompt, GREEDY),
+        );
         assert_eq!(a, b, "{name}: greedy tokens differ");
     }
 }
@@ -127,7 +131,10 @@ fn models_it_cannot_run_yet_are_refused_with_the_reason() {
             Ok(_) => panic!("{name}: must be refused"),
             Err(e) => e,
         };
-        assert!(err.contains(what) && err.contains("not on CUDA yet"), "{name}: {err}");
+        assert!(
+            err.contains(what) && err.contains("not on CUDA yet"),
+            "{name}: {err}"
+        );
     }
 }
 

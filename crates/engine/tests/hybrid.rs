@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use moestream_engine::speculative::rollback::restore;
 use moestream_engine::{load_model, LoadOptions};
 use moestream_kernels::Precision;
 
@@ -33,7 +34,7 @@ fn checkpoint_restore_rewinds_recurrent_state() {
         m.forward(&a, &mut cache, false, &mut logits).unwrap();
         let after_a = logits.clone();
         // Back to the checkpoint, then another continuation: as if `a` never happened.
-        cache.restore(&cp);
+        restore(&m.dev, &mut cache, &cp);
         m.forward(&b, &mut cache, false, &mut logits).unwrap();
         let mut fresh = m.new_cache();
         let mut want = Vec::new();
@@ -42,7 +43,7 @@ fn checkpoint_restore_rewinds_recurrent_state() {
         assert_eq!(logits, want, "{name}: restore then b == prompt then b");
         assert_eq!(cache.recurrent, fresh.recurrent);
         // And `a` again gives exactly the first result.
-        cache.restore(&cp);
+        restore(&m.dev, &mut cache, &cp);
         m.forward(&a, &mut cache, false, &mut logits).unwrap();
         assert_eq!(logits, after_a, "{name}: replay after restore");
     }

@@ -12,6 +12,9 @@ pub trait Memory: Clone + Copy + Debug + Default + PartialEq + Send + Sync + 'st
     type F32: Clone + Debug + Default + PartialEq + Send + Sync;
     /// u32 values: expert ids and the dispatch tables.
     type U32: Clone + Debug + Default + PartialEq + Send + Sync;
+
+    /// The number of values `b` holds.
+    fn len(b: &Self::F32) -> usize;
 }
 
 /// Host memory: plain vectors (the CPU backend's family).
@@ -21,4 +24,8 @@ pub struct Host;
 impl Memory for Host {
     type F32 = Vec<f32>;
     type U32 = Vec<u32>;
+
+    fn len(b: &Vec<f32>) -> usize {
+        b.len()
+    }
 }

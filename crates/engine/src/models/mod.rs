@@ -142,6 +142,7 @@ impl BuildContext {
             precision: Default::default(),
             fused_swiglu: true,
             moe_top_k: None,
+            scratch: Default::default(),
         })
     }
 }

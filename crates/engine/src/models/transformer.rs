@@ -12,6 +12,7 @@ use crate::cache::{KvCache, Scratch, SeqCache};
 use crate::error::RunError;
 use crate::experts::{ExpertSource, Prefetch};
 use moestream_kernels::Precision;
+use std::sync::Mutex;
 
 /// The token mixer of a layer: attention over the KV cache, multi-head latent attention
 /// over its compressed cache, or a Gated DeltaNet over its recurrent state. (One per layer,
@@ -63,17 +64,6 @@ pub struct ModelInfo {
     pub bytes_per_token: usize,
 }
 
-thread_local! {
-    /// The scratch of [`Transformer::forward`]: one per thread that runs a sequence on its
-    /// own (batched callers keep theirs), so a cache is only the sequence's state.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// Runs `f` with this thread's scratch (see `SCRATCH`).
-pub fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|s| f(&mut s.borrow_mut()))
-}
-
 /// A model on a backend (the CPU unless named).
 pub struct Transformer<B: Backend = Cpu> {
     pub info: ModelInfo,
@@ -96,6 +86,9 @@ pub struct Transformer<B: Backend = Cpu> {
     /// Experts per token for every MoE layer instead of the config's `num_experts_per_tok`
     /// (`--moe-top-k`: fewer is faster and changes the output). Set with `set_moe_top_k`.
     pub moe_top_k: Option<usize>,
+    /// The scratch of [`Transformer::forward`] (a sequence run on its own; batched callers
+    /// keep theirs), so a cache is only the sequence's state.
+    pub scratch: Mutex<Scratch<B::Mem>>,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -156,6 +149,45 @@ impl<B: Backend> Transformer<B> {
 
     pub fn head(&self) -> &Mat<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Runs `tokens` through the model at positions `cache.offset..`, appends them to the
+    /// cache and writes logits: for the last token (`all_logits == false`, `[vocab]`) or for
+    /// every token (`[tokens.len(), vocab]`).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache<B::Mem>,
+        all_logits: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let want = if all_logits {
+            LogitRows::All
+        } else {
+            LogitRows::Last
+        };
+        self.forward_rows(tokens, cache, want, logits)
+    }
+
+    /// [`Transformer::forward`] with the logits rows chosen by `want`.
+    pub fn forward_rows(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache<B::Mem>,
+        want: LogitRows,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RunError> {
+        let step = SeqStep {
+            tokens,
+            cache,
+            logits: want,
+        };
+        // A second sequence run at the same time on another thread takes a scratch of its
+        // own.
+        match self.scratch.try_lock() {
+            Ok(mut s) => self.forward_batch(&mut [step], &mut s, logits),
+            Err(_) => self.forward_batch(&mut [step], &mut Scratch::default(), logits),
+        }
     }
 
     /// One forward pass over several sequences at once: every weight matrix (dense and
@@ -243,44 +275,5 @@ impl<B: Backend> Transformer<B> {
             }
         }
         Ok(())
-    }
-}
-
-/// Whole-sequence calls on the CPU, with this thread's scratch.
-impl Transformer {
-    /// Runs `tokens` through the model at positions `cache.offset..`, appends them to the
-    /// cache and writes logits: for the last token (`all_logits == false`, `[vocab]`) or for
-    /// every token (`[tokens.len(), vocab]`).
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut SeqCache,
-        all_logits: bool,
-        logits: &mut Vec<f32>,
-    ) -> Result<(), RunError> {
-        let want = if all_logits {
-            LogitRows::All
-        } else {
-            LogitRows::Last
-        };
-        self.forward_rows(tokens, cache, want, logits)
-    }
-
-    /// [`Transformer::forward`] with the logits rows chosen by `want`.
-    pub fn forward_rows(
-        &self,
-        tokens: &[u32],
-        cache: &mut SeqCache,
-        want: LogitRows,
-        logits: &mut Vec<f32>,
-    ) -> Result<(), RunError> {
-        with_thread_scratch(|s| {
-            let step = SeqStep {
-                tokens,
-                cache,
-                logits: want,
-            };
-            self.forward_batch(&mut [step], s, logits)
-        })
     }
 }

@@ -22,6 +22,7 @@
 pub mod accept;
 pub mod rollback;
 
+use crate::backend::{Backend, Host, Memory};
 use crate::cache::{Checkpoint, SeqCache};
 use crate::error::{LoadError, RunError};
 use crate::generate::{prefill, TokenLoop};
@@ -95,11 +96,12 @@ pub fn check_compatible(
 const MAX_CATCH_UP: usize = 16;
 
 /// One sequence's speculative state: the draft's cache and the buffers of a round (kept
-/// across rounds: a round allocates nothing once they have grown).
-pub struct SpecSeq {
+/// across rounds: a round allocates nothing once they have grown). `M` is the main model's
+/// memory (the draft runs on the CPU).
+pub struct SpecSeq<M: Memory = Host> {
     /// The draft model's cache (it holds a prefix of the sequence's tokens).
     pub cache: SeqCache,
-    main_cp: Checkpoint,
+    main_cp: Checkpoint<M>,
     draft_cp: Checkpoint,
     /// The tokens to verify: the sequence's last token, then the drafts.
     feed: Vec<u32>,
@@ -114,7 +116,7 @@ pub struct SpecSeq {
     pub stats: SpecStats,
 }
 
-impl SpecSeq {
+impl<M: Memory> SpecSeq<M> {
     pub fn new(draft: &Draft, sampler: &Sampler) -> Self {
         SpecSeq {
             cache: draft.model.new_cache(),
@@ -146,11 +148,11 @@ impl SpecSeq {
     /// runs the draft, and returns the tokens the main model must verify in one pass with
     /// logits for every row: the last token, then up to `num_draft` drafts (none when the
     /// round can yield only one token, near `max_tokens` or the end of the context).
-    pub fn propose(
+    pub fn propose<B: Backend<Mem = M>>(
         &mut self,
         draft: &Draft,
-        main: &Transformer,
-        main_cache: &mut SeqCache,
+        main: &Transformer<B>,
+        main_cache: &mut SeqCache<M>,
         lp: &mut TokenLoop,
     ) -> Result<&[u32], RunError> {
         let history = lp.tokens();
@@ -160,12 +162,12 @@ impl SpecSeq {
             len,
             "main cache must lag by one token"
         );
-        let room = |m: &Transformer| m.info.max_context.saturating_sub(len + 1);
+        let room = |max_context: usize| max_context.saturating_sub(len + 1);
         let n = draft
             .num_draft
             .min(lp.remaining().saturating_sub(1))
-            .min(room(main))
-            .min(room(&draft.model));
+            .min(room(main.info.max_context))
+            .min(room(draft.model.info.max_context));
         self.feed.clear();
         self.feed.push(history[len - 1]);
         rollback::mark(main, main_cache, &mut self.main_cp);
@@ -253,11 +255,11 @@ impl SpecSeq {
 
     /// Ends the round once the caller has committed the first `used` chosen tokens to the
     /// sequence: both caches roll back to exactly the sequence's tokens but the last.
-    pub fn settle(
+    pub fn settle<B: Backend<Mem = M>>(
         &mut self,
         draft: &Draft,
-        main: &Transformer,
-        main_cache: &mut SeqCache,
+        main: &Transformer<B>,
+        main_cache: &mut SeqCache<M>,
         used: usize,
     ) {
         let keep = self.main_cp.offset + used;
@@ -273,11 +275,11 @@ impl SpecSeq {
     /// Commits the round's tokens in order through `commit(id, logits row)`, which says
     /// whether the token joined the sequence and whether generation goes on, then settles.
     /// Returns whether generation goes on.
-    pub fn finish_round<E>(
+    pub fn finish_round<B: Backend<Mem = M>, E>(
         &mut self,
         draft: &Draft,
-        main: &Transformer,
-        main_cache: &mut SeqCache,
+        main: &Transformer<B>,
+        main_cache: &mut SeqCache<M>,
         logits: &[f32],
         mut commit: impl FnMut(u32, &[f32]) -> Result<(bool, bool), E>,
     ) -> Result<bool, E> {
@@ -298,11 +300,11 @@ impl SpecSeq {
     /// One round for a sequence the caller runs alone: propose, verify (the main model's
     /// pass over the fed tokens, all rows into `logits`), decide. Then
     /// [`SpecSeq::finish_round`] commits the tokens.
-    pub fn round(
+    pub fn round<B: Backend<Mem = M>>(
         &mut self,
         draft: &Draft,
-        main: &Transformer,
-        main_cache: &mut SeqCache,
+        main: &Transformer<B>,
+        main_cache: &mut SeqCache<M>,
         lp: &mut TokenLoop,
         logits: &mut Vec<f32>,
     ) -> Result<(), RunError> {

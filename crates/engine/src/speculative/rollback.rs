@@ -7,25 +7,67 @@
 //! same conv and delta-rule kernels on the same inputs, and those kernels give the same
 //! result however the tokens are chunked.
 
-use crate::cache::{Checkpoint, SeqCache};
-use crate::models::transformer::{with_thread_scratch, Mixer};
+use crate::backend::{Backend, Memory};
+use crate::cache::{Checkpoint, DeltaState, SeqCache};
+use crate::models::transformer::Mixer;
 use crate::models::Transformer;
 
 /// Marks the cache's current point in `cp` (reusing its buffers) and starts logging the
 /// recurrent layers' inputs (nothing to log for a pure KV cache).
-pub fn mark(model: &Transformer, cache: &mut SeqCache, cp: &mut Checkpoint) {
-    cache.checkpoint_into(cp);
+pub fn mark<B: Backend>(
+    model: &Transformer<B>,
+    cache: &mut SeqCache<B::Mem>,
+    cp: &mut Checkpoint<B::Mem>,
+) {
+    checkpoint_into(&model.dev, cache, cp);
     if cache.is_trimmable() {
         cache.log.stop();
     } else {
-        cache.log.start(model.layers.len());
+        cache
+            .log
+            .start(model.layers.len(), |b| model.dev.resize(b, 0));
+    }
+}
+
+/// `cache`'s checkpoint into `cp`, reusing its buffers (no allocation once they have the
+/// right sizes).
+fn checkpoint_into<B: Backend>(dev: &B, cache: &SeqCache<B::Mem>, cp: &mut Checkpoint<B::Mem>) {
+    cp.offset = cache.offset;
+    cp.recurrent.resize(cache.recurrent.len(), None);
+    for (dst, src) in cp.recurrent.iter_mut().zip(&cache.recurrent) {
+        match (dst, src) {
+            (Some(d), Some(s)) if same_shape::<B::Mem>(d, s) => dev.copy_state(d, s),
+            (d, s) => *d = s.clone(),
+        }
+    }
+}
+
+fn same_shape<M: Memory>(a: &DeltaState<M>, b: &DeltaState<M>) -> bool {
+    M::len(&a.conv) == M::len(&b.conv) && M::len(&a.state) == M::len(&b.state)
+}
+
+/// Returns `cache` to `cp` (taken from it, at or before the current position): the KV
+/// caches keep their rows below `cp.offset` and recurrent states are copied back in place.
+pub fn restore<B: Backend>(dev: &B, cache: &mut SeqCache<B::Mem>, cp: &Checkpoint<B::Mem>) {
+    debug_assert!(cp.offset <= cache.offset && cp.recurrent.len() == cache.recurrent.len());
+    cache.offset = cp.offset;
+    for (dst, src) in cache.recurrent.iter_mut().zip(&cp.recurrent) {
+        match (dst, src) {
+            (Some(d), Some(s)) => dev.copy_state(d, s),
+            (d, s) => *d = s.clone(),
+        }
     }
 }
 
 /// Brings `cache` (marked at `cp` with [`mark`], then fed more tokens) back to its first
 /// `keep` tokens, `cp.offset <= keep <= cache.offset`, as if only those had been fed; stops
 /// the log.
-pub fn rewind(model: &Transformer, cache: &mut SeqCache, cp: &Checkpoint, keep: usize) {
+pub fn rewind<B: Backend>(
+    model: &Transformer<B>,
+    cache: &mut SeqCache<B::Mem>,
+    cp: &Checkpoint<B::Mem>,
+    keep: usize,
+) {
     cache.log.stop();
     debug_assert!(cp.offset <= keep, "rewind before the mark");
     if keep >= cache.offset {
@@ -36,16 +78,20 @@ pub fn rewind(model: &Transformer, cache: &mut SeqCache, cp: &Checkpoint, keep: 
         return;
     }
     let n = keep.saturating_sub(cp.offset);
-    cache.restore(cp);
+    restore(&model.dev, cache, cp);
     let SeqCache { recurrent, log, .. } = cache;
-    with_thread_scratch(|scratch| {
-        for (li, layer) in model.layers.iter().enumerate() {
-            if let (Mixer::DeltaNet(d), Some(Some(st)), Some(l)) =
-                (&layer.attn, recurrent.get_mut(li), log.layers.get(li))
-            {
-                d.replay(&model.dev, st, l, n, &mut scratch.delta_net);
-            }
+    let mut own = Default::default();
+    let mut lock = model.scratch.try_lock();
+    let scratch = match &mut lock {
+        Ok(s) => &mut s.delta_net,
+        Err(_) => &mut own,
+    };
+    for (li, layer) in model.layers.iter().enumerate() {
+        if let (Mixer::DeltaNet(d), Some(Some(st)), Some(l)) =
+            (&layer.attn, recurrent.get_mut(li), log.layers.get(li))
+        {
+            d.replay(&model.dev, st, l, n, scratch);
         }
-    });
+    }
     cache.offset = cp.offset + n;
 }

@@ -53,7 +53,9 @@ impl<T: DeviceRepr> Clone for DevBuf<T> {
 impl<T: DeviceRepr + Default + Clone + PartialEq + ValidAsZeroBits> PartialEq for DevBuf<T> {
     /// Compares the values (copied to the host: for tests).
     fn eq(&self, other: &Self) -> bool {
-        fn host<T: DeviceRepr + Default + Clone + ValidAsZeroBits>(b: &DevBuf<T>) -> Option<Vec<T>> {
+        fn host<T: DeviceRepr + Default + Clone + ValidAsZeroBits>(
+            b: &DevBuf<T>,
+        ) -> Option<Vec<T>> {
             match &b.slice {
                 None => Some(Vec::new()),
                 Some(s) => {
@@ -74,4 +76,8 @@ pub struct Device;
 impl Memory for Device {
     type F32 = DevBuf<f32>;
     type U32 = DevBuf<u32>;
+
+    fn len(b: &DevBuf<f32>) -> usize {
+        b.len
+    }
 }

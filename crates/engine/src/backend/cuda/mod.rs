@@ -22,15 +22,15 @@ use super::{Backend, DeltaRule, Rope, WeightLayout};
 use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
 use crate::experts::ExpertSource;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 use moestream_kernels::attention::AttnShape;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::mla::MlaShape;
 use moestream_kernels::router::{router_topk, RouterKind};
 use moestream_kernels::Precision;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
-};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -94,9 +94,11 @@ impl Cuda {
             return Err("no CUDA driver on this machine (libcuda could not be loaded)".into());
         }
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err("no NVRTC on this machine (libnvrtc could not be loaded; it ships \
+            return Err(
+                "no NVRTC on this machine (libnvrtc could not be loaded; it ships \
                         with the CUDA toolkit)"
-                .into());
+                    .into(),
+            );
         }
         let count = CudaContext::device_count().map_err(|e| format!("CUDA: {e}"))?;
         if ordinal as i32 >= count {
@@ -213,7 +215,9 @@ impl Cuda {
     fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, b: &mut DevBuf<T>, host: &[T]) {
         self.resize_buf(b, host.len());
         if let (false, Some(s), false) = (self.failed(), &mut b.slice, host.is_empty()) {
-            let r = self.stream.memcpy_htod(host, &mut s.slice_mut(..host.len()));
+            let r = self
+                .stream
+                .memcpy_htod(host, &mut s.slice_mut(..host.len()));
             self.ok(r, "copying to the device");
         }
     }
@@ -234,7 +238,9 @@ impl Cuda {
         out.clear();
         out.resize(b.len, T::default());
         if let (false, Some(s), false) = (self.failed(), &b.slice, b.len == 0) {
-            let r = self.stream.memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice());
+            let r = self
+                .stream
+                .memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice());
             self.ok(r, "copying to the host");
         }
     }
@@ -257,7 +263,14 @@ impl Cuda {
 
     /// Grows a head-major cache buffer `[heads, cap, w]` to `new_cap`, keeping `keep`
     /// positions of each head.
-    fn grow(&self, b: &mut Buf, heads: usize, (cap, new_cap): (usize, usize), keep: usize, w: usize) {
+    fn grow(
+        &self,
+        b: &mut Buf,
+        heads: usize,
+        (cap, new_cap): (usize, usize),
+        keep: usize,
+        w: usize,
+    ) {
         let mut fresh = Buf::default();
         self.resize_buf(&mut fresh, heads * new_cap * w);
         if keep > 0 {
@@ -283,7 +296,17 @@ impl Cuda {
     /// `norm` over rows of `stride` (the first `width` values of each), from `x` (+ `delta`,
     /// written back to `x`) into `out`.
     #[allow(clippy::too_many_arguments)]
-    fn norm(&self, x: u64, delta: u64, w: &Buf, eps: f32, width: usize, stride: usize, rows: usize, out: u64) {
+    fn norm(
+        &self,
+        x: u64,
+        delta: u64,
+        w: &Buf,
+        eps: f32,
+        width: usize,
+        stride: usize,
+        rows: usize,
+        out: u64,
+    ) {
         let wp = self.ptr(w);
         launch!(self, rms_norm, (rows as u32, 1), 256; x, delta, wp, eps, width as i32,
             stride as i32, out);
@@ -331,7 +354,8 @@ impl Backend for Cuda {
     fn append_rows(&self, dst: &mut Buf, src: &Buf, rows: Range<usize>, width: usize) {
         let (at, n) = (dst.len, rows.len() * width);
         self.resize_buf(dst, at + n);
-        if let (false, Some(d), Some(s), true) = (self.failed(), &mut dst.slice, &src.slice, n > 0) {
+        if let (false, Some(d), Some(s), true) = (self.failed(), &mut dst.slice, &src.slice, n > 0)
+        {
             let r = self.stream.memcpy_dtod(
                 &s.slice(rows.start * width..rows.end * width),
                 &mut d.slice_mut(at..at + n),
@@ -489,7 +513,14 @@ impl Backend for Cuda {
             kv.cap as i32);
     }
 
-    fn attention(&self, q: &Buf, rows: Range<usize>, kv: &KvCache<Device>, s: AttnShape, out: &mut Buf) {
+    fn attention(
+        &self,
+        q: &Buf,
+        rows: Range<usize>,
+        kv: &KvCache<Device>,
+        s: AttnShape,
+        out: &mut Buf,
+    ) {
         if s.head_dim > 256 {
             return self.unsupported("attention over heads wider than 256");
         }
@@ -524,7 +555,14 @@ impl Backend for Cuda {
         self.unsupported("MLA attention");
     }
 
-    fn unfuse_delta_inputs(&self, _f: &Buf, _ba: &Buf, _s: DeltaShape, _rows: usize, _o: [&mut Buf; 4]) {
+    fn unfuse_delta_inputs(
+        &self,
+        _f: &Buf,
+        _ba: &Buf,
+        _s: DeltaShape,
+        _rows: usize,
+        _o: [&mut Buf; 4],
+    ) {
         self.unsupported("the Gated DeltaNet");
     }
 
@@ -612,7 +650,9 @@ impl Backend for Cuda {
         (h, y, u): (&mut Buf, &mut Buf, &mut Buf),
     ) -> Result<(), RunError> {
         let Some(experts) = store.layer(layer) else {
-            return Err(RunError::Experts(format!("layer {layer} has no routed experts")));
+            return Err(RunError::Experts(format!(
+                "layer {layer} has no routed experts"
+            )));
         };
         store.count(layer, &d.active);
         let slots = d.slots.len;
@@ -627,11 +667,16 @@ impl Backend for Cuda {
             .active
             .iter()
             .map(|&id| {
-                let (a, b) = (counts[id as usize] as usize, counts[id as usize + 1] as usize);
+                let (a, b) = (
+                    counts[id as usize] as usize,
+                    counts[id as usize + 1] as usize,
+                );
                 experts
                     .get(id as usize)
                     .map(|m| (a, b - a, m))
-                    .ok_or_else(|| RunError::Experts(format!("expert {id} of layer {layer} does not exist")))
+                    .ok_or_else(|| {
+                        RunError::Experts(format!("expert {id} of layer {layer} does not exist"))
+                    })
             })
             .collect::<Result<_, _>>()?;
         for &(at, n, [gate, up_m, _]) in &runs {

@@ -174,9 +174,11 @@ impl Cuda {
         let mut out = Vec::with_capacity(layers.len());
         let mut bytes = Vec::with_capacity(layers.len());
         for l in layers {
-            bytes.push(l.as_ref().and_then(|e| e.first()).map_or(0, |e| {
-                e.gate.bytes() + e.up.bytes() + e.down.bytes()
-            }));
+            bytes.push(
+                l.as_ref()
+                    .and_then(|e| e.first())
+                    .map_or(0, |e| e.gate.bytes() + e.up.bytes() + e.down.bytes()),
+            );
             out.push(match l {
                 None => None,
                 Some(experts) => Some(
@@ -235,5 +237,6 @@ pub fn to_cuda(model: &Transformer<Cpu>, dev: Cuda) -> Result<Transformer<Cuda>,
         precision: model.precision,
         fused_swiglu: model.fused_swiglu,
         moe_top_k: model.moe_top_k,
+        scratch: Default::default(),
     })
 }
