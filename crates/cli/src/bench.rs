@@ -6,9 +6,13 @@ use crate::load::ModelArgs;
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use moestream_engine::backend::Backend;
+use moestream_engine::experts::ExpertSource;
 use moestream_engine::generate::{GenerateParams, Next, TokenLoop};
+use moestream_engine::models::Transformer;
 use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::session::Session;
+use moestream_engine::Engine;
 use moestream_kernels::rng::Rng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -39,10 +43,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be at least 1");
     }
+    let gpu = args.model.gpu()?;
     let t_load = Instant::now();
     let engine = args.model.load()?;
-    let load_secs = t_load.elapsed().as_secs_f64();
-    let model = engine.model();
+    let cpu = engine.model();
+    match gpu {
+        None => {
+            let load_secs = t_load.elapsed().as_secs_f64();
+            eprintln!("measuring memory bandwidth...");
+            let pool = &cpu.dev.pool;
+            let bandwidth = moestream_kernels::membw::read_bandwidth(pool, args.bandwidth_bytes, 5);
+            let host = Host {
+                bandwidth,
+                threads: pool.threads(),
+            };
+            bench_on(&engine, cpu, &args, load_secs, Some(host))
+        }
+        Some(gpu) => {
+            let model = ModelArgs::to_gpu(&engine, gpu)?;
+            let load_secs = t_load.elapsed().as_secs_f64();
+            bench_on(&engine, &model, &args, load_secs, None)
+        }
+    }
+}
+
+/// What the CPU run measures of the host: its memory bandwidth (for the roofline) and the
+/// kernel threads.
+struct Host {
+    bandwidth: f64,
+    threads: usize,
+}
+
+/// The measurement on `model` (the engine's, or a copy on a GPU: then without the host's
+/// roofline).
+fn bench_on<B: Backend>(
+    engine: &Engine,
+    model: &Transformer<B>,
+    args: &BenchArgs,
+    load_secs: f64,
+    host: Option<Host>,
+) -> Result<()> {
     let info = &model.info;
     if args.prompt_tokens + args.gen_tokens > info.max_context {
         bail!(
@@ -50,9 +90,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             info.max_context
         );
     }
-    eprintln!("measuring memory bandwidth...");
-    let bandwidth =
-        moestream_kernels::membw::read_bandwidth(&model.dev.pool, args.bandwidth_bytes, 5);
+    let kernels = match model.dev.name() {
+        "cpu" => moestream_kernels::isa::summary(),
+        name => name.to_string(),
+    };
 
     // Random prompt ids within the tokenizer's range (fixed seed: the same prompt every run).
     let id_range = engine
@@ -116,7 +157,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let prefill_tok_s = args.prompt_tokens as f64 / ttft;
     let decode_tok_s = args.gen_tokens as f64 / decode_secs;
-    let roofline_tok_s = bandwidth / info.bytes_per_token as f64;
+    let bandwidth = host.as_ref().map(|h| h.bandwidth);
+    let roofline_tok_s = bandwidth.map(|b| b / info.bytes_per_token as f64);
     let figures = json!({
         "load_secs": load_secs,
         "prompt_tokens": args.prompt_tokens,
@@ -128,7 +170,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "memory_bandwidth_bytes_s": bandwidth,
         "weight_bytes_per_token": info.bytes_per_token,
         "roofline_decode_tok_s": roofline_tok_s,
-        "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
+        "decode_fraction_of_roofline": roofline_tok_s.map(|r| decode_tok_s / r),
+        "device": model.dev.name(),
         "experts_streamed": args.model.stream_experts,
         "decode_expert_hit_rate": io.hit_rate(),
         "decode_expert_bytes_read_per_token": io.total_bytes() as f64 / args.gen_tokens as f64,
@@ -170,7 +213,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "prefetch": args.model.stream_experts.then_some(args.model.prefetch.as_str()),
             "direct_io": args.model.stream_experts.then_some(&args.model.direct_io),
             "io_engine": args.model.stream_experts.then(|| format!("{:?}", args.model.io_engine)),
-            "threads": model.dev.pool.threads(),
+            "threads": host.as_ref().map(|h| h.threads),
+            "device": format!("{:?}", args.model.device).to_lowercase(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "draft_model": args.model.draft_model.as_ref().map(|p| p.display().to_string()),
@@ -185,18 +229,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&capsule)?);
     } else {
+        let roofline = match (roofline_tok_s, bandwidth) {
+            (Some(r), Some(b)) => format!(
+                " = {:.0}% of the {r:.1} tok/s roofline ({:.1} GB/s, {:.2} GB/token)",
+                100.0 * decode_tok_s / r,
+                b / 1e9,
+                info.bytes_per_token as f64 / 1e9
+            ),
+            _ => String::new(),
+        };
         println!(
-            "prefill {:.1} tok/s ({} tokens, TTFT {:.2} s) | decode {:.2} tok/s = {:.0}% of the {:.1} tok/s roofline ({:.1} GB/s, {:.2} GB/token) | peak RSS {:.2} GiB | kernels: {}",
+            "prefill {:.1} tok/s ({} tokens, TTFT {:.2} s) | decode {:.2} tok/s{roofline} | peak RSS {:.2} GiB | kernels: {kernels}",
             prefill_tok_s,
             args.prompt_tokens,
             ttft,
             decode_tok_s,
-            100.0 * decode_tok_s / roofline_tok_s,
-            roofline_tok_s,
-            bandwidth / 1e9,
-            info.bytes_per_token as f64 / 1e9,
             sys::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
-            moestream_kernels::isa::summary(),
         );
         if let Some(s) = &spec_stats {
             println!("{}", crate::spec_report::line(s));

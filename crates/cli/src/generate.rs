@@ -4,7 +4,10 @@ use crate::load::ModelArgs;
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use moestream_engine::backend::Backend;
+use moestream_engine::experts::{ExpertSource, StoreStats};
 use moestream_engine::generate::GenerationStats;
+use moestream_engine::models::Transformer;
 use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::{Engine, TextParams};
 use serde_json::{json, Map, Value};
@@ -83,10 +86,34 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Err(e) = sampling.validate() {
         bail!("{e}");
     }
+    let gpu = args.model.gpu()?;
     let engine = args.model.load()?;
     let prompt = prompt_ids(&engine, &args)?;
-    let mut cache = engine.model().new_cache();
     let sampler = Sampler::new(sampling);
+    let args = &args;
+    match gpu {
+        None => emit(&engine, engine.model(), args, &prompt, sampler),
+        Some(gpu) => {
+            let model = ModelArgs::to_gpu(&engine, gpu)?;
+            emit(&engine, &model, args, &prompt, sampler)
+        }
+    }
+}
+
+/// Generates with `model` (the engine's, or a copy on another device) and writes the text,
+/// or JSON lines, and the summary.
+fn emit<B: Backend>(
+    engine: &Engine,
+    model: &Transformer<B>,
+    args: &GenerateArgs,
+    prompt: &[u32],
+    sampler: Sampler,
+) -> Result<()> {
+    let mut cache = model.new_cache();
+    let kernels = match model.dev.name() {
+        "cpu" => moestream_kernels::isa::summary(),
+        name => name.to_string(),
+    };
     let params = TextParams {
         max_tokens: args.max_tokens,
         stop: &args.stop,
@@ -97,7 +124,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut out = stdout.lock();
     let mut write_error = None;
     let outcome = engine
-        .generate_text(&mut cache, &prompt, sampler, &params, &mut |ev| {
+        .generate_text_on(model, &mut cache, prompt, sampler, &params, &mut |ev| {
             let r = if args.json {
                 let top: Vec<Value> =
                     ev.token.top_logprobs.iter().map(|(id, lp)| json!({"id": id, "logprob": lp})).collect();
@@ -133,20 +160,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "decode_tok_s": stats.decode_tok_s(),
             "peak_rss_bytes": rss,
             "finish_reason": stats.finish.map(|f| f.as_str()),
-            "kernels": moestream_kernels::isa::summary(),
-            "experts": experts_json(&engine),
+            "kernels": kernels,
+            "experts": experts_json(model.experts.stats()),
             "speculative": crate::spec_report::json(stats.speculative.as_ref()),
         });
         writeln!(out, "{summary}")?;
     } else {
         write!(out, "{}", outcome.tail)?;
         writeln!(out)?;
-        eprintln!("{}", summary_line(stats, rss));
+        eprintln!("{}", summary_line(stats, rss, &kernels));
         if let Some(s) = &stats.speculative {
             eprintln!("{}", crate::spec_report::line(s));
         }
         if args.model.stream_experts {
-            let io = engine.model().experts.stats();
+            let io = model.experts.stats();
             eprintln!(
                 "experts: hit rate {:.1}% | {:.1} MB read on misses at {:.2} GB/s | prefetch: {} experts ({:.1} MB), {:.1}% used | stalled {:.2} s on reads",
                 100.0 * io.hit_rate(),
@@ -163,8 +190,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// Streaming counters for the JSON summary (`null` when experts are resident).
-fn experts_json(engine: &Engine) -> Value {
-    let io = engine.model().experts.stats();
+fn experts_json(io: StoreStats) -> Value {
     if io.hits + io.misses == 0 {
         return Value::Null;
     }
@@ -204,7 +230,7 @@ fn prompt_ids(engine: &Engine, args: &GenerateArgs) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
+fn summary_line(s: &GenerationStats, rss: Option<u64>, kernels: &str) -> String {
     format!(
         "prefill: {} tokens at {:.1} tok/s | decode: {} tokens at {:.1} tok/s | peak RSS: {} | finish: {} | kernels: {}",
         s.prompt_tokens,
@@ -213,6 +239,6 @@ fn summary_line(s: &GenerationStats, rss: Option<u64>) -> String {
         s.decode_tok_s(),
         rss.map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
         s.finish.map_or("?", |f| f.as_str()),
-        moestream_kernels::isa::summary(),
+        kernels,
     )
 }

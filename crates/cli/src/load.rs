@@ -3,9 +3,11 @@
 use crate::progress::LoadBar;
 use crate::sys;
 use anyhow::{bail, Context, Result};
+use moestream_engine::backend::cuda::{to_cuda, Cuda};
 use moestream_engine::experts::io::IoEngine;
 use moestream_engine::experts::streamed::StreamOptions;
 use moestream_engine::experts::Prefetch;
+use moestream_engine::models::Transformer;
 use moestream_engine::{Engine, LoadOptions};
 use moestream_kernels::Precision;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,30 @@ pub struct ModelArgs {
     /// (fewer: faster, and the output changes; `validate --moe-top-k K` reports how much).
     #[arg(long)]
     pub moe_top_k: Option<usize>,
+    /// Where the model runs: cpu, or cuda[:N] (NVIDIA GPU N, default 0; the CUDA libraries
+    /// are loaded at run time). On the GPU every weight and routed expert is in its memory
+    /// and the arithmetic is f32 (--exact's); streamed experts and a draft model are
+    /// CPU-only for now.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceArg,
+}
+
+/// `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
+            _ => Err(format!("{s:?}: expected cpu, cuda or cuda:N")),
+        },
+    }
 }
 
 fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
@@ -106,8 +132,35 @@ impl ModelArgs {
         }
     }
 
+    /// The GPU `--device` names, opened before anything is loaded so that a machine without
+    /// one fails at once (`None` for the CPU).
+    pub fn gpu(&self) -> Result<Option<Cuda>> {
+        let DeviceArg::Cuda(n) = self.device else {
+            return Ok(None);
+        };
+        if self.stream_experts {
+            bail!("--stream-experts is not supported with --device cuda yet");
+        }
+        if self.draft_model.is_some() {
+            bail!("--draft-model is not supported with --device cuda yet");
+        }
+        Cuda::new(n)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--device cuda:{n}: {e}"))
+    }
+
+    /// The loaded CPU model moved onto `gpu`.
+    pub fn to_gpu(engine: &Engine, gpu: Cuda) -> Result<Transformer<Cuda>> {
+        let name = gpu.device_name().to_string();
+        let model =
+            to_cuda(engine.model(), gpu).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+        eprintln!("device: {name} (weights and experts in GPU memory, f32 arithmetic)");
+        Ok(model)
+    }
+
     pub fn precision(&self) -> Precision {
-        if self.exact {
+        // The GPU computes in f32 and reads the files' row-major layout.
+        if self.exact || self.device != DeviceArg::Cpu {
             Precision::Exact
         } else {
             Precision::Fast
@@ -150,7 +203,7 @@ impl ModelArgs {
             warm,
             precision: self.precision(),
             stream,
-            row_major_weights: self.row_major_weights,
+            row_major_weights: self.row_major_weights || self.device != DeviceArg::Cpu,
         };
         let mut engine = Engine::load(&dir, &opts, &mut |p| bar.update(p))
             .with_context(|| format!("loading {}", dir.display()))?;

@@ -340,3 +340,37 @@ fn validate_streamed_against_resident_is_identical() {
         stderr(&o)
     );
 }
+
+/// `--device cuda` on a machine without an NVIDIA driver is a clear error naming what is
+/// missing, exit code 1, before anything is loaded; a device that does not exist is a usage
+/// error. (On a GPU machine the first half runs the model instead: see scripts/gpu/test.sh.)
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    for cmd in ["generate", "bench"] {
+        let mut args = vec![cmd, "--device", "cuda", "--model"];
+        let model = fixture("qwen3_moe_f32");
+        args.push(model.to_str().unwrap());
+        if cmd == "generate" {
+            args.extend(["--prompt", "hi", "--max-tokens", "2"]);
+        } else {
+            args.extend(["--prompt-tokens", "4", "--gen-tokens", "2"]);
+        }
+        let o = moestream(&args);
+        if o.status.success() {
+            eprintln!(
+                "{cmd} --device cuda: this machine has a GPU, the error case is not testable"
+            );
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("--device cuda:0") && (err.contains("CUDA") || err.contains("NVRTC")),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+    let o = moestream(&["generate", "--device", "tpu", "--prompt", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected cpu, cuda or cuda:N"));
+}

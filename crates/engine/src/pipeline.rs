@@ -1,6 +1,7 @@
 //! A model with its tokenizer: prompts in (chat messages, raw text or ids), text out
 //! (streamed deltas that never split a character and stop at stop strings).
 
+use crate::backend::Backend;
 use crate::cache::SeqCache;
 use crate::error::{LoadError, RunError};
 use crate::generate::{FinishReason, GenerateParams, GenerationStats, Next, TokenEvent, TokenLoop};
@@ -169,13 +170,26 @@ impl Engine {
         params: &TextParams,
         on_event: &mut dyn FnMut(TextEvent) -> bool,
     ) -> Result<TextOutcome, RunError> {
+        self.generate_text_on(self.model(), cache, prompt, sampler, params, on_event)
+    }
+
+    /// [`Engine::generate_text`] with `model`, this engine's model on another backend.
+    pub fn generate_text_on<B: Backend>(
+        &self,
+        model: &Transformer<B>,
+        cache: &mut SeqCache<B::Mem>,
+        prompt: &[u32],
+        sampler: Sampler,
+        params: &TextParams,
+        on_event: &mut dyn FnMut(TextEvent) -> bool,
+    ) -> Result<TextOutcome, RunError> {
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
         let lp = self.text_loop(prompt, sampler, params);
         let mut session = Session::new(lp, self.draft.as_ref(), 0);
         let mut tail = String::new();
-        session.run(self.model(), cache, &mut |lp, step, _| {
+        session.run(model, cache, &mut |lp, step, _| {
             if let Some(tok) = &step.token {
                 if !on_event(TextEvent {
                     token: tok,
