@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use moestream_engine::backend::cuda::{compile_kernels, to_cuda, Cuda, Device};
+use moestream_engine::backend::cuda::{compile_kernels, kernels_ptx, to_cuda, Cuda, Device};
 use moestream_engine::backend::Backend;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::models::{LogitRows, SeqStep, Transformer};
@@ -155,15 +155,26 @@ fn without_a_gpu_the_error_says_what_is_missing() {
     assert!(!err.is_empty());
 }
 
-/// The kernels compile under NVRTC for Hopper (sm_90) and Ampere (sm_80). Needs NVRTC, not a
-/// GPU: where there is none (CI), NVRTC's PyPI wheel is installed under target/ and this
-/// test runs again in a child process that can load it (a library path is read at start).
+/// The kernels compile under NVRTC for Hopper (sm_90) and Ampere (sm_80), and the second
+/// run takes them from the on-disk cache. Needs NVRTC, not a GPU: where there is none (CI),
+/// NVRTC's PyPI wheel is installed under target/ and this test runs again in a child process
+/// that can load it (a library path is read at start).
 #[test]
 fn the_kernels_compile_under_nvrtc() {
     let compile = || {
+        let cache = std::env::temp_dir().join(format!("moestream-ptx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
         for (major, minor) in [(9, 0), (8, 0)] {
-            compile_kernels(major, minor).unwrap_or_else(|e| panic!("{e}"));
+            let (ptx, cached) =
+                kernels_ptx(major, minor, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!cached, "sm_{major}{minor}: compiled the first time");
+            let (again, cached) = kernels_ptx(major, minor, Some(&cache)).unwrap();
+            assert!(cached, "sm_{major}{minor}: the second time from the cache");
+            assert_eq!(ptx.to_src(), again.to_src());
         }
+        let files = std::fs::read_dir(&cache).map_or(0, |d| d.count());
+        assert_eq!(files, 2, "one cached file per architecture");
+        let _ = std::fs::remove_dir_all(&cache);
     };
     if std::env::var_os("MOESTREAM_NVRTC_CHILD").is_some() || compile_kernels(9, 0).is_ok() {
         return compile();

@@ -26,12 +26,14 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
 };
+use cudarc::nvrtc::Ptx;
 use moestream_kernels::attention::AttnShape;
 use moestream_kernels::delta::DeltaShape;
 use moestream_kernels::mla::MlaShape;
 use moestream_kernels::router::{router_topk, RouterKind};
 use moestream_kernels::Precision;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 type Buf = DevBuf<f32>;
@@ -114,7 +116,7 @@ impl Cuda {
             .compute_capability()
             .map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
-        let ptx = compile_kernels(major, minor)?;
+        let (ptx, _) = kernels_ptx(major, minor, cache_dir().as_deref())?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("loading the CUDA kernels: {e}"))?;
@@ -703,17 +705,88 @@ impl Backend for Cuda {
 
 /// `kernels.cu` compiled by NVRTC for compute capability `major.minor` (needs NVRTC, not a
 /// GPU).
-pub fn compile_kernels(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, String> {
+pub fn compile_kernels(major: i32, minor: i32) -> Result<Ptx, String> {
     // SAFETY: only probes whether the library can be opened.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("no NVRTC on this machine (libnvrtc could not be loaded)".into());
     }
     let opts = cudarc::nvrtc::CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        options: compile_options(major, minor),
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
         .map_err(|e| format!("compiling the CUDA kernels for sm_{major}{minor}: {e}"))
+}
+
+fn compile_options(major: i32, minor: i32) -> Vec<String> {
+    vec![format!("--gpu-architecture=compute_{major}{minor}")]
+}
+
+/// Where compiled kernels are kept between runs: `MOESTREAM_CACHE_DIR`, else the user's
+/// cache directory (`XDG_CACHE_HOME` or `~/.cache`) under `moestream/`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MOESTREAM_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("moestream"))
+}
+
+/// The kernels' PTX for `major.minor`, from `cache` when an earlier run compiled the same
+/// source with the same options and NVRTC, else compiled and stored there (a cache that
+/// cannot be written only costs the next run a compile). Returns whether it came from the
+/// cache.
+pub fn kernels_ptx(major: i32, minor: i32, cache: Option<&Path>) -> Result<(Ptx, bool), String> {
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("no NVRTC on this machine (libnvrtc could not be loaded)".into());
+    }
+    let file = cache.map(|dir| dir.join(cache_name(major, minor)));
+    if let Some(src) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        if src.contains(".entry") {
+            return Ok((Ptx::from_src(src), true));
+        }
+    }
+    let ptx = compile_kernels(major, minor)?;
+    if let Some(f) = &file {
+        // Written whole under another name, then renamed: a reader never sees half a file.
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let stored = f
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| {
+                std::fs::write(&tmp, ptx.to_src())?;
+                std::fs::rename(&tmp, f)
+            });
+        if let Err(e) = stored {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!(
+                "note: the compiled CUDA kernels could not be cached in {}: {e}",
+                f.display()
+            );
+        }
+    }
+    Ok((ptx, false))
+}
+
+/// The cache file's name: the architecture and a hash (FNV-1a) of what the PTX depends on,
+/// the source, the options and NVRTC's version.
+fn cache_name(major: i32, minor: i32) -> String {
+    let (mut vmaj, mut vmin) = (0, 0);
+    // SAFETY: two out-parameters; the caller checked that NVRTC loads.
+    let _ = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut vmaj, &mut vmin) };
+    let key = format!(
+        "{SOURCE}\0{:?}\0{vmaj}.{vmin}",
+        compile_options(major, minor)
+    );
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("kernels-sm_{major}{minor}-{h:016x}.ptx")
 }
 
 impl ExpertSource for CudaExperts {
