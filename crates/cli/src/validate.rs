@@ -9,11 +9,15 @@
 //! (the config's top-k, no draft), so the report shows what they change: for top-k, the
 //! token agreement with the default top-k over the prompts (approximate); for speculative
 //! decoding alone, nothing may change (exact).
+//!
+//! With `--device cuda` the candidate is the model on the GPU (f32, fused) against the CPU's
+//! f32 unfused reference: approximate, since the two sum in different orders.
 
 use crate::capsule;
 use crate::load::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use moestream_engine::backend::Backend;
 use moestream_engine::generate::{Flow, GenerateParams};
 use moestream_engine::models::Transformer;
 use moestream_engine::sampling::{Sampler, SamplingParams};
@@ -59,8 +63,8 @@ struct Run {
 
 /// `n` greedy tokens after `prompt` with the logits that chose each; with `draft`, through
 /// speculative decoding (the draft proposes, `model` verifies), whose counters come back.
-fn greedy(
-    model: &Transformer,
+fn greedy<B: Backend>(
+    model: &Transformer<B>,
     draft: Option<&Draft>,
     prompt: &[u32],
     n: usize,
@@ -121,7 +125,10 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
     if prompts.is_empty() {
         bail!("no prompts");
     }
+    let gpu = args.model.gpu()?;
     let mut engine = args.model.load()?;
+    // With --device cuda the candidate is the model on the GPU, against the CPU's reference.
+    let gpu_model = gpu.map(|g| ModelArgs::to_gpu(&engine, g)).transpose()?;
     let top_k = args.model.moe_top_k;
     let default_top_k = engine.model().default_top_k();
     let top_k_changed = top_k.is_some() && top_k != default_top_k;
@@ -164,7 +171,9 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
         },
         default_top_k.map_or("dense".into(), |k| k.to_string()),
     );
-    let mut candidate_name = if option_under_test {
+    let mut candidate_name = if gpu_model.is_some() {
+        "cuda, fused f32".to_string()
+    } else if option_under_test {
         path_name.to_string()
     } else if args.model.exact {
         "fused f32".to_string()
@@ -180,6 +189,8 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             args.model.num_draft_tokens
         );
     }
+    // The GPU sums in another order than the CPU: close, not bit-equal.
+    let exact_candidate = exact_candidate && gpu_model.is_none();
     candidate_name += if exact_candidate {
         " (exact)"
     } else {
@@ -208,8 +219,10 @@ pub fn run(args: ValidateArgs) -> Result<bool> {
             }
         };
         configure(&mut engine, precision, true, top_k)?;
-        let (candidate, stats) =
-            greedy(engine.model(), engine.draft.as_ref(), &ids, args.max_tokens)?;
+        let (candidate, stats) = match &gpu_model {
+            Some(m) => greedy(m, None, &ids, args.max_tokens)?,
+            None => greedy(engine.model(), engine.draft.as_ref(), &ids, args.max_tokens)?,
+        };
         if let Some(stats) = stats {
             spec_total.add(&stats);
         }
