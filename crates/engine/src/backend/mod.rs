@@ -54,6 +54,8 @@ pub struct Rope<'a> {
     pub inv_freq: &'a [f32],
     /// Rotate adjacent pairs (GPT-J style) instead of the two halves.
     pub traditional: bool,
+    /// Factor on the rotated features before rotating them (YaRN's `mscale`; else 1).
+    pub mscale: f32,
 }
 
 /// The shapes and weights of a Gated DeltaNet recurrence (one layer).
@@ -226,8 +228,8 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
         out: &mut F32<Self>,
     );
-    /// MLA's cache append: traditional RoPE at positions `offset..` on the token `rows` of
-    /// `q_pe` (heads of `dr`) and on the rotary key ending each `ckv` row
+    /// MLA's cache append: RoPE (`rope`: traditional, heads of `dr`) at positions `offset..`
+    /// on the token `rows` of `q_pe` and on the rotary key ending each `ckv` row
     /// (`[latent (r) | k_pe (dr)]`), then latent and key appended to the cache.
     #[allow(clippy::too_many_arguments)]
     fn rope_append_latent(
@@ -238,7 +240,7 @@ pub trait Backend: Send + Sync {
         rows: Range<usize>,
         offset: usize,
         r_dr: (usize, usize),
-        inv_freq: &[f32],
+        rope: Rope,
     );
     /// Absorbed MLA attention of the token `rows` of the `queries` (`q_lat`, `q_pe`) over the
     /// latent cache, into the same rows of `out`.

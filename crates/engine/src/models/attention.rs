@@ -15,6 +15,8 @@ pub struct AttnConfig {
     /// Inverse frequencies of the rotated feature pairs (`rot_dims / 2` of them).
     pub inv_freq: Vec<f32>,
     pub rope_traditional: bool,
+    /// Factor on the rotated features of queries and keys before RoPE (YaRN; else 1).
+    pub rope_mscale: f32,
     pub scale: f32,
 }
 
@@ -33,8 +35,15 @@ impl AttnConfig {
             head_dim,
             inv_freq,
             rope_traditional,
+            rope_mscale: 1.0,
             scale: (head_dim as f32).powf(-0.5),
         }
+    }
+
+    /// With YaRN's input scaling (see `common::rope_mscale`).
+    pub fn with_rope_mscale(mut self, mscale: f32) -> Self {
+        self.rope_mscale = mscale;
+        self
     }
 }
 
@@ -83,6 +92,7 @@ impl<W: WeightSet> Attention<W> {
             head_dim: c.head_dim,
             inv_freq: &c.inv_freq,
             traditional: c.rope_traditional,
+            mscale: c.rope_mscale,
         };
         let mut row = 0;
         for st in steps.iter_mut() {

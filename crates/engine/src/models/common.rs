@@ -125,8 +125,41 @@ pub fn trunk(
     })
 }
 
+/// The YaRN rope types of mlx-lm's `initialize_rope` (one implementation, `YarnRoPE`).
+const YARN: [&str; 3] = ["yarn", "deepseek_yarn", "telechat3-yarn"];
+
+fn rope_type(s: &serde_json::Map<String, Value>) -> &str {
+    s.get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+}
+
+/// The factor YaRN scales the rotated features of queries and keys by before rotating them
+/// (mlx-lm's `YarnRoPE.mscale`: `m(factor, mscale) / m(factor, mscale_all_dim)` with
+/// `m(s, k) = 0.1 k ln(s) + 1` for `s > 1`, else 1); 1 for every other rope type.
+pub fn rope_mscale(scaling: Option<&Value>) -> f32 {
+    let Some(Value::Object(s)) = scaling else {
+        return 1.0;
+    };
+    if !YARN.contains(&rope_type(s)) {
+        return 1.0;
+    }
+    let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let factor = num("factor", 1.0);
+    let m = |k: f64| {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * k * factor.ln() + 1.0
+        }
+    };
+    (m(num("mscale", 1.0)) / m(num("mscale_all_dim", 0.0))) as f32
+}
+
 /// Inverse RoPE frequencies for `dims` rotated features, honouring `rope_scaling`
-/// (`default`, `linear`, `llama3`), with the semantics of mlx-lm's `initialize_rope`.
+/// (`default`, `linear`, `llama3`, `yarn`), with the semantics of mlx-lm's
+/// `initialize_rope`. YaRN also scales the rotated features: see [`rope_mscale`].
 pub fn rope_inv_freq(
     dims: usize,
     base: f32,
@@ -136,13 +169,36 @@ pub fn rope_inv_freq(
     let Some(Value::Object(s)) = scaling else {
         return Ok(plain);
     };
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
     let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
-    match kind {
+    match rope_type(s) {
+        kind if YARN.contains(&kind) => {
+            // mlx-lm's YarnRoPE: periods base^(2i/dims) (f32) kept below the correction
+            // range (high-frequency pairs), stretched by `factor` above it, a linear ramp
+            // between; the range comes from beta_fast / beta_slow rotations over the
+            // original context (f64, as Python computes it).
+            let factor = num("factor", 1.0) as f32;
+            let old_ctx = num("original_max_position_embeddings", 4096.0);
+            let (fast, slow) = (num("beta_fast", 32.0), num("beta_slow", 1.0));
+            let correction = |rotations: f64| {
+                dims as f64 * (old_ctx / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                    / (2.0 * (base as f64).ln())
+            };
+            let low = correction(fast).floor().max(0.0) as f32;
+            let mut high = correction(slow).ceil().min(dims as f64 - 1.0) as f32;
+            if low == high {
+                high += 0.001;
+            }
+            Ok((0..dims / 2)
+                .map(|i| {
+                    let extra = base.powf((2 * i) as f32 / dims as f32);
+                    let inter = factor * extra;
+                    let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    let mask = 1.0 - ramp;
+                    let period = (inter * extra) / (inter * mask + extra * (1.0 - mask));
+                    1.0 / period
+                })
+                .collect())
+        }
         "default" | "mrope" => Ok(plain),
         "linear" => {
             let factor = num("factor", 1.0) as f32;

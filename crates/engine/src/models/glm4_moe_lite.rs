@@ -12,10 +12,10 @@
 //!
 //! Not supported (clear errors): the Hugging Face `kv_b_proj` layout (mlx-lm's sanitize
 //! splits it into `embed_q` / `unembed_out` at load; convert with `mlx_lm.convert` first),
-//! and RoPE scaling types other than those of `common::rope_inv_freq` (no yarn).
+//! and RoPE scaling types other than those of `common::rope_inv_freq`.
 
 use super::attention::AttnConfig;
-use super::common::{decoder_layer, model_trunk, rope_inv_freq};
+use super::common::{decoder_layer, model_trunk, rope_inv_freq, rope_mscale};
 use super::glm_moe::{check_glm_router, glm_feed_forward, GlmRouter};
 use super::mla::{Mla, MlaDims};
 use super::transformer::{Mixer, Transformer};
@@ -277,7 +277,7 @@ pub fn load(
             dims,
             c.q_lora_rank,
             c.attention_bias,
-            inv_freq.clone(),
+            (inv_freq.clone(), rope_mscale(c.rope_scaling.as_ref())),
             scale,
             c.rms_norm_eps,
         )?;

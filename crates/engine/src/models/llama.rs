@@ -4,7 +4,7 @@
 
 use super::attention::AttnConfig;
 use super::common::{
-    attention, decoder_layer, dense, dense_mlp, model_trunk, rope_inv_freq, Heads,
+    attention, decoder_layer, dense, dense_mlp, model_trunk, rope_inv_freq, rope_mscale, Heads,
 };
 use super::transformer::{Mixer, Transformer};
 use super::BuildContext;
@@ -110,7 +110,8 @@ pub fn build(
                 hd,
                 rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
                 c.rope_traditional,
-            ),
+            )
+            .with_rope_mscale(rope_mscale(c.rope_scaling.as_ref())),
         },
         w,
     )

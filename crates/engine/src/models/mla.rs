@@ -10,7 +10,7 @@
 //! same math up to float rounding (the parity tests hold both to mlx's logits).
 
 use super::exec::{Exec, SeqStep};
-use crate::backend::{Backend, HostWeights, Memory, WeightSet};
+use crate::backend::{Backend, HostWeights, Memory, Rope, WeightSet};
 use crate::cache::{KvCache, Scratch};
 use crate::error::LoadError;
 use crate::weights::{Linear, WeightLoader};
@@ -50,6 +50,8 @@ pub struct Mla<W: WeightSet = HostWeights> {
     pub dims: MlaDims,
     /// Inverse frequencies of the `dr / 2` rotated pairs.
     pub inv_freq: Vec<f32>,
+    /// YaRN's factor on `q_pe` and `k_pe` before RoPE (else 1).
+    pub rope_mscale: f32,
     pub scale: f32,
     pub eps: f32,
 }
@@ -65,7 +67,7 @@ impl Mla {
         dims: MlaDims,
         q_lora_rank: Option<usize>,
         bias: bool,
-        inv_freq: Vec<f32>,
+        (inv_freq, rope_mscale): (Vec<f32>, f32),
         scale: f32,
         eps: f32,
     ) -> Result<Self, LoadError> {
@@ -95,6 +97,7 @@ impl Mla {
             o_proj: w.linear(&p("o_proj"), hidden, nh * v_dim, bias)?,
             dims,
             inv_freq,
+            rope_mscale,
             scale,
             eps,
         })
@@ -166,8 +169,14 @@ impl<W: WeightSet> Mla<W> {
             let (n, offset) = (st.tokens.len(), st.cache.offset);
             let kv = &mut st.cache.layers[layer];
             let rows = row..row + n;
-            let (q_pe, ckv, freq) = (&mut sc.q_pe, &mut sc.ckv, &self.inv_freq);
-            dev.rope_append_latent(kv, q_pe, ckv, rows.clone(), offset, (r, dr), freq);
+            let rope = Rope {
+                head_dim: dr,
+                inv_freq: &self.inv_freq,
+                traditional: true,
+                mscale: self.rope_mscale,
+            };
+            let (q_pe, ckv) = (&mut sc.q_pe, &mut sc.ckv);
+            dev.rope_append_latent(kv, q_pe, ckv, rows.clone(), offset, (r, dr), rope);
             let shape = MlaShape {
                 l: n,
                 t: offset + n,

@@ -6,7 +6,7 @@
 //! top-k, renormalised only when `norm_topk_prob`; no shared expert.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{decoder_layer, model_trunk, moe_block, rope_inv_freq, Heads};
+use super::common::{decoder_layer, model_trunk, moe_block, rope_inv_freq, rope_mscale, Heads};
 use super::ffn::FeedForward;
 use super::transformer::{Mixer, Transformer};
 use super::DecoderParts;
@@ -123,7 +123,8 @@ pub fn load(
                 hd,
                 rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref())?,
                 c.rope_traditional,
-            ),
+            )
+            .with_rope_mscale(rope_mscale(c.rope_scaling.as_ref())),
         },
         w,
     )

@@ -11,7 +11,9 @@
 //! plus a shared SwiGLU expert scaled by `sigmoid(shared_expert_gate(x))`), else a dense MLP.
 
 use super::attention::{Attention, AttnConfig};
-use super::common::{check_top_k, decoder_layer, dense, dense_mlp, rope_inv_freq, trunk, Heads};
+use super::common::{
+    check_top_k, decoder_layer, dense, dense_mlp, rope_inv_freq, rope_mscale, trunk, Heads,
+};
 use super::delta_net::DeltaNet;
 use super::ffn::{FeedForward, MoeBlock, SharedExpert};
 use super::transformer::{Mixer, Transformer};
@@ -248,7 +250,8 @@ pub fn build(
                 hd,
                 rope_inv_freq(rot, c.rope_theta, c.rope_scaling.as_ref())?,
                 false,
-            ),
+            )
+            .with_rope_mscale(rope_mscale(c.rope_scaling.as_ref())),
         },
         w,
     )

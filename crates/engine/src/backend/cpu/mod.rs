@@ -252,17 +252,12 @@ impl Backend for Cpu {
         let kd = kv.n_kv * kv.head_dim;
         let qd = q.len() / (k.len() / kd);
         let n = rows.len();
-        moves::rope_append(
-            kv,
+        let rows_of = (
             &mut q[row_range(&rows, qd)],
             &mut k[row_range(&rows, kd)],
             &v[row_range(&rows, kd)],
-            n,
-            offset,
-            rope.head_dim,
-            rope.inv_freq,
-            rope.traditional,
         );
+        moves::rope_append(kv, rows_of, n, offset, rope);
     }
 
     fn attention(
@@ -286,7 +281,7 @@ impl Backend for Cpu {
         rows: Range<usize>,
         offset: usize,
         (r, dr): (usize, usize),
-        inv_freq: &[f32],
+        rope: Rope,
     ) {
         let qw = q_pe.len() / (ckv.len() / (r + dr));
         let n = rows.len();
@@ -297,7 +292,7 @@ impl Backend for Cpu {
             n,
             offset,
             (r, dr),
-            inv_freq,
+            rope,
         );
     }
 

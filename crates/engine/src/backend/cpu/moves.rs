@@ -2,6 +2,7 @@
 //! combine, RoPE with the cache append, gates (a device backend has kernels of its own for
 //! each).
 
+use crate::backend::Rope;
 use crate::cache::{KvCache, MoeDispatch};
 use moestream_kernels::activation::sigmoid;
 use moestream_kernels::delta::DeltaShape;
@@ -49,32 +50,39 @@ pub fn sigmoid_gate(out: &mut [f32], gate: &[f32]) {
     }
 }
 
-/// RoPE at positions `offset..offset + n` on the `n` rows of `q` and `k` (heads of
-/// `head_dim`), then the keys and `v` appended to `kv`.
-#[allow(clippy::too_many_arguments)]
+/// RoPE (`rope`) at positions `offset..offset + n` on the `n` rows of `q` and `k` (heads of
+/// `rope.head_dim`), then the keys and `v` appended to `kv`.
 pub fn rope_append(
     kv: &mut KvCache,
-    q: &mut [f32],
-    k: &mut [f32],
-    v: &[f32],
+    (q, k, v): (&mut [f32], &mut [f32], &[f32]),
     n: usize,
     offset: usize,
-    head_dim: usize,
-    inv_freq: &[f32],
-    traditional: bool,
+    rope: Rope,
 ) {
     let (qd, kd) = (q.len() / n, k.len() / n);
     kv.reserve(offset + n, offset);
     for i in 0..n {
         let (qi, ki) = (&mut q[i * qd..(i + 1) * qd], &mut k[i * kd..(i + 1) * kd]);
-        rope(qi, head_dim, offset + i, inv_freq, traditional);
-        rope(ki, head_dim, offset + i, inv_freq, traditional);
+        rotate(qi, offset + i, rope);
+        rotate(ki, offset + i, rope);
         kv.write(offset + i, ki, &v[i * kd..(i + 1) * kd]);
     }
 }
 
-/// MLA's cache append: traditional RoPE at positions `offset..offset + n` on the `n` rows
-/// of `q_pe` (`heads` of `dr`) and on the rotary key at the end of each `ckv` row
+/// RoPE of every head of one token's row `x` at `pos`, after YaRN's scaling of the rotated
+/// features (mlx-lm's `YarnRoPE`: `x[..., :dims] *= mscale`, then `fast.rope`).
+fn rotate(x: &mut [f32], pos: usize, r: Rope) {
+    if r.mscale != 1.0 {
+        let rot = 2 * r.inv_freq.len();
+        for head in x.chunks_exact_mut(r.head_dim) {
+            head[..rot].iter_mut().for_each(|v| *v *= r.mscale);
+        }
+    }
+    rope(x, r.head_dim, pos, r.inv_freq, r.traditional);
+}
+
+/// MLA's cache append: RoPE (`rope`, heads of `dr`) at positions `offset..offset + n` on the
+/// `n` rows of `q_pe` and on the rotary key at the end of each `ckv` row
 /// (`[latent (r) | k_pe (dr)]`), then latent and key appended to `kv`.
 pub fn rope_append_latent(
     kv: &mut KvCache,
@@ -83,20 +91,14 @@ pub fn rope_append_latent(
     n: usize,
     offset: usize,
     (r, dr): (usize, usize),
-    inv_freq: &[f32],
+    rope: Rope,
 ) {
     let qw = q_pe.len() / n;
     kv.reserve(offset + n, offset);
     for i in 0..n {
-        rope(
-            &mut q_pe[i * qw..(i + 1) * qw],
-            dr,
-            offset + i,
-            inv_freq,
-            true,
-        );
+        rotate(&mut q_pe[i * qw..(i + 1) * qw], offset + i, rope);
         let c = &mut ckv[i * (r + dr)..(i + 1) * (r + dr)];
-        rope(&mut c[r..], dr, offset + i, inv_freq, true);
+        rotate(&mut c[r..], offset + i, rope);
         kv.write(offset + i, &c[..r], &c[r..]);
     }
 }

@@ -153,13 +153,14 @@ extern "C" __global__ void split_query_gate(const float* qg, float* q, float* ga
     gate[i] = qg[(size_t)head * 2 * hd + hd + d];
 }
 
-// RoPE (mlx fast.rope: `half` rotated pairs, adjacent or split halves) of every head of the
-// token rows [row0, row0 + n) of q (nq heads) and k (nk heads), at positions offset + i;
-// then those keys and the values appended to the cache (head-major, capacity cap).
+// RoPE (mlx fast.rope: `half` rotated pairs, adjacent or split halves, after YaRN's factor
+// `mscale` on the rotated features) of every head of the token rows [row0, row0 + n) of q
+// (nq heads) and k (nk heads), at positions offset + i; then those keys and the values
+// appended to the cache (head-major, capacity cap).
 extern "C" __global__ void rope_append(float* q, float* k, const float* v, int row0, int n,
                                        int nq, int nk, int hd, const float* inv_freq,
-                                       int half, int traditional, int offset, float* kc,
-                                       float* vc, int cap) {
+                                       int half, int traditional, float mscale, int offset,
+                                       float* kc, float* vc, int cap) {
     int i = blockIdx.x, head = blockIdx.y;
     if (i >= n || head >= nq + nk) return;
     int row = row0 + i;
@@ -171,6 +172,10 @@ extern "C" __global__ void rope_append(float* q, float* k, const float* v, int r
         sincosf(pos * inv_freq[p], &s, &c);
         int ia = traditional ? 2 * p : p, ib = traditional ? 2 * p + 1 : p + half;
         float a = x[ia], b = x[ib];
+        if (mscale != 1.f) {
+            a *= mscale;
+            b *= mscale;
+        }
         x[ia] = a * c - b * s;
         x[ib] = b * c + a * s;
     }

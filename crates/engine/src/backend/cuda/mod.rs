@@ -511,8 +511,8 @@ impl Backend for Cuda {
         let (kc, vc) = (self.ptr(&kv.k), self.ptr(&kv.v));
         launch!(self, rope_append, (n as u32, (nq + nk) as u32), 64;
             qp, kp, vp, rows.start as i32, n as i32, nq as i32, nk as i32, hd as i32, fp,
-            rope.inv_freq.len() as i32, rope.traditional as i32, offset as i32, kc, vc,
-            kv.cap as i32);
+            rope.inv_freq.len() as i32, rope.traditional as i32, rope.mscale, offset as i32, kc,
+            vc, kv.cap as i32);
     }
 
     fn attention(
@@ -541,7 +541,7 @@ impl Backend for Cuda {
         _rows: Range<usize>,
         _offset: usize,
         _r_dr: (usize, usize),
-        _inv_freq: &[f32],
+        _rope: Rope,
     ) {
         self.unsupported("MLA's latent cache");
     }
