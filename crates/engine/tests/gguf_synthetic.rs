@@ -127,3 +127,33 @@ fn a_split_model_loads_from_any_part_and_equals_the_single_file() {
     assert!(err.contains("tiny-00003-of-00003.gguf is missing"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A YaRN-scaled llama GGUF (the metadata llama.cpp's converter writes for an HF
+/// `rope_scaling` of type yarn) loads as that HF `rope_scaling`, whose YaRN is held to mlx-lm
+/// in tests/rope_scaling.rs, and the scaling reaches the model (its logits change).
+#[test]
+fn yarn_metadata_gives_hf_yarn() {
+    use moestream_gguf::Value;
+    let dir = scratch("yarn");
+    let plain = tiny_llama(GgmlType::F32, 7);
+    let mut yarn = tiny_llama(GgmlType::F32, 7);
+    yarn.set_meta("llama.rope.scaling.type", Value::String("yarn".into()))
+        .set_meta("llama.rope.scaling.factor", Value::F32(4.0))
+        .set_meta("llama.rope.scaling.original_context_length", Value::U32(64))
+        .set_meta("llama.rope.scaling.yarn_beta_fast", Value::F32(16.0));
+    let (p, y) = (dir.join("plain.gguf"), dir.join("yarn.gguf"));
+    plain.write(&p).unwrap();
+    yarn.write(&y).unwrap();
+    let got = logits(&y, Precision::Exact, None);
+    // The same model as a config: the GGUF loader's own HF config with rope_scaling set.
+    let want_cfg = serde_json::json!({"type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 64, "beta_fast": 16.0});
+    let cfg = common::load_with(&y, Precision::Exact, None).config.raw;
+    assert_eq!(cfg["rope_scaling"], want_cfg);
+    let unscaled = logits(&p, Precision::Exact, None);
+    assert!(
+        max_diff(&got, &unscaled) > 1e-3,
+        "YaRN must change this model's logits"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

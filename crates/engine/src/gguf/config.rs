@@ -196,7 +196,10 @@ pub fn config(g: &Gguf, arch: &Arch, t: &Tensors) -> Result<Value, GgufError> {
     Ok(Value::Object(c))
 }
 
-/// `rope.scaling.*` as an HF `rope_scaling` (linear only; YaRN and the rest are refused).
+/// `rope.scaling.*` as an HF `rope_scaling`: linear, and YaRN the way llama.cpp's converter
+/// writes it (`conversion/base.py`: type, factor, original context, beta_fast/slow; for
+/// `deepseek2`, `yarn_log_multiplier = 0.1 * mscale_all_dim` (`conversion/deepseek.py`),
+/// which DeepSeek and GLM configs set equal to `mscale`). Other types are refused.
 fn rope_scaling(m: &Meta) -> Result<Option<Value>, GgufError> {
     match m
         .g
@@ -207,6 +210,31 @@ fn rope_scaling(m: &Meta) -> Result<Option<Value>, GgufError> {
         Some("linear") => {
             let factor = m.opt_f64("rope.scaling.factor").unwrap_or(1.0);
             Ok(Some(json!({"type": "linear", "factor": factor})))
+        }
+        Some("yarn") => {
+            let mut s = serde_json::Map::new();
+            s.insert("type".into(), json!("yarn"));
+            let factor = m.opt_f64("rope.scaling.factor").unwrap_or(1.0);
+            s.insert("factor".into(), json!(factor));
+            let ctx = m.opt_u64("rope.scaling.original_context_length");
+            let ctx = ctx.ok_or_else(|| {
+                m.error("rope.scaling.original_context_length", "missing for YaRN")
+            })?;
+            s.insert("original_max_position_embeddings".into(), json!(ctx));
+            for (gguf, hf) in [
+                ("yarn_beta_fast", "beta_fast"),
+                ("yarn_beta_slow", "beta_slow"),
+            ] {
+                if let Some(v) = m.opt_f64(&format!("rope.scaling.{gguf}")) {
+                    s.insert(hf.into(), json!(v));
+                }
+            }
+            if let Some(log_mul) = m.opt_f64("rope.scaling.yarn_log_multiplier") {
+                let all_dim = log_mul / 0.1;
+                s.insert("mscale".into(), json!(all_dim));
+                s.insert("mscale_all_dim".into(), json!(all_dim));
+            }
+            Ok(Some(Value::Object(s)))
         }
         Some(other) => Err(m.error(
             "rope.scaling.type",
