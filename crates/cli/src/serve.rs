@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use moestream_engine::generate::PREFILL_CHUNK;
 use moestream_server::scheduler::SchedulerConfig;
-use moestream_server::{ConnLimits, ServeConfig};
+use moestream_server::{ConnLimits, Placement, ServeConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,17 @@ fn default_max_connections() -> usize {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let dir = args.model.dir()?;
+    let gpu = args.model.gpu()?;
     let engine = Arc::new(args.model.load()?);
+    let placement = match gpu {
+        None => Placement::Cpu,
+        Some(gpu) => {
+            if args.prompt_cache_entries > 0 {
+                eprintln!("note: no prompt cache with --device cuda yet");
+            }
+            Placement::Cuda(Box::new(ModelArgs::to_gpu(&engine, gpu)?))
+        }
+    };
     let model_name = args.model_name.clone().unwrap_or_else(|| {
         dir.file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned())
@@ -138,7 +148,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 ""
             }
         );
-        moestream_server::serve(listener, engine, cfg)
+        moestream_server::serve(listener, engine, placement, cfg)
             .await
             .context("serving")
     })

@@ -346,13 +346,14 @@ fn validate_streamed_against_resident_is_identical() {
 /// error. (On a GPU machine the first half runs the model instead: see scripts/gpu/test.sh.)
 #[test]
 fn device_cuda_without_a_gpu_is_a_clear_error() {
-    for cmd in ["generate", "bench", "validate"] {
+    for cmd in ["generate", "bench", "validate", "serve"] {
         let mut args = vec![cmd, "--device", "cuda", "--model"];
         let model = fixture("qwen3_moe_f32");
         args.push(model.to_str().unwrap());
         match cmd {
             "generate" => args.extend(["--prompt", "hi", "--max-tokens", "2"]),
             "bench" => args.extend(["--prompt-tokens", "4", "--gen-tokens", "2"]),
+            "serve" => args.extend(["--port", "0"]),
             _ => args.extend(["--max-tokens", "2"]),
         }
         let o = moestream(&args);

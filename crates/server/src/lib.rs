@@ -22,6 +22,7 @@ pub use conn::ConnLimits;
 use metrics::Metrics;
 use moestream_engine::Engine;
 use request::Endpoint;
+pub use scheduler::Placement;
 use scheduler::{SchedulerConfig, SchedulerHandle};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -62,11 +63,21 @@ impl AppState {
     }
 }
 
-/// The router with its state (starts the scheduler thread).
+/// The router with its state (starts the scheduler thread), the model on the CPU.
 pub fn app(engine: Arc<Engine>, cfg: ServeConfig) -> (Router, Arc<AppState>) {
+    app_on(engine, Placement::Cpu, cfg)
+}
+
+/// [`app`] with the forward passes where `placement` says.
+pub fn app_on(
+    engine: Arc<Engine>,
+    placement: Placement,
+    cfg: ServeConfig,
+) -> (Router, Arc<AppState>) {
     let metrics = Arc::new(Metrics::default());
     let scheduler = scheduler::start(
         Arc::clone(&engine),
+        placement,
         cfg.scheduler.clone(),
         Arc::clone(&metrics),
     );
@@ -98,13 +109,15 @@ pub fn app(engine: Arc<Engine>, cfg: ServeConfig) -> (Router, Arc<AppState>) {
     (router, state)
 }
 
-/// Serves on `listener` until Ctrl-C (then lets requests in flight finish).
+/// Serves on `listener` until Ctrl-C (then lets requests in flight finish), the forward
+/// passes where `placement` says.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
+    placement: Placement,
     cfg: ServeConfig,
 ) -> std::io::Result<()> {
-    let (router, state) = app(engine, cfg);
+    let (router, state) = app_on(engine, placement, cfg);
     serve_router(listener, router, &state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

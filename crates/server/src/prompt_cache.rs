@@ -3,7 +3,37 @@
 //! from that state instead of recomputing it. Least recently used entries go first when the
 //! entry count or the byte bound is exceeded.
 
+use moestream_engine::backend::Memory;
 use moestream_engine::cache::SeqCache;
+
+/// What the scheduler keeps of finished sequences, in its model's memory `M`: the
+/// [`PromptCache`] for host caches, or nothing ([`NoPromptCache`]) where prefix copies are not
+/// implemented yet (a GPU's caches).
+pub trait PrefixCache<M: Memory>: Send {
+    /// The longest useful cached prefix of `prompt`.
+    fn lookup(&mut self, prompt: &[u32]) -> Option<Reuse<M>>;
+    /// Keeps `cache` (holding `tokens`) for later requests, or drops it.
+    fn insert(&mut self, tokens: &[u32], cache: SeqCache<M>);
+    /// Entries held.
+    fn entries(&self) -> usize;
+    fn bytes(&self) -> usize;
+}
+
+/// Keeps nothing.
+pub struct NoPromptCache;
+
+impl<M: Memory> PrefixCache<M> for NoPromptCache {
+    fn lookup(&mut self, _prompt: &[u32]) -> Option<Reuse<M>> {
+        None
+    }
+    fn insert(&mut self, _tokens: &[u32], _cache: SeqCache<M>) {}
+    fn entries(&self) -> usize {
+        0
+    }
+    fn bytes(&self) -> usize {
+        0
+    }
+}
 
 struct Entry {
     /// The tokens whose keys and values `cache` holds.
@@ -20,8 +50,8 @@ pub struct PromptCache {
 }
 
 /// What a lookup found.
-pub struct Reuse {
-    pub cache: SeqCache,
+pub struct Reuse<M: Memory = moestream_engine::backend::Host> {
+    pub cache: SeqCache<M>,
     /// Prompt tokens already in `cache`.
     pub cached_tokens: usize,
 }
@@ -117,6 +147,21 @@ impl PromptCache {
                 None => break,
             }
         }
+    }
+}
+
+impl PrefixCache<moestream_engine::backend::Host> for PromptCache {
+    fn lookup(&mut self, prompt: &[u32]) -> Option<Reuse> {
+        PromptCache::lookup(self, prompt)
+    }
+    fn insert(&mut self, tokens: &[u32], cache: SeqCache) {
+        PromptCache::insert(self, tokens, cache)
+    }
+    fn entries(&self) -> usize {
+        PromptCache::len(self)
+    }
+    fn bytes(&self) -> usize {
+        PromptCache::bytes(self)
     }
 }
 

@@ -9,9 +9,12 @@
 //! the next iteration.
 
 use crate::metrics::Metrics;
-use crate::prompt_cache::PromptCache;
+use crate::prompt_cache::{NoPromptCache, PrefixCache, PromptCache};
+use moestream_engine::backend::cuda::Cuda;
+use moestream_engine::backend::{Backend, Memory};
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::generate::{FinishReason, TokenEvent};
+use moestream_engine::models::Transformer;
 use moestream_engine::models::{LogitRows, SeqStep};
 use moestream_engine::sampling::{Sampler, SamplingParams};
 use moestream_engine::session::Session;
@@ -92,8 +95,20 @@ impl SchedulerHandle {
     }
 }
 
+/// Where the scheduler runs the model: the engine's own (CPU), or a copy on a GPU (made by
+/// `backend::cuda::to_cuda`; without a prompt cache there for now).
+pub enum Placement {
+    Cpu,
+    Cuda(Box<Transformer<Cuda>>),
+}
+
 /// Starts the scheduler thread.
-pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> SchedulerHandle {
+pub fn start(
+    engine: Arc<Engine>,
+    placement: Placement,
+    cfg: SchedulerConfig,
+    metrics: Arc<Metrics>,
+) -> SchedulerHandle {
     let (tx, rx) = sync_channel(cfg.max_queue);
     let handle = SchedulerHandle {
         jobs: tx,
@@ -102,17 +117,26 @@ pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig, metrics: Arc<Metrics>) -
     };
     std::thread::Builder::new()
         .name("moestream-scheduler".into())
-        .spawn(move || Scheduler::new(&engine, cfg, metrics).run(rx))
+        .spawn(move || match placement {
+            Placement::Cpu => {
+                let cache = PromptCache::new(cfg.prompt_cache_entries, cfg.prompt_cache_bytes);
+                let model = engine.model();
+                Scheduler::new(&engine, model, Box::new(cache), cfg, metrics).run(rx)
+            }
+            Placement::Cuda(model) => {
+                Scheduler::new(&engine, &*model, Box::new(NoPromptCache), cfg, metrics).run(rx)
+            }
+        })
         .expect("spawning the scheduler thread");
     handle
 }
 
 /// A sequence in the batch: its request, its cache and its generation session.
-struct Seq<'e> {
+struct Seq<'e, M: Memory> {
     job: Job,
-    cache: SeqCache,
+    cache: SeqCache<M>,
     cached_tokens: usize,
-    session: Session<'e, TextLoop>,
+    session: Session<'e, TextLoop, M>,
     /// Whether the sequence is in this iteration's forward pass.
     running: bool,
 }
@@ -176,21 +200,30 @@ impl<'a> Sink<'a> {
     }
 }
 
-struct Scheduler<'e> {
+struct Scheduler<'e, B: Backend> {
+    /// The tokenizer, the chat template and the draft.
     engine: &'e Engine,
+    /// The model the forward passes run on.
+    model: &'e Transformer<B>,
     cfg: SchedulerConfig,
     metrics: Arc<Metrics>,
-    active: Vec<Seq<'e>>,
-    prompt_cache: PromptCache,
-    scratch: Scratch,
+    active: Vec<Seq<'e, B::Mem>>,
+    prompt_cache: Box<dyn PrefixCache<B::Mem> + 'e>,
+    scratch: Scratch<B::Mem>,
     logits: Vec<f32>,
 }
 
-impl<'e> Scheduler<'e> {
-    fn new(engine: &'e Engine, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
-        let prompt_cache = PromptCache::new(cfg.prompt_cache_entries, cfg.prompt_cache_bytes);
+impl<'e, B: Backend> Scheduler<'e, B> {
+    fn new(
+        engine: &'e Engine,
+        model: &'e Transformer<B>,
+        prompt_cache: Box<dyn PrefixCache<B::Mem> + 'e>,
+        cfg: SchedulerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Scheduler {
             engine,
+            model,
             cfg,
             metrics,
             active: Vec::new(),
@@ -250,7 +283,7 @@ impl<'e> Scheduler<'e> {
         true
     }
 
-    fn start(&mut self, job: Job) -> Seq<'e> {
+    fn start(&mut self, job: Job) -> Seq<'e, B::Mem> {
         let (cache, cached_tokens) = match self.prompt_cache.lookup(&job.prompt) {
             Some(r) => {
                 self.metrics.prompt_cache_hits.fetch_add(1, Relaxed);
@@ -258,7 +291,7 @@ impl<'e> Scheduler<'e> {
             }
             None => {
                 self.metrics.prompt_cache_misses.fetch_add(1, Relaxed);
-                (self.engine.model().new_cache(), 0)
+                (self.model.new_cache(), 0)
             }
         };
         Metrics::add(&self.metrics.prompt_tokens, job.prompt.len());
@@ -284,7 +317,7 @@ impl<'e> Scheduler<'e> {
     /// logits.
     fn iterate(&mut self) {
         self.drop_gone_clients();
-        let model = self.engine.model();
+        let model = self.model;
         let mut budget = self.cfg.prefill_chunk.max(1);
         for s in &mut self.active {
             // Prompt tokens share the pass's budget; decoding sequences always run.
@@ -314,7 +347,7 @@ impl<'e> Scheduler<'e> {
                 i += 1;
             }
         }
-        let mut steps: Vec<SeqStep> = self
+        let mut steps: Vec<SeqStep<B>> = self
             .active
             .iter_mut()
             .filter(|s| s.running)
@@ -411,7 +444,7 @@ impl<'e> Scheduler<'e> {
     }
 
     /// A finished sequence's state goes to the prompt cache (the tokens its KV holds).
-    fn retire(&mut self, mut s: Seq<'e>) {
+    fn retire(&mut self, mut s: Seq<'e, B::Mem>) {
         // Speculative rounds' rollback log is scratch: not worth keeping in the cache.
         s.cache.log = Default::default();
         let held = s.cache.offset;
@@ -421,7 +454,7 @@ impl<'e> Scheduler<'e> {
         }
         self.metrics
             .prompt_cache_entries
-            .store(self.prompt_cache.len() as u64, Relaxed);
+            .store(self.prompt_cache.entries() as u64, Relaxed);
         self.metrics
             .prompt_cache_bytes
             .store(self.prompt_cache.bytes() as u64, Relaxed);

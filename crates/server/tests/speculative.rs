@@ -46,7 +46,12 @@ fn batched_speculative_sequences_answer_as_the_engine_alone() {
         prompt_cache_entries: 0,
         prompt_cache_bytes: 0,
     };
-    let handle = scheduler::start(Arc::new(spec), cfg, Arc::clone(&metrics));
+    let handle = scheduler::start(
+        Arc::new(spec),
+        moestream_server::Placement::Cpu,
+        cfg,
+        Arc::clone(&metrics),
+    );
     let max_tokens = 24;
     let mut receivers = Vec::new();
     for i in 0..4 {
