@@ -65,14 +65,34 @@ fn forward<B: Backend>(
     cache: &mut SeqCache<B::Mem>,
     s: &mut Scratch<B::Mem>,
 ) -> Result<Vec<f32>, RunError> {
-    let mut logits = Vec::new();
+    forward_rows(model, tokens, cache, s, LogitRows::All)
+}
+
+fn forward_rows<B: Backend>(
+    model: &Transformer<B>,
+    tokens: &[u32],
+    cache: &mut SeqCache<B::Mem>,
+    s: &mut Scratch<B::Mem>,
+    logits: LogitRows,
+) -> Result<Vec<f32>, RunError> {
+    let mut out = Vec::new();
     let step = SeqStep {
         tokens,
         cache,
-        logits: LogitRows::All,
+        logits,
     };
-    model.forward_batch(&mut [step], s, &mut logits)?;
-    Ok(logits)
+    model.forward_batch(&mut [step], s, &mut out)?;
+    Ok(out)
+}
+
+/// The prompt fed as the CLI feeds a long one: a first chunk that wants no logits (no rows
+/// for the head), then the rest; the last chunk's logits.
+fn chunked<B: Backend>(model: &Transformer<B>, prompt: &[u32]) -> Vec<f32> {
+    let (mut cache, mut s) = (model.new_cache(), Scratch::default());
+    let (a, b) = prompt.split_at(prompt.len() / 2);
+    let none = forward_rows(model, a, &mut cache, &mut s, LogitRows::None).expect("chunk 1");
+    assert!(none.is_empty());
+    forward(model, b, &mut cache, &mut s).expect("chunk 2")
 }
 
 /// Greedy ids after `prompt` (prefill, then one token at a time).
@@ -112,6 +132,11 @@ fn every_fixture_it_runs_matches_the_cpu_exact_path() {
             prompt.len()
         );
         assert!(diff <= 1e-3 * scale, "{name}: logits differ by {diff}");
+        let diff = max_abs_diff(&chunked(&cpu.model, &prompt), &chunked(&cuda, &prompt));
+        assert!(
+            diff <= 1e-3 * scale,
+            "{name}: chunked prompt: logits differ by {diff}"
+        );
         let (a, b) = (
             greedy(&cpu.model, &prompt, GREEDY),
             greedy(&cuda, &prompt, GREEDY),

@@ -10,7 +10,7 @@ use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
 use crate::experts::ExpertStore;
 use crate::weights::{Floats, Linear};
-use moestream_kernels::activation::sigmoid;
+use moestream_kernels::activation::{sigmoid, silu};
 use moestream_kernels::attention::{attention, AttnShape};
 use moestream_kernels::delta::{
     conv1d_causal_silu, delta_gates, gated_delta, gated_rms_norm, l2norm, DeltaShape,
@@ -150,6 +150,16 @@ impl Backend for Cpu {
         h: &mut Vec<f32>,
         (idx, u): (&mut Vec<u32>, &mut Vec<f32>),
     ) {
+        if gate.bias.is_some() || up.bias.is_some() {
+            // MLPs with biases (llama's `mlp_bias`): the gathered kernels take bare
+            // matrices, so gate and up run as linears, then the activation.
+            self.linear(p, x, rows, gate, h);
+            self.linear(p, x, rows, up, u);
+            h.iter_mut()
+                .zip(u.iter())
+                .for_each(|(h, u)| *h = silu(*h) * u);
+            return;
+        }
         if idx.len() < rows {
             *idx = (0..rows as u32).collect();
         }
@@ -469,5 +479,68 @@ impl Backend for Cpu {
     ) {
         let delta = sized(delta, w.len() / k * width);
         moves::moe_combine(w, y, delta, k, width);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::bytes::Bytes;
+    use crate::weights::linear::WeightData;
+    use crate::weights::safetensors::Dtype;
+
+    fn floats(v: &[f32]) -> Floats {
+        Floats {
+            dtype: Dtype::F32,
+            bytes: Bytes::copied(bytemuck::cast_slice(v)),
+        }
+    }
+
+    fn dense(rows: usize, cols: usize, seed: f32, bias: bool) -> Linear {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i as f32 + seed) * 0.37).sin())
+            .collect();
+        let b: Vec<f32> = (0..rows).map(|i| (i as f32 * 0.5 + seed).cos()).collect();
+        Linear {
+            data: WeightData::Dense(floats(&w)),
+            rows,
+            cols,
+            bias: bias.then(|| floats(&b)),
+        }
+    }
+
+    /// `h = silu(x G^T + b_g) * (x U^T + b_u)`: the biases of gate and up count (llama's
+    /// `mlp_bias`), fused or not.
+    #[test]
+    fn swiglu_adds_the_gate_and_up_biases() {
+        let cpu = Cpu::new(Arc::new(ThreadPool::new(2)));
+        let (rows, cols, inter) = (3, 32, 8);
+        let (gate, up) = (dense(inter, cols, 1.0, true), dense(inter, cols, 2.0, true));
+        let x: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.11).cos()).collect();
+        let lin = |m: &Linear, t: usize, r: usize| {
+            let (w, b) = (m.matrix(), m.bias.as_ref().unwrap().to_vec());
+            let mut row = vec![0f32; cols];
+            w.row_into(r, &mut row);
+            row.iter()
+                .zip(&x[t * cols..(t + 1) * cols])
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                + b[r]
+        };
+        for fused in [true, false] {
+            let (mut h, mut idx, mut u) = (Vec::new(), Vec::new(), Vec::new());
+            let p = Precision::Exact;
+            cpu.swiglu(p, fused, &x, rows, (&gate, &up), &mut h, (&mut idx, &mut u));
+            for t in 0..rows {
+                for r in 0..inter {
+                    let want = silu(lin(&gate, t, r)) * lin(&up, t, r);
+                    let got = h[t * inter + r];
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "fused {fused} ({t}, {r}): {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

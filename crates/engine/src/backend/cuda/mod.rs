@@ -244,6 +244,10 @@ impl Cuda {
                 .stream
                 .memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice());
             self.ok(r, "copying to the host");
+            // A copy into pageable memory may return before it lands: the caller reads `out`
+            // next.
+            let r = self.stream.synchronize();
+            self.ok(r, "synchronizing");
         }
     }
 
@@ -309,6 +313,11 @@ impl Cuda {
         rows: usize,
         out: u64,
     ) {
+        // No rows (a prompt chunk that wants no logits): no launch (the grid would round up
+        // to one block over an empty buffer).
+        if rows == 0 {
+            return;
+        }
         let wp = self.ptr(w);
         launch!(self, rms_norm, (rows as u32, 1), 256; x, delta, wp, eps, width as i32,
             stride as i32, out);
