@@ -141,6 +141,10 @@ pub struct Scratch<M: Memory = Host> {
 /// with a counting sort: `counts[e..e + 1]` bounds expert `e`'s run in `slots` (the slot
 /// numbers) and `tokens` (their tokens); `active` lists the experts with a run, on the host,
 /// where the expert store reads them.
+///
+/// `direct: Some(k)` (a device backend's decode, never the CPU's): nothing was grouped and
+/// nothing came back to the host; `slots` holds the `rows * k` expert ids in slot order,
+/// and the expert kernels read them there.
 #[derive(Clone, Debug, Default)]
 pub struct MoeDispatch<M: Memory = Host> {
     pub counts: M::U32,
@@ -148,6 +152,7 @@ pub struct MoeDispatch<M: Memory = Host> {
     pub slots: M::U32,
     pub tokens: M::U32,
     pub active: Vec<u32>,
+    pub direct: Option<usize>,
 }
 
 /// Scratch of a multi-head latent attention layer (see `models::mla`).

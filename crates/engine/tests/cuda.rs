@@ -137,11 +137,110 @@ fn every_fixture_it_runs_matches_the_cpu_exact_path() {
             diff <= 1e-3 * scale,
             "{name}: chunked prompt: logits differ by {diff}"
         );
+        // A prompt long enough that its routed slots are grouped by expert on the host
+        // (more than the direct path's 64), where the fixture's own prompt runs direct.
+        let long: Vec<u32> = prompt.iter().cycle().take(72).copied().collect();
+        let (mut cc, mut gc) = (cpu.model.new_cache(), cuda.new_cache());
+        let want = forward(&cpu.model, &long, &mut cc, &mut cs).expect("cpu");
+        let got = forward(&cuda, &long, &mut gc, &mut gs).expect("cuda");
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&want, &got);
+        assert!(
+            diff <= 1e-3 * scale,
+            "{name}: {}-token prompt: logits differ by {diff}",
+            long.len()
+        );
         let (a, b) = (
             greedy(&cpu.model, &prompt, GREEDY),
             greedy(&cuda, &prompt, GREEDY),
         );
         assert_eq!(a, b, "{name}: greedy tokens differ");
+        // Expert activations, counted on the host (grouped) and on the device (direct).
+        use moestream_engine::experts::ExpertSource;
+        assert_eq!(
+            cpu.model.experts.usage(),
+            cuda.experts.usage(),
+            "{name}: expert usage counts differ"
+        );
+    }
+}
+
+/// The router kernel against the CPU's `router_topk`, for every router kind (softmax
+/// then top-k, top-k then softmax, sigmoid with a selection bias and group masking), on
+/// random logits with planted ties.
+#[test]
+fn the_router_kernel_matches_the_cpu_router() {
+    use moestream_kernels::rng::Rng;
+    use moestream_kernels::router::{router_topk, RouterKind};
+    let Some(dev) = gpu("the_router_kernel_matches_the_cpu_router") else {
+        return;
+    };
+    let kinds = [
+        (
+            RouterKind::SoftmaxTopK {
+                norm_topk_prob: true,
+            },
+            false,
+        ),
+        (
+            RouterKind::SoftmaxTopK {
+                norm_topk_prob: false,
+            },
+            false,
+        ),
+        (RouterKind::TopKSoftmax, false),
+        (
+            RouterKind::SigmoidTopK {
+                norm_topk_prob: true,
+                routed_scaling: 2.5,
+                n_group: 1,
+                topk_group: 1,
+            },
+            true,
+        ),
+        (
+            RouterKind::SigmoidTopK {
+                norm_topk_prob: true,
+                routed_scaling: 1.8,
+                n_group: 8,
+                topk_group: 4,
+            },
+            true,
+        ),
+    ];
+    let mut rng = Rng::new(7);
+    for (experts, k, rows) in [(128, 8, 5), (64, 4, 3), (256, 8, 2), (8, 2, 4)] {
+        for (kind, with_bias) in &kinds {
+            if let RouterKind::SigmoidTopK { n_group, .. } = kind {
+                if experts % n_group != 0 {
+                    continue;
+                }
+            }
+            let mut logits: Vec<f32> = (0..rows * experts).map(|_| rng.normal()).collect();
+            logits[3] = logits[5]; // a tie: the lower id wins on both
+            let bias: Vec<f32> = (0..experts).map(|_| 0.1 * rng.normal()).collect();
+            let bias = with_bias.then_some(bias);
+            let (mut want_ids, mut want_w) = (vec![0u32; rows * k], vec![0f32; rows * k]);
+            let mut host = logits.clone();
+            for r in 0..rows {
+                router_topk(
+                    kind,
+                    &mut host[r * experts..(r + 1) * experts],
+                    bias.as_deref(),
+                    &mut want_ids[r * k..(r + 1) * k],
+                    &mut want_w[r * k..(r + 1) * k],
+                );
+            }
+            let mut dl = dev.buffer(&logits);
+            let db = bias.as_ref().map(|b| dev.buffer(b));
+            let (mut ids, mut w) = (dev.buffer::<u32>(&[]), dev.buffer::<f32>(&[]));
+            dev.router_topk(kind, &mut dl, experts, db.as_ref(), k, &mut ids, &mut w);
+            dev.check().expect("the router kernel runs");
+            let what = format!("{kind:?}, {experts} experts, top {k}");
+            assert_eq!(dev.to_host(&ids), want_ids, "{what}: ids");
+            let diff = max_abs_diff(&dev.to_host(&w), &want_w);
+            assert!(diff <= 1e-6, "{what}: weights differ by {diff}");
+        }
     }
 }
 

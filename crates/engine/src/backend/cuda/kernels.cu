@@ -31,6 +31,50 @@ __device__ __forceinline__ float weight(const Mat& m, int r, int c) {
     return ((const float*)m.scales)[g] * (float)q + ((const float*)m.biases)[g];
 }
 
+// Lane `lane`'s part of row r of an affine matrix dotted with x: one code word (32 / BITS
+// values) at a time, the warp's lanes on consecutive words so each load instruction reads
+// 128 contiguous bytes; the group's scale and bias applied once per word:
+// s * sum(q_i x_i) + b * sum(x_i).
+template <int BITS>
+__device__ __forceinline__ float row_dot_affine(const Mat& m, int r, const float* x, int lane) {
+    const int per = 32 / BITS;
+    const u32 mask = (1u << BITS) - 1u;
+    int words = m.cols / per, groups = m.cols / m.group;
+    const u32* row = (const u32*)m.codes + (size_t)r * words;
+    const float* sc = (const float*)m.scales + (size_t)r * groups;
+    const float* bi = (const float*)m.biases + (size_t)r * groups;
+    float acc = 0.f;
+    for (int w = lane; w < words; w += 32) {
+        u32 q = row[w];
+        int c0 = w * per, g = c0 / m.group;  // a word never straddles groups (group >= 16)
+        float qx = 0.f, xs = 0.f;
+#pragma unroll
+        for (int i = 0; i < per; i++) {
+            float xv = x[c0 + i];
+            qx += (float)((q >> (i * BITS)) & mask) * xv;
+            xs += xv;
+        }
+        acc += sc[g] * qx + bi[g] * xs;
+    }
+    return acc;
+}
+
+// Row r of m dotted with x (the whole warp; every lane gets the sum), plus the row's bias.
+__device__ __forceinline__ float row_dot(const Mat& m, int r, const float* x, int lane) {
+    float acc = 0.f;
+    if (m.kind == 1) {
+        const float* wr = (const float*)m.dense + (size_t)r * m.cols;
+        for (int c = lane; c < m.cols; c += 32) acc += wr[c] * x[c];
+    } else if (m.bits == 4) {
+        acc = row_dot_affine<4>(m, r, x, lane);
+    } else {
+        acc = row_dot_affine<8>(m, r, x, lane);
+    }
+    acc = warp_sum(acc);
+    if (m.bias) acc += ((const float*)m.bias)[r];
+    return acc;
+}
+
 // out[out_idx[t], r] = x[x_idx[t], :] . W[r, :] + bias[r] for t < n (an index array of 0
 // means the identity). One warp per output row r, all n rows of x.
 extern "C" __global__ void gather_matmul(const float* x, const u32* x_idx, int n, Mat w,
@@ -40,14 +84,46 @@ extern "C" __global__ void gather_matmul(const float* x, const u32* x_idx, int n
     if (r >= w.rows) return;
     for (int t = 0; t < n; t++) {
         const float* xr = x + (size_t)(x_idx ? x_idx[t] : t) * w.cols;
-        float acc = 0.f;
-        for (int c = lane; c < w.cols; c += 32) acc += xr[c] * weight(w, r, c);
-        acc = warp_sum(acc);
-        if (lane == 0) {
-            if (w.bias) acc += ((const float*)w.bias)[r];
-            out[(size_t)(out_idx ? out_idx[t] : t) * w.rows + r] = acc;
-        }
+        float acc = row_dot(w, r, xr, lane);
+        if (lane == 0) out[(size_t)(out_idx ? out_idx[t] : t) * w.rows + r] = acc;
     }
+}
+
+__device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
+
+// Routed experts of a few tokens without grouping them on the host (decode): slot s is
+// token s / k's (s % k)-th choice, expert ids[s], whose matrices are mats[3 e .. 3 e + 2]
+// (gate, up, down). One warp per (output row, slot): grid (ceil(rows / warps), slots).
+//
+// h[s, r] = silu(gate_e[r] . x[s / k]) * (up_e[r] . x[s / k]); the first warp of each slot
+// also counts the expert in usage[e] unless an earlier slot of this call chose it too (the
+// CPU counts each active expert once per call).
+extern "C" __global__ void moe_gate_up(const float* x, const u32* ids, int slots, int k,
+                                       const Mat* mats, int inter, float* h, u32* usage) {
+    int s = blockIdx.y, r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (s >= slots || r >= inter) return;
+    u32 e = ids[s];
+    const float* xr = x + (size_t)(s / k) * mats[3 * e].cols;
+    float g = row_dot(mats[3 * e], r, xr, lane);
+    float u = row_dot(mats[3 * e + 1], r, xr, lane);
+    if (lane == 0) h[(size_t)s * inter + r] = silu(g) * u;
+    if (usage && r == 0 && lane == 0) {
+        bool first = true;
+        for (int j = 0; j < s; j++) first = first && ids[j] != e;
+        if (first) atomicAdd(usage + e, 1u);
+    }
+}
+
+// y[s, r] = down_e[r] . h[s] for slot s's expert e = ids[s] (as moe_gate_up).
+extern "C" __global__ void moe_down(const float* h, const u32* ids, int slots, const Mat* mats,
+                                    int width, float* y) {
+    int s = blockIdx.y, r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (s >= slots || r >= width) return;
+    const Mat& m = mats[3 * ids[s] + 2];
+    float v = row_dot(m, r, h + (size_t)s * m.cols, lane);
+    if (lane == 0) y[(size_t)s * width + r] = v;
 }
 
 // x[i, :] = W[ids[i], :] (the embedding gather).
@@ -57,8 +133,6 @@ extern "C" __global__ void embed_rows(Mat w, const u32* ids, int n, float* x) {
     for (int c = threadIdx.x; c < w.cols; c += blockDim.x)
         x[(size_t)i * w.cols + c] = weight(w, ids[i], c);
 }
-
-__device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 
 // h = silu(h) * u, elementwise.
 extern "C" __global__ void silu_mul(float* h, const float* u, int n) {
@@ -242,4 +316,134 @@ extern "C" __global__ void attention(const float* q, int row0, int l, int t, int
         int d = lane + 32 * j;
         if (d < hd) o[d] = visible > 0 ? acc[j] / s : 0.f;
     }
+}
+
+#define ROUTER_MAX_EXPERTS 512
+#define ROUTER_MAX_K 32
+#define ROUTER_MAX_GROUPS 64
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The router of one token per block (one warp): row `blockIdx.x` of logits [rows, E] to
+// ids[k] and weights w[k], as the CPU's `router_topk` (crates/kernels/src/router.rs):
+//   kind 0 softmax over all experts, top-k, optional renormalisation (Qwen3-MoE, OLMoE);
+//   kind 1 top-k of the logits, softmax over the chosen k (Mixtral);
+//   kind 2 sigmoid scores, selection on score + bias (bias may be 0) with mlx-lm's group
+//          masking when n_group > 1, optional renormalisation, times `scaling` (GLM).
+// Ties pick the lower expert id. E <= ROUTER_MAX_EXPERTS, k <= ROUTER_MAX_K (checked by
+// the host).
+extern "C" __global__ void router_topk(const float* logits, int E, const float* bias, int k,
+                                       int kind, int norm, float scaling, int n_group,
+                                       int topk_group, u32* ids, float* w) {
+    __shared__ float score[ROUTER_MAX_EXPERTS];  // what the weights are read from
+    __shared__ float key[ROUTER_MAX_EXPERTS];    // what the experts are chosen by
+    __shared__ u32 taken[ROUTER_MAX_EXPERTS / 32];
+    __shared__ float chosen_w[ROUTER_MAX_K];
+    const float ninf = -__int_as_float(0x7f800000);
+    int row = blockIdx.x, lane = threadIdx.x;
+    const float* l = logits + (size_t)row * E;
+    for (int i = lane; i < ROUTER_MAX_EXPERTS / 32; i += 32) taken[i] = 0u;
+    if (kind == 0) {
+        float m = ninf;
+        for (int e = lane; e < E; e += 32) m = fmaxf(m, l[e]);
+        m = warp_max(m);
+        float z = 0.f;
+        for (int e = lane; e < E; e += 32) {
+            float v = expf(l[e] - m);
+            score[e] = v;
+            z += v;
+        }
+        float inv = 1.f / warp_sum(z);
+        for (int e = lane; e < E; e += 32) key[e] = score[e] = score[e] * inv;
+    } else if (kind == 1) {
+        for (int e = lane; e < E; e += 32) key[e] = score[e] = l[e];
+    } else {
+        for (int e = lane; e < E; e += 32) {
+            float s = 1.f / (1.f + expf(-l[e]));
+            score[e] = s;
+            key[e] = s + (bias ? bias[e] : 0.f);
+        }
+    }
+    __syncwarp();
+    if (kind == 2 && n_group > 1 && lane == 0) {
+        // mlx-lm's group_expert_select: rank groups by their two best keys; zero the keys of
+        // all but the best topk_group (ties: the later group goes first).
+        int size = E / n_group;
+        float gs[ROUTER_MAX_GROUPS];
+        for (int g = 0; g < n_group; g++) {
+            float a = ninf, b = ninf;
+            for (int e = g * size; e < (g + 1) * size; e++) {
+                float v = key[e];
+                if (v > a) {
+                    b = a;
+                    a = v;
+                } else if (v > b) {
+                    b = v;
+                }
+            }
+            gs[g] = a + b;
+        }
+        const float inf = __int_as_float(0x7f800000);
+        for (int drop = topk_group; drop < n_group; drop++) {
+            int weakest = 0;
+            float least = inf;
+            for (int g = 0; g < n_group; g++)
+                if (gs[g] <= least) {
+                    weakest = g;
+                    least = gs[g];
+                }
+            gs[weakest] = inf;
+            for (int e = weakest * size; e < (weakest + 1) * size; e++) key[e] = 0.f;
+        }
+    }
+    __syncwarp();
+    // k rounds of a warp arg-max over the experts not yet taken.
+    for (int j = 0; j < k; j++) {
+        float best = ninf;
+        int at = -1;
+        for (int e = lane; e < E; e += 32) {
+            if (taken[e / 32] & (1u << (e % 32))) continue;
+            float v = key[e];
+            if (at < 0 || v > best) {
+                best = v;
+                at = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oa = __shfl_xor_sync(0xffffffffu, at, o);
+            bool better = oa >= 0 && (at < 0 || ob > best || (ob == best && oa < at));
+            if (better) {
+                best = ob;
+                at = oa;
+            }
+        }
+        if (lane == 0) {
+            taken[at / 32] |= 1u << (at % 32);
+            ids[(size_t)row * k + j] = (u32)at;
+            chosen_w[j] = score[at];
+        }
+        __syncwarp();
+    }
+    if (lane != 0) return;
+    float* wr = w + (size_t)row * k;
+    if (kind == 1) {
+        float m = ninf, z = 0.f;
+        for (int j = 0; j < k; j++) m = fmaxf(m, chosen_w[j]);
+        for (int j = 0; j < k; j++) {
+            chosen_w[j] = expf(chosen_w[j] - m);
+            z += chosen_w[j];
+        }
+        float inv = 1.f / z;
+        for (int j = 0; j < k; j++) chosen_w[j] *= inv;
+    } else if (norm && (kind == 0 || k > 1)) {
+        float z = 0.f;
+        for (int j = 0; j < k; j++) z += chosen_w[j];
+        if (kind == 2) z += 1e-20f;
+        for (int j = 0; j < k; j++) chosen_w[j] /= z;
+    }
+    for (int j = 0; j < k; j++) wr[j] = kind == 2 ? chosen_w[j] * scaling : chosen_w[j];
 }

@@ -7,9 +7,13 @@
 //!
 //! What this version does not do yet (each a clear error, never a wrong answer): MLA and the
 //! Gated DeltaNet (the models with them are refused by [`to_cuda`]), streamed experts, and
-//! int8 activations (it always computes in f32, `--exact`'s arithmetic). Routing runs on the
-//! host: each MoE layer copies its router logits back, routes with the CPU's `router_topk`
-//! and counting sort, and copies the dispatch tables in, a sync per MoE layer.
+//! int8 activations (it always computes in f32, `--exact`'s arithmetic).
+//!
+//! Routing runs on the device (`router_topk`). A few tokens' routed experts (decode) run
+//! straight from the device's expert ids, one kernel for gate, up and SwiGLU and one for
+//! the down projection, with no host sync; a prompt's are grouped by expert on the host
+//! (its ids copied back once per MoE layer) so each expert's weights are read once for all
+//! of its tokens.
 
 mod buffer;
 mod prepare;
@@ -57,7 +61,21 @@ struct Kernels {
     grow_cache: CudaFunction,
     attention: CudaFunction,
     fill: CudaFunction,
+    router_topk: CudaFunction,
+    moe_gate_up: CudaFunction,
+    moe_down: CudaFunction,
 }
+
+/// Routed slots (`rows * k`) up to which a MoE layer runs without grouping by expert: every
+/// slot reads its expert's weights itself, which costs nothing extra while slots rarely
+/// share an expert (decode), and saves the host round trip grouping needs.
+const DIRECT_SLOTS: usize = 64;
+
+/// The router kernel's limits (`ROUTER_MAX_*` in kernels.cu); larger routers run on the
+/// host.
+const ROUTER_MAX_EXPERTS: usize = 512;
+const ROUTER_MAX_K: usize = 32;
+const ROUTER_MAX_GROUPS: usize = 64;
 
 /// One NVIDIA GPU and a stream on it.
 pub struct Cuda {
@@ -140,6 +158,9 @@ impl Cuda {
             grow_cache: f("grow_cache")?,
             attention: f("attention")?,
             fill: f("fill")?,
+            router_topk: f("router_topk")?,
+            moe_gate_up: f("moe_gate_up")?,
+            moe_down: f("moe_down")?,
         };
         Ok(Cuda {
             stream: ctx.default_stream(),
@@ -152,6 +173,21 @@ impl Cuda {
     /// The GPU's name and compute capability.
     pub fn device_name(&self) -> &str {
         &self.name
+    }
+
+    /// A device buffer holding `host` (tests and tools; errors surface at `check`).
+    pub fn buffer<T: DeviceRepr + ValidAsZeroBits>(&self, host: &[T]) -> DevBuf<T> {
+        self.uploaded(host)
+    }
+
+    /// `b`'s values on the host (waits for the stream).
+    pub fn to_host<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(
+        &self,
+        b: &DevBuf<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        self.download(b, &mut out);
+        out
     }
 
     fn failed(&self) -> bool {
@@ -321,6 +357,70 @@ impl Cuda {
         let wp = self.ptr(w);
         launch!(self, rms_norm, (rows as u32, 1), 256; x, delta, wp, eps, width as i32,
             stride as i32, out);
+    }
+}
+
+impl Cuda {
+    /// Routing on the host with the CPU's `router_topk`, for routers larger than the
+    /// kernel's limits (a sync per MoE layer).
+    #[allow(clippy::too_many_arguments)]
+    fn router_on_host(
+        &self,
+        kind: &RouterKind,
+        logits: &Buf,
+        experts: usize,
+        bias: Option<&Buf>,
+        k: usize,
+        ids: &mut Ids,
+        w: &mut Buf,
+    ) {
+        let (mut host, mut host_bias) = (Vec::new(), Vec::new());
+        self.download(logits, &mut host);
+        if let Some(b) = bias {
+            self.download(b, &mut host_bias);
+        }
+        let rows = host.len() / experts.max(1);
+        let (mut hid, mut hw) = (vec![0u32; rows * k], vec![0f32; rows * k]);
+        for ((l, i), wt) in host
+            .chunks_exact_mut(experts)
+            .zip(hid.chunks_exact_mut(k))
+            .zip(hw.chunks_exact_mut(k))
+        {
+            router_topk(kind, l, bias.map(|_| host_bias.as_slice()), i, wt);
+        }
+        self.upload(ids, &hid);
+        self.upload(w, &hw);
+    }
+
+    /// The routed experts of a direct dispatch (`d.slots` = the expert ids in slot order):
+    /// gate, up and SwiGLU into `h`, then the down projection into `y`, every slot against
+    /// its own expert's matrices, which the kernels look up on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_direct(
+        &self,
+        store: &CudaExperts,
+        layer: usize,
+        x: &Buf,
+        d: &MoeDispatch<Device>,
+        k: usize,
+        (inter, width): (usize, usize),
+        (h, y): (&mut Buf, &mut Buf),
+    ) {
+        let slots = d.slots.len;
+        if slots == 0 {
+            return;
+        }
+        let (mats, usage) = (store.mat_table(layer), store.usage_counters(layer));
+        let (xp, ip, hp, yp) = (self.ptr(x), self.ptr(&d.slots), self.ptr(h), self.ptr(y));
+        let (mp, up) = (
+            self.ptr(mats),
+            self.ptr(&store.dev_usage) + 4 * usage as u64,
+        );
+        let grid = (inter.div_ceil(8) as u32, slots as u32);
+        launch!(self, moe_gate_up, grid, 256; xp, ip, slots as i32, k as i32, mp,
+            inter as i32, hp, up);
+        let grid = (width.div_ceil(8) as u32, slots as u32);
+        launch!(self, moe_down, grid, 256; hp, ip, slots as i32, mp, width as i32, yp);
     }
 }
 
@@ -581,8 +681,8 @@ impl Backend for Cuda {
         &self,
         _a: &Buf,
         _b: &Buf,
-        _a_exp: &Vec<f32>,
-        _dt_bias: &Vec<f32>,
+        _a_exp: &Buf,
+        _dt_bias: &Buf,
         _g: &mut Buf,
         _beta: &mut Buf,
     ) {
@@ -619,27 +719,57 @@ impl Backend for Cuda {
         kind: &RouterKind,
         logits: &mut Buf,
         experts: usize,
-        bias: Option<&Vec<f32>>,
+        bias: Option<&Buf>,
         k: usize,
         ids: &mut Ids,
         w: &mut Buf,
     ) {
-        let mut host = Vec::new();
-        self.download(logits, &mut host);
-        let rows = host.len() / experts.max(1);
-        let (mut hid, mut hw) = (vec![0u32; rows * k], vec![0f32; rows * k]);
-        for ((l, i), wt) in host
-            .chunks_exact_mut(experts)
-            .zip(hid.chunks_exact_mut(k))
-            .zip(hw.chunks_exact_mut(k))
-        {
-            router_topk(kind, l, bias.map(Vec::as_slice), i, wt);
+        let rows = logits.len / experts.max(1);
+        self.resize_buf(ids, rows * k);
+        self.resize_buf(w, rows * k);
+        let (code, norm, scaling, groups) = match *kind {
+            RouterKind::SoftmaxTopK { norm_topk_prob } => (0, norm_topk_prob, 1.0, (1, 1)),
+            RouterKind::TopKSoftmax => (1, false, 1.0, (1, 1)),
+            RouterKind::SigmoidTopK {
+                norm_topk_prob,
+                routed_scaling,
+                n_group,
+                topk_group,
+            } => (2, norm_topk_prob, routed_scaling, (n_group, topk_group)),
+        };
+        let fits = experts <= ROUTER_MAX_EXPERTS && k <= ROUTER_MAX_K;
+        if !fits || groups.0 > ROUTER_MAX_GROUPS || k > experts {
+            return self.router_on_host(kind, logits, experts, bias, k, ids, w);
         }
-        self.upload(ids, &hid);
-        self.upload(w, &hw);
+        if rows == 0 {
+            return;
+        }
+        let (lp, bp, ip, wp) = (
+            self.ptr(logits),
+            bias.map_or(0, |b| self.ptr(b)),
+            self.ptr(ids),
+            self.ptr(w),
+        );
+        launch!(self, router_topk, (rows as u32, 1), 32; lp, experts as i32, bp, k as i32,
+            code, norm as i32, scaling, groups.0 as i32, groups.1 as i32, ip, wp);
     }
 
     fn moe_dispatch(&self, ids: &Ids, experts: usize, k: usize, d: &mut MoeDispatch<Device>) {
+        d.direct = (ids.len <= DIRECT_SLOTS).then_some(k);
+        if d.direct.is_some() {
+            // The ids stay on the device, in slot order.
+            d.active.clear();
+            self.resize_buf(&mut d.slots, ids.len);
+            if let (false, Some(dst), Some(src), true) =
+                (self.failed(), &mut d.slots.slice, &ids.slice, ids.len > 0)
+            {
+                let r = self
+                    .stream
+                    .memcpy_dtod(&src.slice(..ids.len), &mut dst.slice_mut(..ids.len));
+                self.ok(r, "copying the expert ids");
+            }
+            return;
+        }
         let mut host_ids = Vec::new();
         self.download(ids, &mut host_ids);
         let mut h = MoeDispatch::default();
@@ -665,11 +795,15 @@ impl Backend for Cuda {
                 "layer {layer} has no routed experts"
             )));
         };
-        store.count(layer, &d.active);
         let slots = d.slots.len;
         self.resize_buf(h, slots * inter);
         self.resize_buf(u, slots * inter);
         self.resize_buf(y, slots * width);
+        if let Some(k) = d.direct {
+            self.moe_direct(store, layer, x, d, k, (inter, width), (h, y));
+            return Ok(());
+        }
+        store.count(layer, &d.active);
         let mut counts = Vec::new();
         self.download(&d.counts, &mut counts);
         let (xp, hp, up, yp) = (self.ptr(x), self.ptr(h), self.ptr(u), self.ptr(y));
@@ -806,6 +940,6 @@ impl ExpertSource for CudaExperts {
     }
 
     fn usage(&self) -> Vec<Vec<u64>> {
-        self.usage.snapshot()
+        self.snapshot()
     }
 }

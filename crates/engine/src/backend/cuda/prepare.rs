@@ -10,8 +10,9 @@ use crate::models::ffn::{DenseMlp, FeedForward, MoeBlock, SharedExpert};
 use crate::models::transformer::{Layer, Mixer};
 use crate::models::Transformer;
 use crate::weights::{Floats, Linear};
-use cudarc::driver::DeviceRepr;
+use cudarc::driver::{CudaStream, DeviceRepr, ValidAsZeroBits};
 use moestream_kernels::Matrix;
+use std::sync::Arc;
 
 /// A matrix as the kernels take it (`struct Mat` of kernels.cu): device addresses of the
 /// codes, scales and biases (affine, kind 0) or of the f32 values (dense, kind 1), and of
@@ -31,8 +32,9 @@ pub struct MatArg {
     pub group: i32,
 }
 
-// SAFETY: plain old data laid out as kernels.cu's `struct Mat`.
+// SAFETY: plain old data laid out as kernels.cu's `struct Mat`; all zeros is a valid value.
 unsafe impl DeviceRepr for MatArg {}
+unsafe impl ValidAsZeroBits for MatArg {}
 
 /// A matrix in device memory: its kernel argument and the allocations it points into.
 pub struct DevMat {
@@ -47,15 +49,23 @@ pub struct CudaWeights;
 impl WeightSet for CudaWeights {
     type Matrix = DevMat;
     type Vector = DevBuf<f32>;
-    /// Host values: the router's selection bias is read where routing runs, on the host.
-    type Values = Vec<f32>;
+    /// The router's selection bias, read by the router kernel.
+    type Values = DevBuf<f32>;
 }
 
 /// Every routed expert of every MoE layer, resident in device memory.
 pub struct CudaExperts {
     layers: Vec<Option<Vec<[DevMat; 3]>>>,
+    /// Per MoE layer, its experts' kernel arguments `[gate, up, down]` in expert order, on
+    /// the device: the direct expert kernels look a slot's matrices up there.
+    tables: Vec<DevBuf<MatArg>>,
     pub(super) bytes: Vec<usize>,
-    pub(super) usage: UsageCounters,
+    /// Counts of grouped dispatches (on the host) and of direct ones (on the device, one
+    /// array over all layers, layer `l`'s experts from `usage_at[l]`).
+    usage: UsageCounters,
+    pub(super) dev_usage: DevBuf<u32>,
+    usage_at: Vec<usize>,
+    stream: Arc<CudaStream>,
 }
 
 impl CudaExperts {
@@ -65,6 +75,31 @@ impl CudaExperts {
 
     pub(super) fn count(&self, layer: usize, ids: &[u32]) {
         self.usage.count(layer, ids);
+    }
+
+    /// Layer `layer`'s table of expert matrices (see `tables`).
+    pub(super) fn mat_table(&self, layer: usize) -> &DevBuf<MatArg> {
+        &self.tables[layer]
+    }
+
+    /// Where layer `layer`'s counters start in `dev_usage`.
+    pub(super) fn usage_counters(&self, layer: usize) -> usize {
+        self.usage_at[layer]
+    }
+
+    /// Activations per expert: the host's counts plus the device's.
+    pub(super) fn snapshot(&self) -> Vec<Vec<u64>> {
+        let mut counts = self.usage.snapshot();
+        let on_device = match &self.dev_usage.slice {
+            Some(s) => self.stream.memcpy_dtov(s).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for (l, layer) in counts.iter_mut().enumerate() {
+            for (e, c) in layer.iter_mut().enumerate() {
+                *c += on_device.get(self.usage_at[l] + e).copied().unwrap_or(0) as u64;
+            }
+        }
+        counts
     }
 }
 
@@ -159,7 +194,7 @@ impl Cuda {
                     }),
                     None => None,
                 },
-                selection_bias: m.selection_bias.clone(),
+                selection_bias: m.selection_bias.as_ref().map(|b| self.uploaded(b)),
             }),
         };
         Ok(Layer {
@@ -195,10 +230,27 @@ impl Cuda {
                 ),
             });
         }
+        let tables = out
+            .iter()
+            .map(|l| {
+                let args: Vec<MatArg> = l.iter().flatten().flatten().map(|m| m.arg).collect();
+                self.uploaded(&args)
+            })
+            .collect();
+        let mut usage_at = Vec::with_capacity(layers.len());
+        let mut total = 0;
+        for l in layers {
+            usage_at.push(total);
+            total += l.as_ref().map_or(0, Vec::len);
+        }
         Ok(CudaExperts {
             layers: out,
+            tables,
             bytes,
             usage: UsageCounters::new(layers),
+            dev_usage: self.uploaded(&vec![0u32; total]),
+            usage_at,
+            stream: self.stream.clone(),
         })
     }
 }
