@@ -84,6 +84,19 @@ pub struct Cuda {
     name: String,
     /// The first failure since the last [`Backend::check`]; ops do nothing once set.
     error: Mutex<Option<String>>,
+    /// Buffers the ops reuse from call to call instead of allocating per token.
+    staging: Mutex<Staging>,
+}
+
+/// Per-call device buffers kept between calls: host values an op copies in (token ids, row
+/// indices), the logits before they go to the host, a split's spare output, and the RoPE
+/// frequency tables, each uploaded once.
+#[derive(Default)]
+struct Staging {
+    ids: Ids,
+    logits: Buf,
+    spare: Buf,
+    inv_freq: Vec<(Vec<f32>, Buf)>,
 }
 
 /// Launches `$f` with `$grid` blocks (x, y) of `$block` threads and the arguments given.
@@ -167,6 +180,7 @@ impl Cuda {
             kernels,
             name: format!("{name} (sm_{major}{minor})"),
             error: Mutex::new(None),
+            staging: Mutex::new(Staging::default()),
         })
     }
 
@@ -214,6 +228,32 @@ impl Cuda {
     /// An op this version has no kernel for (never reached: `to_cuda` refuses such models).
     fn unsupported(&self, what: &str) {
         self.fail(format!("{what} is not implemented on CUDA yet"));
+    }
+
+    /// The reusable buffers (a poisoned lock only means a panic elsewhere: the buffers are
+    /// still whole).
+    fn staging(&self) -> std::sync::MutexGuard<'_, Staging> {
+        self.staging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Device address of `host` copied into the staging id buffer (valid until the next
+    /// call that stages ids: the copy and the kernel reading it are ordered on the stream).
+    fn stage_ids(&self, host: &[u32]) -> u64 {
+        let mut st = self.staging();
+        self.upload(&mut st.ids, host);
+        self.ptr(&st.ids)
+    }
+
+    /// Device address of the frequency table `inv_freq`, uploaded on first use.
+    fn freq_table(&self, inv_freq: &[f32]) -> u64 {
+        let mut st = self.staging();
+        if let Some((_, b)) = st.inv_freq.iter().find(|(h, _)| h.as_slice() == inv_freq) {
+            return self.ptr(b);
+        }
+        let b = self.uploaded(inv_freq);
+        let p = self.ptr(&b);
+        st.inv_freq.push((inv_freq.to_vec(), b));
+        p
     }
 
     /// The device address of `b` (0 when it has no allocation).
@@ -487,9 +527,9 @@ impl Backend for Cuda {
         x: &mut Buf,
     ) {
         let ids: Vec<u32> = tokens.copied().collect();
-        let ids = self.uploaded(&ids);
+        let ip = self.stage_ids(&ids);
         self.resize_buf(x, rows * table.arg.cols as usize);
-        let (ip, xp) = (self.ptr(&ids), self.ptr(x));
+        let xp = self.ptr(x);
         launch!(self, embed_rows, (rows as u32, 1), 256; table.arg, ip, rows as i32, xp);
     }
 
@@ -499,9 +539,10 @@ impl Backend for Cuda {
     }
 
     fn logits(&self, p: Precision, x: &Buf, rows: usize, w: &DevMat, out: &mut Vec<f32>) {
-        let mut dev = Buf::default();
+        let mut dev = std::mem::take(&mut self.staging().logits);
         self.linear(p, x, rows, w, &mut dev);
         self.download(&dev, out);
+        self.staging().logits = dev;
     }
 
     fn per_head_linear(
@@ -565,8 +606,8 @@ impl Backend for Cuda {
             return;
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = self.uploaded(&idx);
-        let (xp, dp, ip, op) = (self.ptr(x), self.ptr(delta), self.ptr(&idx), self.ptr(out));
+        let ip = self.stage_ids(&idx);
+        let (xp, dp, op) = (self.ptr(x), self.ptr(delta), self.ptr(out));
         launch!(self, residual_rows, (rows.len() as u32, 1), 256; xp, dp, ip, width as i32, op);
     }
 
@@ -588,12 +629,13 @@ impl Backend for Cuda {
 
     fn split_query_gate(&self, qg: &mut Buf, gate: &mut Buf, head_dim: usize) {
         let n = qg.len / 2;
-        let mut q = Buf::default();
+        // The queries go to a spare buffer that then trades places with `qg`.
+        let mut q = std::mem::take(&mut self.staging().spare);
         self.resize_buf(&mut q, n);
         self.resize_buf(gate, n);
         let (src, qp, gp) = (self.ptr(qg), self.ptr(&q), self.ptr(gate));
         launch!(self, split_query_gate, Self::flat(n), 256; src, qp, gp, head_dim as i32, n as i32);
-        *qg = q;
+        self.staging().spare = std::mem::replace(qg, q);
     }
 
     fn split_heads(&self, _x: &Buf, _l: &mut Buf, _r: &mut Buf, _a: usize, _b: usize) {
@@ -615,8 +657,8 @@ impl Backend for Cuda {
         let total = k.len / (nk * hd).max(1);
         let nq = q.len / (total * hd).max(1);
         self.reserve(kv, offset + n, offset);
-        let freq = self.uploaded(rope.inv_freq);
-        let (qp, kp, vp, fp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(&freq));
+        let fp = self.freq_table(rope.inv_freq);
+        let (qp, kp, vp) = (self.ptr(q), self.ptr(k), self.ptr(v));
         let (kc, vc) = (self.ptr(&kv.k), self.ptr(&kv.v));
         launch!(self, rope_append, (n as u32, (nq + nk) as u32), 64;
             qp, kp, vp, rows.start as i32, n as i32, nq as i32, nk as i32, hd as i32, fp,
