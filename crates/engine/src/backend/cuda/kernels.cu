@@ -31,30 +31,52 @@ __device__ __forceinline__ float weight(const Mat& m, int r, int c) {
     return ((const float*)m.scales)[g] * (float)q + ((const float*)m.biases)[g];
 }
 
-// Lane `lane`'s part of row r of an affine matrix dotted with x: one code word (32 / BITS
-// values) at a time, the warp's lanes on consecutive words so each load instruction reads
-// 128 contiguous bytes; the group's scale and bias applied once per word:
-// s * sum(q_i x_i) + b * sum(x_i).
+// One code word's values (32 / BITS of them, from column c0) against x: s * sum(q_i x_i) +
+// b * sum(x_i) with the word's group scale and bias.
+template <int BITS>
+__device__ __forceinline__ float word_dot(u32 q, const float* x, float s, float b) {
+    const int per = 32 / BITS;
+    const u32 mask = (1u << BITS) - 1u;
+    float qx = 0.f, xs = 0.f;
+#pragma unroll
+    for (int i = 0; i < per; i += 4) {
+        float4 xv = *(const float4*)(x + i);
+        qx += (float)((q >> (i * BITS)) & mask) * xv.x;
+        qx += (float)((q >> ((i + 1) * BITS)) & mask) * xv.y;
+        qx += (float)((q >> ((i + 2) * BITS)) & mask) * xv.z;
+        qx += (float)((q >> ((i + 3) * BITS)) & mask) * xv.w;
+        xs += (xv.x + xv.y) + (xv.z + xv.w);
+    }
+    return s * qx + b * xs;
+}
+
+// Lane `lane`'s part of row r of an affine matrix dotted with x. Lanes take consecutive
+// 16-byte chunks (4 code words) so each load instruction of the warp reads 512 contiguous
+// bytes; a word never straddles groups (groups are >= 16 values, words <= 8). Rows whose
+// word count is not a multiple of 4 go a word at a time.
 template <int BITS>
 __device__ __forceinline__ float row_dot_affine(const Mat& m, int r, const float* x, int lane) {
     const int per = 32 / BITS;
-    const u32 mask = (1u << BITS) - 1u;
     int words = m.cols / per, groups = m.cols / m.group;
     const u32* row = (const u32*)m.codes + (size_t)r * words;
     const float* sc = (const float*)m.scales + (size_t)r * groups;
     const float* bi = (const float*)m.biases + (size_t)r * groups;
     float acc = 0.f;
-    for (int w = lane; w < words; w += 32) {
-        u32 q = row[w];
-        int c0 = w * per, g = c0 / m.group;  // a word never straddles groups (group >= 16)
-        float qx = 0.f, xs = 0.f;
+    if (words % 4 == 0) {
+        for (int w4 = lane; w4 < words / 4; w4 += 32) {
+            uint4 q = *(const uint4*)(row + 4 * w4);
+            u32 qs[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int i = 0; i < per; i++) {
-            float xv = x[c0 + i];
-            qx += (float)((q >> (i * BITS)) & mask) * xv;
-            xs += xv;
+            for (int j = 0; j < 4; j++) {
+                int c0 = (4 * w4 + j) * per, g = c0 / m.group;
+                acc += word_dot<BITS>(qs[j], x + c0, sc[g], bi[g]);
+            }
         }
-        acc += sc[g] * qx + bi[g] * xs;
+    } else {
+        for (int w = lane; w < words; w += 32) {
+            int c0 = w * per, g = c0 / m.group;
+            acc += word_dot<BITS>(row[w], x + c0, sc[g], bi[g]);
+        }
     }
     return acc;
 }
