@@ -1,6 +1,7 @@
 //! The CUDA backend held to the CPU: every fixture it runs gives the CPU `--exact` path's
 //! logits (within float rounding: both compute in f32, in different orders) over the prompt,
-//! and the same 32 greedy tokens; models it does not run yet are refused with the reason.
+//! and the same 32 greedy tokens, for every architecture (standard and gated attention, MLA,
+//! the Gated DeltaNet); streamed experts, not on the GPU yet, are refused with the reason.
 //!
 //! Needs an NVIDIA GPU with its driver and NVRTC: elsewhere (CI) each test prints why it
 //! skipped. On the device machine: `scripts/gpu/test.sh`.
@@ -13,6 +14,7 @@ use moestream_engine::backend::Backend;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::models::{LogitRows, SeqStep, Transformer};
 use moestream_engine::{load_model, RunError};
+use moestream_kernels::Precision;
 
 /// Fixtures of the architectures this version runs (standard and gated attention, dense and
 /// MoE feed-forwards), in each storage the fixtures have (f32, bf16, 3/4/6/8-bit).
@@ -36,13 +38,9 @@ const SUPPORTED: &[&str] = &[
     "mixtral_q4_g32_f32",
     "glm4_moe_f32",
     "glm4_moe_q4_g32_f32",
-];
-
-/// Fixtures with token mixers this version has no kernels for.
-const REFUSED: &[(&str, &str)] = &[
-    ("glm4_moe_lite_f32", "MLA"),
-    ("qwen3_next_f32", "Gated DeltaNet"),
-    ("qwen3_5_moe_f32", "Gated DeltaNet"),
+    "glm4_moe_lite_f32",
+    "qwen3_next_f32",
+    "qwen3_5_moe_f32",
 ];
 
 const GREEDY: usize = 32;
@@ -245,21 +243,25 @@ fn the_router_kernel_matches_the_cpu_router() {
 }
 
 #[test]
-fn models_it_cannot_run_yet_are_refused_with_the_reason() {
-    if gpu("models_it_cannot_run_yet_are_refused_with_the_reason").is_none() {
+fn streamed_experts_are_refused_with_the_reason() {
+    use moestream_engine::experts::streamed::StreamOptions;
+    if gpu("streamed_experts_are_refused_with_the_reason").is_none() {
         return;
     }
-    for (name, what) in REFUSED {
-        let cpu = load_model(&fixture(name), &exact_options(), &mut |_| {}).expect("loads");
-        let err = match to_cuda(&cpu.model, Cuda::new(0).expect("the GPU")) {
-            Ok(_) => panic!("{name}: must be refused"),
-            Err(e) => e,
-        };
-        assert!(
-            err.contains(what) && err.contains("not on CUDA yet"),
-            "{name}: {err}"
-        );
-    }
+    let stream = StreamOptions {
+        cache_slots: 3,
+        io_depth: 4,
+        ..Default::default()
+    };
+    let cpu = load_with(&fixture("qwen3_moe_f32"), Precision::Exact, Some(stream));
+    let err = match to_cuda(&cpu.model, Cuda::new(0).expect("the GPU")) {
+        Ok(_) => panic!("streamed experts must be refused"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("streamed experts") && err.contains("not on CUDA yet"),
+        "{err}"
+    );
 }
 
 #[test]

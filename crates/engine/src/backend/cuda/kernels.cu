@@ -239,16 +239,6 @@ extern "C" __global__ void moe_combine(const float* w, const float* y, float* de
     delta[i] = acc;
 }
 
-// Per head [q | gate] (2 * hd each) of qg into q (hd) and gate (hd).
-extern "C" __global__ void split_query_gate(const float* qg, float* q, float* gate, int hd,
-                                            int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    int head = i / hd, d = i % hd;
-    q[i] = qg[(size_t)head * 2 * hd + d];
-    gate[i] = qg[(size_t)head * 2 * hd + hd + d];
-}
-
 // RoPE (mlx fast.rope: `half` rotated pairs, adjacent or split halves, after YaRN's factor
 // `mscale` on the rotated features) of every head of the token rows [row0, row0 + n) of q
 // (nq heads) and k (nk heads), at positions offset + i; then those keys and the values
@@ -468,4 +458,254 @@ extern "C" __global__ void router_topk(const float* logits, int E, const float* 
         for (int j = 0; j < k; j++) chosen_w[j] /= z;
     }
     for (int j = 0; j < k; j++) wr[j] = kind == 2 ? chosen_w[j] * scaling : chosen_w[j];
+}
+
+// ---- MLA (multi-head latent attention, absorbed form; crates/kernels/src/mla.rs) ----
+
+// Splits each [a | b] head of x (heads = n / (a + b)) into left [heads, a] and right
+// [heads, b].
+extern "C" __global__ void split_heads(const float* x, float* left, float* right, int a, int b,
+                                       int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int head = i / (a + b), d = i % (a + b);
+    if (d < a)
+        left[(size_t)head * a + d] = x[i];
+    else
+        right[(size_t)head * b + d - a] = x[i];
+}
+
+// One pair of RoPE (see rope_append) on x[ia], x[ib] at position pos.
+__device__ __forceinline__ void rotate_pair(float* x, int p, int half, int traditional,
+                                            float mscale, float pos, const float* inv_freq) {
+    float s, c;
+    sincosf(pos * inv_freq[p], &s, &c);
+    int ia = traditional ? 2 * p : p, ib = traditional ? 2 * p + 1 : p + half;
+    float a = x[ia] * mscale, b = x[ib] * mscale;
+    x[ia] = a * c - b * s;
+    x[ib] = b * c + a * s;
+}
+
+// MLA's cache append for token rows [row0, row0 + n): RoPE at positions offset + i on the
+// nh rotary query heads (dr wide) of q_pe and on the rotary key that ends each ckv row
+// ([latent (r) | k_pe (dr)]), then the latent to lat[offset + i] and the key to kpe.
+// Grid (n, nh + 1): head nh is the key.
+extern "C" __global__ void rope_append_latent(float* q_pe, float* ckv, int row0, int n, int nh,
+                                              int r, int dr, const float* inv_freq, int half,
+                                              int traditional, float mscale, int offset,
+                                              float* lat, float* kpe) {
+    int i = blockIdx.x, head = blockIdx.y;
+    if (i >= n || head > nh) return;
+    int row = row0 + i;
+    float pos = (float)(offset + i);
+    float* x = head < nh ? q_pe + ((size_t)row * nh + head) * dr
+                         : ckv + (size_t)row * (r + dr) + r;
+    for (int p = threadIdx.x; p < half; p += blockDim.x)
+        rotate_pair(x, p, half, traditional, mscale, pos, inv_freq);
+    if (head < nh) return;
+    __syncthreads();
+    const float* c = ckv + (size_t)row * (r + dr);
+    for (int d = threadIdx.x; d < r; d += blockDim.x) lat[(size_t)(offset + i) * r + d] = c[d];
+    for (int d = threadIdx.x; d < dr; d += blockDim.x)
+        kpe[(size_t)(offset + i) * dr + d] = c[r + d];
+}
+
+// Absorbed MLA attention, one warp per (query row, head): scores
+// scale * (q_lat . lat_j + q_pe . kpe_j) over the visible positions, online softmax, the
+// attended latent into out[row, head, :r]. r <= 512, dr <= 128 (checked by the host).
+extern "C" __global__ void mla_attention(const float* q_lat, const float* q_pe, int row0, int l,
+                                         int t, int nh, int r, int dr, float scale,
+                                         const float* lat, const float* kpe, float* out) {
+    int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= l * nh) return;
+    int i = warp / nh, h = warp % nh;
+    size_t row = (size_t)(row0 + i) * nh + h;
+    const int per = 16, per_pe = 4;
+    float q[per], qp[per_pe], acc[per];
+    for (int j = 0; j < per; j++) {
+        int d = lane + 32 * j;
+        q[j] = d < r ? q_lat[row * r + d] : 0.f;
+        acc[j] = 0.f;
+    }
+    for (int j = 0; j < per_pe; j++) {
+        int d = lane + 32 * j;
+        qp[j] = d < dr ? q_pe[row * dr + d] : 0.f;
+    }
+    float m = -__int_as_float(0x7f800000), s = 0.f;
+    int visible = t - l + i + 1;
+    for (int p = 0; p < visible; p++) {
+        float dot = 0.f;
+        for (int j = 0; j < per; j++) {
+            int d = lane + 32 * j;
+            if (d < r) dot += q[j] * lat[(size_t)p * r + d];
+        }
+        for (int j = 0; j < per_pe; j++) {
+            int d = lane + 32 * j;
+            if (d < dr) dot += qp[j] * kpe[(size_t)p * dr + d];
+        }
+        float score = warp_sum(dot) * scale;
+        float m2 = fmaxf(m, score);
+        float corr = expf(m - m2), e = expf(score - m2);
+        s = s * corr + e;
+        for (int j = 0; j < per; j++) {
+            int d = lane + 32 * j;
+            if (d < r) acc[j] = acc[j] * corr + e * lat[(size_t)p * r + d];
+        }
+        m = m2;
+    }
+    for (int j = 0; j < per; j++) {
+        int d = lane + 32 * j;
+        if (d < r) out[row * r + d] = visible > 0 ? acc[j] / s : 0.f;
+    }
+}
+
+// ---- Gated DeltaNet (crates/kernels/src/delta.rs; layouts there) ----
+
+// qwen3_next's fused projections to [qkv | z | b | a] (see moves::unfuse_delta_inputs):
+// per token, per key head g, the fused row holds [q (dk) | k (dk) | v (rr dv) | z (rr dv)]
+// and the ba row [b (rr) | a (rr)], rr = hv / hk. One thread per fused value.
+extern "C" __global__ void unfuse_delta(const float* fused, const float* ba, int l, int hk,
+                                        int dk, int hv, int dv, float* qkv, float* z, float* b,
+                                        float* a) {
+    int rr = hv / hk, group = 2 * dk + 2 * rr * dv;
+    int kd = hk * dk, vd = hv * dv, c = 2 * kd + vd;
+    size_t n = (size_t)l * hk * group, i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        int t = i / (hk * group), g = (i / group) % hk, j = i % group;
+        float v = fused[i];
+        if (j < dk)
+            qkv[(size_t)t * c + g * dk + j] = v;
+        else if (j < 2 * dk)
+            qkv[(size_t)t * c + kd + g * dk + j - dk] = v;
+        else if (j < 2 * dk + rr * dv)
+            qkv[(size_t)t * c + 2 * kd + g * rr * dv + j - 2 * dk] = v;
+        else
+            z[(size_t)t * vd + g * rr * dv + j - 2 * dk - rr * dv] = v;
+    }
+    size_t nb = (size_t)l * hk * 2 * rr;
+    if (i < nb) {
+        int t = i / (hk * 2 * rr), g = (i / (2 * rr)) % hk, j = i % (2 * rr);
+        if (j < rr)
+            b[(size_t)t * hv + g * rr + j] = ba[i];
+        else
+            a[(size_t)t * hv + g * rr + j - rr] = ba[i];
+    }
+}
+
+// g = exp(-a_exp[h] softplus(a + dt_bias[h])), beta = sigmoid(b), per (token, value head).
+extern "C" __global__ void delta_gates(const float* a, const float* b, const float* a_exp,
+                                       const float* dt_bias, int hv, float* g, float* beta,
+                                       int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int h = i % hv;
+    float x = a[i] + dt_bias[h];
+    float softplus = fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
+    g[i] = expf(-a_exp[h] * softplus);
+    beta[i] = 1.f / (1.f + expf(-b[i]));
+}
+
+// The causal depthwise conv + SiLU over the n token rows [row0, row0 + n) of qkv (c
+// channels), after the window (kernel - 1 previous inputs), into the same rows of out;
+// then the window rolls to the last kernel - 1 inputs. One thread per channel.
+extern "C" __global__ void conv_silu(float* window, const float* qkv, int row0, int n, int c,
+                                     const float* w, int kernel, float* out) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    int keep = kernel - 1;
+    for (int t = 0; t < n; t++) {
+        float acc = 0.f;
+        for (int j = 0; j < kernel; j++) {
+            int r = t + j;  // row of concat(window, x)
+            float in = r < keep ? window[(size_t)r * c + ch]
+                                : qkv[(size_t)(row0 + r - keep) * c + ch];
+            acc += w[(size_t)j * c + ch] * in;
+        }
+        out[(size_t)(row0 + t) * c + ch] = silu(acc);
+    }
+    // The last `keep` rows of concat(window, x), in order (reading ahead of writing).
+    for (int r = 0; r < keep; r++) {
+        int src = n + r;  // row of concat(window, x)
+        window[(size_t)r * c + ch] =
+            src < keep ? window[(size_t)src * c + ch] : qkv[(size_t)(row0 + src - keep) * c + ch];
+    }
+}
+
+// mlx's normalize_qk on conv rows [row0, row0 + n): every dk-wide q head scaled to
+// dk^-0.5 / |q|, every k head to 1 / |k| (eps 1e-6 inside the root). One warp per head.
+extern "C" __global__ void l2norm_qk(float* conv, int row0, int n, int hk, int dk, int c) {
+    int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= n * 2 * hk) return;
+    int t = warp / (2 * hk), head = warp % (2 * hk);  // q heads, then k heads
+    float* x = conv + (size_t)(row0 + t) * c + (size_t)head * dk;
+    float ss = 0.f;
+    for (int d = lane; d < dk; d += 32) ss += x[d] * x[d];
+    ss = warp_sum(ss);
+    float scale = head < hk ? rsqrtf((float)dk) : 1.f;
+    float inv = scale / sqrtf(ss + 1e-6f);
+    for (int d = lane; d < dk; d += 32) x[d] *= inv;
+}
+
+// The gated delta rule over token rows [row0, row0 + n) for each state row S_h[i, :]
+// (dk wide, in the warp's registers: dk <= 256): per token s *= g; delta = (v - s.k) beta;
+// s += delta k; y = s.q. One warp per state row (hv * dv of them).
+extern "C" __global__ void gated_delta(const float* conv, const float* g, const float* beta,
+                                       int row0, int n, int hk, int dk, int hv, int dv,
+                                       float* state, float* y) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= hv * dv) return;
+    int h = row / dv, i = row % dv, kh = h / (hv / hk);
+    int kd = hk * dk, c = 2 * kd + hv * dv;
+    const int per = 8;
+    float s[per];
+    float* sp = state + (size_t)row * dk;
+    for (int j = 0; j < per; j++) {
+        int d = lane + 32 * j;
+        s[j] = d < dk ? sp[d] : 0.f;
+    }
+    for (int t = row0; t < row0 + n; t++) {
+        const float* base = conv + (size_t)t * c;
+        const float* q = base + kh * dk;
+        const float* k = base + kd + kh * dk;
+        float v = base[2 * kd + h * dv + i];
+        float gt = g[(size_t)t * hv + h], bt = beta[(size_t)t * hv + h];
+        float kv = 0.f;
+        for (int j = 0; j < per; j++) {
+            int d = lane + 32 * j;
+            if (d < dk) {
+                s[j] *= gt;
+                kv += s[j] * k[d];
+            }
+        }
+        float delta = (v - warp_sum(kv)) * bt;
+        float out = 0.f;
+        for (int j = 0; j < per; j++) {
+            int d = lane + 32 * j;
+            if (d < dk) {
+                s[j] += delta * k[d];
+                out += s[j] * q[d];
+            }
+        }
+        out = warp_sum(out);
+        if (lane == 0) y[((size_t)t * hv + h) * dv + i] = out;
+    }
+    for (int j = 0; j < per; j++) {
+        int d = lane + 32 * j;
+        if (d < dk) sp[d] = s[j];
+    }
+}
+
+// y = silu(z) * (w * rms_norm(y)) per row of `width` (one block per row).
+extern "C" __global__ void gated_rms_norm(float* y, const float* z, const float* w, float eps,
+                                          int width) {
+    float* yr = y + (size_t)blockIdx.x * width;
+    const float* zr = z + (size_t)blockIdx.x * width;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) ss += yr[c] * yr[c];
+    float inv = 1.f / sqrtf(block_sum(ss) / (float)width + eps);
+    for (int c = threadIdx.x; c < width; c += blockDim.x)
+        yr[c] = w[c] * (yr[c] * inv) * silu(zr[c]);
 }

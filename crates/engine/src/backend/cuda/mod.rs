@@ -5,9 +5,10 @@
 //! The CUDA libraries are loaded at run time (cudarc's dynamic loading), so the binary builds
 //! and runs where there is no CUDA; [`Cuda::new`] says what is missing there.
 //!
-//! What this version does not do yet (each a clear error, never a wrong answer): MLA and the
-//! Gated DeltaNet (the models with them are refused by [`to_cuda`]), streamed experts, and
-//! int8 activations (it always computes in f32, `--exact`'s arithmetic).
+//! Every architecture runs (standard and gated attention, MLA in the absorbed form, the Gated
+//! DeltaNet). What this version does not do yet (each a clear error, never a wrong answer):
+//! streamed experts (refused by [`to_cuda`]) and int8 activations (it always computes in
+//! f32, `--exact`'s arithmetic).
 //!
 //! Routing runs on the device (`router_topk`). A few tokens' routed experts (decode) run
 //! straight from the device's expert ids, one kernel for gate, up and SwiGLU and one for
@@ -56,7 +57,7 @@ struct Kernels {
     sigmoid_gate: CudaFunction,
     scaled_add_rows: CudaFunction,
     moe_combine: CudaFunction,
-    split_query_gate: CudaFunction,
+    split_heads: CudaFunction,
     rope_append: CudaFunction,
     grow_cache: CudaFunction,
     attention: CudaFunction,
@@ -64,6 +65,14 @@ struct Kernels {
     router_topk: CudaFunction,
     moe_gate_up: CudaFunction,
     moe_down: CudaFunction,
+    rope_append_latent: CudaFunction,
+    mla_attention: CudaFunction,
+    unfuse_delta: CudaFunction,
+    delta_gates: CudaFunction,
+    conv_silu: CudaFunction,
+    l2norm_qk: CudaFunction,
+    gated_delta: CudaFunction,
+    gated_rms_norm: CudaFunction,
 }
 
 /// Routed slots (`rows * k`) up to which a MoE layer runs without grouping by expert: every
@@ -166,7 +175,7 @@ impl Cuda {
             sigmoid_gate: f("sigmoid_gate")?,
             scaled_add_rows: f("scaled_add_rows")?,
             moe_combine: f("moe_combine")?,
-            split_query_gate: f("split_query_gate")?,
+            split_heads: f("split_heads")?,
             rope_append: f("rope_append")?,
             grow_cache: f("grow_cache")?,
             attention: f("attention")?,
@@ -174,6 +183,14 @@ impl Cuda {
             router_topk: f("router_topk")?,
             moe_gate_up: f("moe_gate_up")?,
             moe_down: f("moe_down")?,
+            rope_append_latent: f("rope_append_latent")?,
+            mla_attention: f("mla_attention")?,
+            unfuse_delta: f("unfuse_delta")?,
+            delta_gates: f("delta_gates")?,
+            conv_silu: f("conv_silu")?,
+            l2norm_qk: f("l2norm_qk")?,
+            gated_delta: f("gated_delta")?,
+            gated_rms_norm: f("gated_rms_norm")?,
         };
         Ok(Cuda {
             stream: ctx.default_stream(),
@@ -401,6 +418,16 @@ impl Cuda {
 }
 
 impl Cuda {
+    /// Each `[a | b]` head of `x` into the rows of `left` and `right`.
+    fn split(&self, x: &Buf, left: &mut Buf, right: &mut Buf, a: usize, b: usize) {
+        let n = x.len;
+        let heads = n / (a + b).max(1);
+        self.resize_buf(left, heads * a);
+        self.resize_buf(right, heads * b);
+        let (xp, lp, rp) = (self.ptr(x), self.ptr(left), self.ptr(right));
+        launch!(self, split_heads, Self::flat(n), 256; xp, lp, rp, a as i32, b as i32, n as i32);
+    }
+
     /// Routing on the host with the CPU's `router_topk`, for routers larger than the
     /// kernel's limits (a sync per MoE layer).
     #[allow(clippy::too_many_arguments)]
@@ -548,13 +575,26 @@ impl Backend for Cuda {
     fn per_head_linear(
         &self,
         _p: Precision,
-        _x: &Buf,
-        _rows: usize,
-        _heads: &[DevMat],
-        _idx: &mut Ids,
-        _out: &mut Buf,
+        x: &Buf,
+        rows: usize,
+        heads: &[DevMat],
+        idx: &mut Ids,
+        out: &mut Buf,
     ) {
-        self.unsupported("MLA's per-head projection");
+        let nh = heads.len();
+        let width = heads.first().map_or(0, |h| h.arg.rows as usize);
+        self.resize_buf(out, rows * nh * width);
+        // Head h of token t is row t * nh + h of both x and out: index tables per head,
+        // `idx[h * rows + t]`, uploaded once per call.
+        let table: Vec<u32> = (0..nh)
+            .flat_map(|h| (0..rows).map(move |t| (t * nh + h) as u32))
+            .collect();
+        self.upload(idx, &table);
+        let (xp, op, ip) = (self.ptr(x), self.ptr(out), self.ptr(idx));
+        for (h, w) in heads.iter().enumerate() {
+            let at = ip + 4 * (h * rows) as u64;
+            self.gathered(xp, at, rows, w, op, at);
+        }
     }
 
     fn swiglu(
@@ -628,18 +668,14 @@ impl Backend for Cuda {
     }
 
     fn split_query_gate(&self, qg: &mut Buf, gate: &mut Buf, head_dim: usize) {
-        let n = qg.len / 2;
         // The queries go to a spare buffer that then trades places with `qg`.
         let mut q = std::mem::take(&mut self.staging().spare);
-        self.resize_buf(&mut q, n);
-        self.resize_buf(gate, n);
-        let (src, qp, gp) = (self.ptr(qg), self.ptr(&q), self.ptr(gate));
-        launch!(self, split_query_gate, Self::flat(n), 256; src, qp, gp, head_dim as i32, n as i32);
+        self.split(qg, &mut q, gate, head_dim, head_dim);
         self.staging().spare = std::mem::replace(qg, q);
     }
 
-    fn split_heads(&self, _x: &Buf, _l: &mut Buf, _r: &mut Buf, _a: usize, _b: usize) {
-        self.unsupported("MLA's head split");
+    fn split_heads(&self, x: &Buf, left: &mut Buf, right: &mut Buf, a: usize, b: usize) {
+        self.split(x, left, right, a, b);
     }
 
     fn rope_append(
@@ -686,65 +722,139 @@ impl Backend for Cuda {
 
     fn rope_append_latent(
         &self,
-        _kv: &mut KvCache<Device>,
-        _q_pe: &mut Buf,
-        _ckv: &mut Buf,
-        _rows: Range<usize>,
-        _offset: usize,
-        _r_dr: (usize, usize),
-        _rope: Rope,
+        kv: &mut KvCache<Device>,
+        q_pe: &mut Buf,
+        ckv: &mut Buf,
+        rows: Range<usize>,
+        offset: usize,
+        (r, dr): (usize, usize),
+        rope: Rope,
     ) {
-        self.unsupported("MLA's latent cache");
+        let n = rows.len();
+        let nh = q_pe.len / (ckv.len / (r + dr)).max(1) / dr.max(1);
+        self.reserve(kv, offset + n, offset);
+        let fp = self.freq_table(rope.inv_freq);
+        let (qp, cp, lat, kpe) = (
+            self.ptr(q_pe),
+            self.ptr(ckv),
+            self.ptr(&kv.k),
+            self.ptr(&kv.v),
+        );
+        launch!(self, rope_append_latent, (n as u32, nh as u32 + 1), 64;
+            qp, cp, rows.start as i32, n as i32, nh as i32, r as i32, dr as i32, fp,
+            rope.inv_freq.len() as i32, rope.traditional as i32, rope.mscale, offset as i32,
+            lat, kpe);
     }
 
     fn mla_attention(
         &self,
-        _queries: (&Buf, &Buf),
-        _rows: Range<usize>,
-        _kv: &KvCache<Device>,
-        _shape: MlaShape,
-        _out: &mut Buf,
+        (q_lat, q_pe): (&Buf, &Buf),
+        rows: Range<usize>,
+        kv: &KvCache<Device>,
+        s: MlaShape,
+        out: &mut Buf,
     ) {
-        self.unsupported("MLA attention");
+        if s.rank > 512 || s.rope_dim > 128 {
+            return self.unsupported("MLA with a latent wider than 512 or a rotary key over 128");
+        }
+        let warps = s.l * s.n_heads;
+        let (qp, pp, lat, kpe) = (
+            self.ptr(q_lat),
+            self.ptr(q_pe),
+            self.ptr(&kv.k),
+            self.ptr(&kv.v),
+        );
+        let op = self.ptr(out);
+        launch!(self, mla_attention, (warps.div_ceil(8) as u32, 1), 256;
+            qp, pp, rows.start as i32, s.l as i32, s.t as i32, s.n_heads as i32, s.rank as i32,
+            s.rope_dim as i32, s.scale, lat, kpe, op);
     }
 
     fn unfuse_delta_inputs(
         &self,
-        _f: &Buf,
-        _ba: &Buf,
-        _s: DeltaShape,
-        _rows: usize,
-        _o: [&mut Buf; 4],
+        fused: &Buf,
+        ba: &Buf,
+        shape: DeltaShape,
+        rows: usize,
+        [qkv, z, b, a]: [&mut Buf; 4],
     ) {
-        self.unsupported("the Gated DeltaNet");
+        let (c, vd, hv) = (shape.channels(), shape.value_dim(), shape.hv);
+        self.resize_buf(qkv, rows * c);
+        self.resize_buf(z, rows * vd);
+        self.resize_buf(b, rows * hv);
+        self.resize_buf(a, rows * hv);
+        let n = fused.len;
+        let (fp, bp) = (self.ptr(fused), self.ptr(ba));
+        let outs = (self.ptr(qkv), self.ptr(z), self.ptr(b), self.ptr(a));
+        launch!(self, unfuse_delta, Self::flat(n), 256; fp, bp, rows as i32,
+            shape.hk as i32, shape.dk as i32, hv as i32, shape.dv as i32, outs.0, outs.1,
+            outs.2, outs.3);
     }
 
     fn delta_gates(
         &self,
-        _a: &Buf,
-        _b: &Buf,
-        _a_exp: &Buf,
-        _dt_bias: &Buf,
-        _g: &mut Buf,
-        _beta: &mut Buf,
+        a: &Buf,
+        b: &Buf,
+        a_exp: &Buf,
+        dt_bias: &Buf,
+        g: &mut Buf,
+        beta: &mut Buf,
     ) {
-        self.unsupported("the Gated DeltaNet");
+        let n = a.len;
+        self.resize_buf(g, n);
+        self.resize_buf(beta, n);
+        let (ap, bp, ep, dp) = (self.ptr(a), self.ptr(b), self.ptr(a_exp), self.ptr(dt_bias));
+        let (gp, tp) = (self.ptr(g), self.ptr(beta));
+        launch!(self, delta_gates, Self::flat(n), 256; ap, bp, ep, dp, a_exp.len as i32, gp, tp,
+            n as i32);
     }
 
     fn delta_advance(
         &self,
-        _rule: DeltaRule<Self>,
-        _st: &mut DeltaState<Device>,
-        _inputs: (&Buf, &Buf, &Buf),
-        _rows: Range<usize>,
-        _conv: &mut Buf,
-        _y: &mut Buf,
+        rule: DeltaRule<Self>,
+        st: &mut DeltaState<Device>,
+        (qkv, g, beta): (&Buf, &Buf, &Buf),
+        rows: Range<usize>,
+        conv: &mut Buf,
+        y: &mut Buf,
     ) {
-        self.unsupported("the Gated DeltaNet");
+        let sh = rule.shape;
+        if sh.dk > 256 {
+            return self.unsupported("the Gated DeltaNet with key heads wider than 256");
+        }
+        let (c, n, r0) = (sh.channels(), rows.len() as i32, rows.start as i32);
+        if n == 0 {
+            return;
+        }
+        let (win, xp, wp, cp) = (
+            self.ptr(&st.conv),
+            self.ptr(qkv),
+            self.ptr(rule.conv_w),
+            self.ptr(conv),
+        );
+        launch!(self, conv_silu, Self::flat(c), 256; win, xp, r0, n, c as i32, wp,
+            rule.kernel as i32, cp);
+        let heads = rows.len() * 2 * sh.hk;
+        launch!(self, l2norm_qk, (heads.div_ceil(8) as u32, 1), 256; cp, r0, n, sh.hk as i32,
+            sh.dk as i32, c as i32);
+        let (gp, bp, sp, yp) = (
+            self.ptr(g),
+            self.ptr(beta),
+            self.ptr(&st.state),
+            self.ptr(y),
+        );
+        let state_rows = sh.hv * sh.dv;
+        launch!(self, gated_delta, (state_rows.div_ceil(8) as u32, 1), 256; cp, gp, bp, r0, n,
+            sh.hk as i32, sh.dk as i32, sh.hv as i32, sh.dv as i32, sp, yp);
     }
 
-    fn gated_rms_norm(&self, _y: &mut Buf, _z: &Buf, _w: &Buf, _eps: f32) {
-        self.unsupported("the Gated DeltaNet");
+    fn gated_rms_norm(&self, y: &mut Buf, z: &Buf, w: &Buf, eps: f32) {
+        let rows = y.len / w.len.max(1);
+        if rows == 0 {
+            return;
+        }
+        let (yp, zp, wp) = (self.ptr(y), self.ptr(z), self.ptr(w));
+        launch!(self, gated_rms_norm, (rows as u32, 1), 256; yp, zp, wp, eps, w.len as i32);
     }
 
     fn copy_state(&self, dst: &mut DeltaState<Device>, src: &DeltaState<Device>) {

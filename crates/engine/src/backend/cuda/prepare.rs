@@ -6,7 +6,9 @@ use super::Cuda;
 use crate::backend::{Cpu, WeightSet};
 use crate::experts::{ExpertWeights, UsageCounters};
 use crate::models::attention::Attention;
+use crate::models::delta_net::{DeltaIn, DeltaNet};
 use crate::models::ffn::{DenseMlp, FeedForward, MoeBlock, SharedExpert};
+use crate::models::mla::{Mla, QueryProj};
 use crate::models::transformer::{Layer, Mixer};
 use crate::models::Transformer;
 use crate::weights::{Floats, Linear};
@@ -155,6 +157,58 @@ impl Cuda {
         })
     }
 
+    fn matrices(&self, ms: &[Linear]) -> Result<Vec<DevMat>, String> {
+        ms.iter().map(|m| self.matrix(m)).collect()
+    }
+
+    fn mla(&self, m: &Mla) -> Result<Mla<CudaWeights>, String> {
+        Ok(Mla {
+            query: match &m.query {
+                QueryProj::LowRank { a, norm, b } => QueryProj::LowRank {
+                    a: self.matrix(a)?,
+                    norm: self.vector(norm),
+                    b: self.matrix(b)?,
+                },
+                QueryProj::Full(q) => QueryProj::Full(self.matrix(q)?),
+            },
+            kv_a: self.matrix(&m.kv_a)?,
+            kv_norm: self.vector(&m.kv_norm),
+            embed_q: self.matrices(&m.embed_q)?,
+            unembed_out: self.matrices(&m.unembed_out)?,
+            o_proj: self.matrix(&m.o_proj)?,
+            dims: m.dims,
+            inv_freq: m.inv_freq.clone(),
+            rope_mscale: m.rope_mscale,
+            scale: m.scale,
+            eps: m.eps,
+        })
+    }
+
+    fn delta_net(&self, d: &DeltaNet) -> Result<DeltaNet<CudaWeights>, String> {
+        Ok(DeltaNet {
+            input: match &d.input {
+                DeltaIn::Fused { qkvz, ba } => DeltaIn::Fused {
+                    qkvz: self.matrix(qkvz)?,
+                    ba: self.matrix(ba)?,
+                },
+                DeltaIn::Split { qkv, z, b, a } => DeltaIn::Split {
+                    qkv: self.matrix(qkv)?,
+                    z: self.matrix(z)?,
+                    b: self.matrix(b)?,
+                    a: self.matrix(a)?,
+                },
+            },
+            shape: d.shape,
+            kernel: d.kernel,
+            conv_w: self.uploaded(&d.conv_w),
+            a_exp: self.uploaded(&d.a_exp),
+            dt_bias: self.uploaded(&d.dt_bias),
+            norm: self.vector(&d.norm),
+            out_proj: self.matrix(&d.out_proj)?,
+            eps: d.eps,
+        })
+    }
+
     fn dense_mlp(&self, d: &DenseMlp) -> Result<DenseMlp<CudaWeights>, String> {
         Ok(DenseMlp {
             gate_proj: self.matrix(&d.gate_proj)?,
@@ -163,7 +217,7 @@ impl Cuda {
         })
     }
 
-    fn layer(&self, li: usize, l: &Layer) -> Result<Layer<CudaWeights>, String> {
+    fn layer(&self, l: &Layer) -> Result<Layer<CudaWeights>, String> {
         let attn = match &l.attn {
             Mixer::Attention(a) => Mixer::Attention(Attention {
                 q_proj: self.matrix(&a.q_proj)?,
@@ -174,10 +228,8 @@ impl Cuda {
                 k_norm: a.k_norm.as_ref().map(|w| self.vector(w)),
                 output_gate: a.output_gate,
             }),
-            Mixer::Mla(_) => return Err(format!("layer {li}: MLA is not on CUDA yet")),
-            Mixer::DeltaNet(_) => {
-                return Err(format!("layer {li}: the Gated DeltaNet is not on CUDA yet"))
-            }
+            Mixer::Mla(m) => Mixer::Mla(Box::new(self.mla(m)?)),
+            Mixer::DeltaNet(d) => Mixer::DeltaNet(Box::new(self.delta_net(d)?)),
         };
         let ffn = match &l.ffn {
             FeedForward::Dense(d) => FeedForward::Dense(Box::new(self.dense_mlp(d)?)),
@@ -257,7 +309,7 @@ impl Cuda {
 
 /// `model` (loaded for the CPU with `Precision::Exact`, so its weights are in the files'
 /// row-major layout, and its experts resident) copied onto `dev`. Fails, naming the reason,
-/// for what this version does not run: MLA, the Gated DeltaNet, streamed experts.
+/// for what this version does not run: streamed experts.
 pub fn to_cuda(model: &Transformer<Cpu>, dev: Cuda) -> Result<Transformer<Cuda>, String> {
     let experts = model
         .experts
@@ -267,8 +319,7 @@ pub fn to_cuda(model: &Transformer<Cpu>, dev: Cuda) -> Result<Transformer<Cuda>,
     let layers = model
         .layers
         .iter()
-        .enumerate()
-        .map(|(i, l)| dev.layer(i, l))
+        .map(|l| dev.layer(l))
         .collect::<Result<Vec<_>, _>>()?;
     let embed = dev.matrix(&model.embed)?;
     let norm = dev.vector(&model.norm);
