@@ -8,6 +8,7 @@
 #   gpu-test    the CUDA backend's tests (scripts/gpu/test.sh over target/gpu-stage)
 #   gpu-bench   moestream --device cuda next to llama.cpp CUDA (scripts/gpu/bench.sh); builds
 #               llama.cpp from target/gpu-stage/llama-src.tar.xz first when needed
+#               (environment: bench.sh's, e.g. NO_PEER=1 PROFILE=1)
 #   cpu-bench   the host CPU side by side with llama.cpp (scripts/device/cpu_vs_llamacpp.sh),
 #               from target/device-cpu (xz-compressed llama-bench builds, membw)
 #

@@ -8,7 +8,9 @@
 # STAGE_DIR (scripts/gpu/stage.sh + scripts/device/stage_cpu_bench.sh): moestream,
 # gguf-py/, and either llama-bench-cuda or llama-src.tar.xz (then built here first, by
 # scripts/device/build_llamacpp_cuda.sh). Environment: PROMPT (512), GEN (128), REPS (3),
-# LAYERS (8), WORK (/tmp/moestream-gpu-bench).
+# LAYERS (8), WORK (/tmp/moestream-gpu-bench), NO_PEER=1 (moestream only: no llama.cpp
+# build or run), PROFILE=1 (then also moestream's per-op CUDA profile of a prefill-heavy
+# and a decode-heavy run, MOESTREAM_CUDA_PROFILE).
 set -euo pipefail
 STAGE="$(cd "$1" && pwd)"; OUT="$2"
 PROMPT="${PROMPT:-512}"; GEN="${GEN:-128}"; REPS="${REPS:-3}"; LAYERS="${LAYERS:-8}"
@@ -33,6 +35,15 @@ f = json.load(open(sys.argv[1]))["figures"]
 print(f"  prefill {f['prefill_tok_s']:.1f} tok/s, decode {f['decode_tok_s']:.2f} tok/s")
 PY
 
+if [[ "${PROFILE:-0}" == 1 ]]; then
+    for shape in "$PROMPT 1" "8 $GEN"; do
+        read -r p g <<<"$shape"
+        echo "== moestream --device cuda, per-op profile: prompt $p, $g generated"
+        MOESTREAM_CUDA_PROFILE=1 "$STAGE/moestream" bench --device cuda --model "$cut" \
+            --prompt-tokens "$p" --gen-tokens "$g" 2>&1 | grep -A40 "CUDA op profile" | head -30
+    done
+fi
+[[ "${NO_PEER:-0}" == 1 ]] && exit 0
 bench="$STAGE/llama-bench-cuda"
 if [[ ! -x "$bench" ]]; then
     echo "== building llama.cpp (CUDA)"

@@ -18,6 +18,7 @@
 
 mod buffer;
 mod prepare;
+mod profile;
 
 pub use buffer::{DevBuf, Device};
 pub use prepare::{to_cuda, CudaExperts, CudaWeights, DevMat};
@@ -95,6 +96,7 @@ pub struct Cuda {
     error: Mutex<Option<String>>,
     /// Buffers the ops reuse from call to call instead of allocating per token.
     staging: Mutex<Staging>,
+    profile: profile::Profile,
 }
 
 /// Per-call device buffers kept between calls: host values an op copies in (token ids, row
@@ -121,7 +123,7 @@ macro_rules! launch {
             let mut b = $self.stream.launch_builder(&$self.kernels.$f);
             $( let a = $arg; b.arg(&a); )*
             // SAFETY: the arguments match the kernel's signature in kernels.cu.
-            let r = unsafe { b.launch(cfg) };
+            let r = $self.profile.time(&$self.stream, stringify!($f), || unsafe { b.launch(cfg) });
             $self.ok(r.map(|_| ()), stringify!($f));
         }
     }};
@@ -198,6 +200,7 @@ impl Cuda {
             name: format!("{name} (sm_{major}{minor})"),
             error: Mutex::new(None),
             staging: Mutex::new(Staging::default()),
+            profile: profile::Profile::from_env(),
         })
     }
 
@@ -310,9 +313,10 @@ impl Cuda {
     fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, b: &mut DevBuf<T>, host: &[T]) {
         self.resize_buf(b, host.len());
         if let (false, Some(s), false) = (self.failed(), &mut b.slice, host.is_empty()) {
-            let r = self
-                .stream
-                .memcpy_htod(host, &mut s.slice_mut(..host.len()));
+            let r = self.profile.time(&self.stream, "copy to device", || {
+                self.stream
+                    .memcpy_htod(host, &mut s.slice_mut(..host.len()))
+            });
             self.ok(r, "copying to the device");
         }
     }
@@ -333,9 +337,10 @@ impl Cuda {
         out.clear();
         out.resize(b.len, T::default());
         if let (false, Some(s), false) = (self.failed(), &b.slice, b.len == 0) {
-            let r = self
-                .stream
-                .memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice());
+            let r = self.profile.time(&self.stream, "copy to host", || {
+                self.stream
+                    .memcpy_dtoh(&s.slice(..b.len), out.as_mut_slice())
+            });
             self.ok(r, "copying to the host");
             // A copy into pageable memory may return before it lands: the caller reads `out`
             // next.
@@ -713,9 +718,10 @@ impl Backend for Cuda {
         if s.head_dim > 256 {
             return self.unsupported("attention over heads wider than 256");
         }
-        let warps = s.l * s.n_heads;
+        // One block of 8 warps per (query, head) (ATT_WARPS in kernels.cu).
+        let blocks = s.l * s.n_heads;
         let (qp, kc, vc, op) = (self.ptr(q), self.ptr(&kv.k), self.ptr(&kv.v), self.ptr(out));
-        launch!(self, attention, (warps.div_ceil(8) as u32, 1), 256;
+        launch!(self, attention, (blocks as u32, 1), 256;
             qp, rows.start as i32, s.l as i32, s.t as i32, s.n_heads as i32, s.n_kv as i32,
             s.head_dim as i32, s.scale, kc, vc, kv.cap as i32, op);
     }
