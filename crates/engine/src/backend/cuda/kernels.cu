@@ -113,6 +113,70 @@ extern "C" __global__ void gather_matmul(const float* x, const u32* x_idx, int n
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 
+// ---- Routed experts grouped by expert on the device (prompts) ----
+
+// Groups the `slots` routed slots of ids (slot t k + j: token t's j-th expert) by expert with
+// a counting sort in one block: offsets[e .. e + 1] bound expert e's run in order (slot
+// numbers; within a run in no particular order: each slot's result is its own).
+// E <= 1024 (checked by the host).
+extern "C" __global__ void moe_group(const u32* ids, int slots, int E, u32* offsets,
+                                     u32* order) {
+    __shared__ u32 count[1024], fill[1024];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0u;
+    __syncthreads();
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) atomicAdd(&count[ids[s]], 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32 at = 0;
+        for (int e = 0; e < E; e++) {
+            offsets[e] = at;
+            fill[e] = at;
+            at += count[e];
+        }
+        offsets[E] = at;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) order[atomicAdd(&fill[ids[s]], 1u)] = s;
+}
+
+// h[s, r] = silu(gate_e[r] . x[s / k]) * (up_e[r] . x[s / k]) for every slot s of expert
+// e = blockIdx.y (its run of order); one warp per output row r, looping over the run, so
+// the row's codes are read from memory once and then from cache. Counts each expert with a
+// run once in usage[e] (the CPU counts each active expert once per call).
+extern "C" __global__ void moe_gate_up_grouped(const float* x, const u32* offsets,
+                                               const u32* order, int k, const Mat* mats,
+                                               int inter, float* h, u32* usage) {
+    int e = blockIdx.y, r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    u32 a = offsets[e], b = offsets[e + 1];
+    if (a == b || r >= inter) return;
+    if (usage && r == 0 && lane == 0) usage[e] += 1u;
+    const Mat& gate = mats[3 * e];
+    const Mat& up = mats[3 * e + 1];
+    for (u32 i = a; i < b; i++) {
+        u32 s = order[i];
+        const float* xr = x + (size_t)(s / k) * gate.cols;
+        float g = row_dot(gate, r, xr, lane);
+        float u = row_dot(up, r, xr, lane);
+        if (lane == 0) h[(size_t)s * inter + r] = silu(g) * u;
+    }
+}
+
+// y[s, r] = down_e[r] . h[s] for every slot s of expert e = blockIdx.y (as above).
+extern "C" __global__ void moe_down_grouped(const float* h, const u32* offsets, const u32* order,
+                                            const Mat* mats, int width, float* y) {
+    int e = blockIdx.y, r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    u32 a = offsets[e], b = offsets[e + 1];
+    if (a == b || r >= width) return;
+    const Mat& m = mats[3 * e + 2];
+    for (u32 i = a; i < b; i++) {
+        u32 s = order[i];
+        float v = row_dot(m, r, h + (size_t)s * m.cols, lane);
+        if (lane == 0) y[(size_t)s * width + r] = v;
+    }
+}
+
 // Routed experts of a few tokens without grouping them on the host (decode): slot s is
 // token s / k's (s % k)-th choice, expert ids[s], whose matrices are mats[3 e .. 3 e + 2]
 // (gate, up, down). One warp per (output row, slot): grid (ceil(rows / warps), slots).

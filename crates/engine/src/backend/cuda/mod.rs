@@ -10,11 +10,10 @@
 //! streamed experts (refused by [`to_cuda`]) and int8 activations (it always computes in
 //! f32, `--exact`'s arithmetic).
 //!
-//! Routing runs on the device (`router_topk`). A few tokens' routed experts (decode) run
-//! straight from the device's expert ids, one kernel for gate, up and SwiGLU and one for
-//! the down projection, with no host sync; a prompt's are grouped by expert on the host
-//! (its ids copied back once per MoE layer) so each expert's weights are read once for all
-//! of its tokens.
+//! Routing runs on the device (`router_topk`), and so do the routed experts, with no host
+//! sync: a few tokens' slots (decode) straight from the device's expert ids, one kernel for
+//! gate, up and SwiGLU and one for the down projection; a prompt's grouped by expert first
+//! (a counting sort in one block) so each expert's rows are read once for all its slots.
 
 mod buffer;
 mod prepare;
@@ -23,7 +22,6 @@ mod profile;
 pub use buffer::{DevBuf, Device};
 pub use prepare::{to_cuda, CudaExperts, CudaWeights, DevMat};
 
-use super::cpu::moves;
 use super::{Backend, DeltaRule, Rope, WeightLayout};
 use crate::cache::{DeltaState, KvCache, MoeDispatch};
 use crate::error::RunError;
@@ -66,6 +64,9 @@ struct Kernels {
     router_topk: CudaFunction,
     moe_gate_up: CudaFunction,
     moe_down: CudaFunction,
+    moe_group: CudaFunction,
+    moe_gate_up_grouped: CudaFunction,
+    moe_down_grouped: CudaFunction,
     rope_append_latent: CudaFunction,
     mla_attention: CudaFunction,
     unfuse_delta: CudaFunction,
@@ -80,6 +81,10 @@ struct Kernels {
 /// slot reads its expert's weights itself, which costs nothing extra while slots rarely
 /// share an expert (decode), and saves the host round trip grouping needs.
 const DIRECT_SLOTS: usize = 64;
+
+/// The most experts a layer may have for the device's grouping (`moe_group`'s shared
+/// counters).
+const MAX_GROUPED_EXPERTS: usize = 1024;
 
 /// The router kernel's limits (`ROUTER_MAX_*` in kernels.cu); larger routers run on the
 /// host.
@@ -185,6 +190,9 @@ impl Cuda {
             router_topk: f("router_topk")?,
             moe_gate_up: f("moe_gate_up")?,
             moe_down: f("moe_down")?,
+            moe_group: f("moe_group")?,
+            moe_gate_up_grouped: f("moe_gate_up_grouped")?,
+            moe_down_grouped: f("moe_down_grouped")?,
             rope_append_latent: f("rope_append_latent")?,
             mla_attention: f("mla_attention")?,
             unfuse_delta: f("unfuse_delta")?,
@@ -462,37 +470,6 @@ impl Cuda {
         }
         self.upload(ids, &hid);
         self.upload(w, &hw);
-    }
-
-    /// The routed experts of a direct dispatch (`d.slots` = the expert ids in slot order):
-    /// gate, up and SwiGLU into `h`, then the down projection into `y`, every slot against
-    /// its own expert's matrices, which the kernels look up on the device.
-    #[allow(clippy::too_many_arguments)]
-    fn moe_direct(
-        &self,
-        store: &CudaExperts,
-        layer: usize,
-        x: &Buf,
-        d: &MoeDispatch<Device>,
-        k: usize,
-        (inter, width): (usize, usize),
-        (h, y): (&mut Buf, &mut Buf),
-    ) {
-        let slots = d.slots.len;
-        if slots == 0 {
-            return;
-        }
-        let (mats, usage) = (store.mat_table(layer), store.usage_counters(layer));
-        let (xp, ip, hp, yp) = (self.ptr(x), self.ptr(&d.slots), self.ptr(h), self.ptr(y));
-        let (mp, up) = (
-            self.ptr(mats),
-            self.ptr(&store.dev_usage) + 4 * usage as u64,
-        );
-        let grid = (inter.div_ceil(8) as u32, slots as u32);
-        launch!(self, moe_gate_up, grid, 256; xp, ip, slots as i32, k as i32, mp,
-            inter as i32, hp, up);
-        let grid = (width.div_ceil(8) as u32, slots as u32);
-        launch!(self, moe_down, grid, 256; hp, ip, slots as i32, mp, width as i32, yp);
     }
 }
 
@@ -913,29 +890,33 @@ impl Backend for Cuda {
     }
 
     fn moe_dispatch(&self, ids: &Ids, experts: usize, k: usize, d: &mut MoeDispatch<Device>) {
-        d.direct = (ids.len <= DIRECT_SLOTS).then_some(k);
-        if d.direct.is_some() {
-            // The ids stay on the device, in slot order.
-            d.active.clear();
-            self.resize_buf(&mut d.slots, ids.len);
-            if let (false, Some(dst), Some(src), true) =
-                (self.failed(), &mut d.slots.slice, &ids.slice, ids.len > 0)
-            {
-                let r = self
-                    .stream
-                    .memcpy_dtod(&src.slice(..ids.len), &mut dst.slice_mut(..ids.len));
-                self.ok(r, "copying the expert ids");
-            }
+        // The ids stay on the device, in slot order, and many slots (a prompt) are grouped
+        // by expert there too, so each expert's rows are read once for all of its slots.
+        d.direct = Some(k);
+        d.active.clear();
+        let slots = ids.len;
+        self.resize_buf(&mut d.slots, slots);
+        if let (false, Some(dst), Some(src), true) =
+            (self.failed(), &mut d.slots.slice, &ids.slice, slots > 0)
+        {
+            let r = self
+                .stream
+                .memcpy_dtod(&src.slice(..slots), &mut dst.slice_mut(..slots));
+            self.ok(r, "copying the expert ids");
+        }
+        if slots <= DIRECT_SLOTS {
             return;
         }
-        let mut host_ids = Vec::new();
-        self.download(ids, &mut host_ids);
-        let mut h = MoeDispatch::default();
-        moves::moe_dispatch(&host_ids, experts, k, &mut h);
-        self.upload(&mut d.counts, &h.counts);
-        self.upload(&mut d.slots, &h.slots);
-        self.upload(&mut d.tokens, &h.tokens);
-        d.active = h.active;
+        if experts > MAX_GROUPED_EXPERTS {
+            return self.fail(format!(
+                "{experts} experts in a layer: the grouping kernel takes at most \
+                 {MAX_GROUPED_EXPERTS}"
+            ));
+        }
+        self.resize_buf(&mut d.counts, experts + 1);
+        self.resize_buf(&mut d.tokens, slots);
+        let (ip, op, tp) = (self.ptr(&d.slots), self.ptr(&d.counts), self.ptr(&d.tokens));
+        launch!(self, moe_group, (1, 1), 1024; ip, slots as i32, experts as i32, op, tp);
     }
 
     fn moe_experts(
@@ -946,55 +927,42 @@ impl Backend for Cuda {
         x: &Buf,
         d: &MoeDispatch<Device>,
         (inter, width): (usize, usize),
-        (h, y, u): (&mut Buf, &mut Buf, &mut Buf),
+        (h, y, _u): (&mut Buf, &mut Buf, &mut Buf),
     ) -> Result<(), RunError> {
+        // `d`: the ids in `slots`, and for many slots the groups (`counts`, `tokens`) that
+        // `moe_dispatch` made.
         let Some(experts) = store.layer(layer) else {
             return Err(RunError::Experts(format!(
                 "layer {layer} has no routed experts"
             )));
         };
+        let Some(k) = d.direct else {
+            return Err(RunError::Device("routed experts without a dispatch".into()));
+        };
         let slots = d.slots.len;
         self.resize_buf(h, slots * inter);
-        self.resize_buf(u, slots * inter);
         self.resize_buf(y, slots * width);
-        if let Some(k) = d.direct {
-            self.moe_direct(store, layer, x, d, k, (inter, width), (h, y));
+        if slots == 0 {
             return Ok(());
         }
-        store.count(layer, &d.active);
-        let mut counts = Vec::new();
-        self.download(&d.counts, &mut counts);
-        let (xp, hp, up, yp) = (self.ptr(x), self.ptr(h), self.ptr(u), self.ptr(y));
-        let (sp, tp) = (self.ptr(&d.slots), self.ptr(&d.tokens));
-        let runs: Vec<(usize, usize, &[DevMat; 3])> = d
-            .active
-            .iter()
-            .map(|&id| {
-                let (a, b) = (
-                    counts[id as usize] as usize,
-                    counts[id as usize + 1] as usize,
-                );
-                experts
-                    .get(id as usize)
-                    .map(|m| (a, b - a, m))
-                    .ok_or_else(|| {
-                        RunError::Experts(format!("expert {id} of layer {layer} does not exist"))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        for &(at, n, [gate, up_m, _]) in &runs {
-            let (ti, si) = (tp + 4 * at as u64, sp + 4 * at as u64);
-            self.gathered(xp, ti, n, gate, hp, si);
-            self.gathered(xp, ti, n, up_m, up, si);
+        let (xp, ip, hp, yp) = (self.ptr(x), self.ptr(&d.slots), self.ptr(h), self.ptr(y));
+        let mp = self.ptr(store.mat_table(layer));
+        let usage = self.ptr(&store.dev_usage) + 4 * store.usage_counters(layer) as u64;
+        let warps = |rows: usize| rows.div_ceil(8) as u32;
+        if slots <= DIRECT_SLOTS {
+            // Every slot reads its own expert's rows: nothing to group.
+            launch!(self, moe_gate_up, (warps(inter), slots as u32), 256; xp, ip, slots as i32,
+                k as i32, mp, inter as i32, hp, usage);
+            launch!(self, moe_down, (warps(width), slots as u32), 256; hp, ip, slots as i32, mp,
+                width as i32, yp);
+            return Ok(());
         }
-        let n = slots * inter;
-        launch!(self, silu_mul, Self::flat(n), 256; hp, up, n as i32);
-        for &(at, n, [_, _, down]) in &runs {
-            let si = sp + 4 * at as u64;
-            self.gathered(hp, si, n, down, yp, si);
-        }
-        // Launch failures surface at the pass's `check`; syncing here would only stall the
-        // host's queueing of the next layer.
+        // Many slots (a prompt), grouped by `moe_dispatch`.
+        let (op, tp) = (self.ptr(&d.counts), self.ptr(&d.tokens));
+        let e = experts.len() as u32;
+        launch!(self, moe_gate_up_grouped, (warps(inter), e), 256; xp, op, tp, k as i32, mp,
+            inter as i32, hp, usage);
+        launch!(self, moe_down_grouped, (warps(width), e), 256; hp, op, tp, mp, width as i32, yp);
         Ok(())
     }
 

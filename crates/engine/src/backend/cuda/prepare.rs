@@ -4,7 +4,7 @@
 use super::buffer::DevBuf;
 use super::Cuda;
 use crate::backend::{Cpu, WeightSet};
-use crate::experts::{ExpertWeights, UsageCounters};
+use crate::experts::ExpertWeights;
 use crate::models::attention::Attention;
 use crate::models::delta_net::{DeltaIn, DeltaNet};
 use crate::models::ffn::{DenseMlp, FeedForward, MoeBlock, SharedExpert};
@@ -62,9 +62,8 @@ pub struct CudaExperts {
     /// the device: the direct expert kernels look a slot's matrices up there.
     tables: Vec<DevBuf<MatArg>>,
     pub(super) bytes: Vec<usize>,
-    /// Counts of grouped dispatches (on the host) and of direct ones (on the device, one
-    /// array over all layers, layer `l`'s experts from `usage_at[l]`).
-    usage: UsageCounters,
+    /// Activations per expert, counted by the expert kernels: one array over all layers,
+    /// layer `l`'s experts from `usage_at[l]`.
     pub(super) dev_usage: DevBuf<u32>,
     usage_at: Vec<usize>,
     stream: Arc<CudaStream>,
@@ -73,10 +72,6 @@ pub struct CudaExperts {
 impl CudaExperts {
     pub(super) fn layer(&self, layer: usize) -> Option<&[[DevMat; 3]]> {
         self.layers.get(layer).and_then(Option::as_deref)
-    }
-
-    pub(super) fn count(&self, layer: usize, ids: &[u32]) {
-        self.usage.count(layer, ids);
     }
 
     /// Layer `layer`'s table of expert matrices (see `tables`).
@@ -89,19 +84,22 @@ impl CudaExperts {
         self.usage_at[layer]
     }
 
-    /// Activations per expert: the host's counts plus the device's.
+    /// Activations per expert, per layer (empty for dense layers), copied from the device.
     pub(super) fn snapshot(&self) -> Vec<Vec<u64>> {
-        let mut counts = self.usage.snapshot();
         let on_device = match &self.dev_usage.slice {
             Some(s) => self.stream.memcpy_dtov(s).unwrap_or_default(),
             None => Vec::new(),
         };
-        for (l, layer) in counts.iter_mut().enumerate() {
-            for (e, c) in layer.iter_mut().enumerate() {
-                *c += on_device.get(self.usage_at[l] + e).copied().unwrap_or(0) as u64;
-            }
-        }
-        counts
+        self.layers
+            .iter()
+            .zip(&self.usage_at)
+            .map(|(l, &at)| {
+                let n = l.as_ref().map_or(0, Vec::len);
+                (at..at + n)
+                    .map(|i| on_device.get(i).copied().unwrap_or(0) as u64)
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -299,7 +297,6 @@ impl Cuda {
             layers: out,
             tables,
             bytes,
-            usage: UsageCounters::new(layers),
             dev_usage: self.uploaded(&vec![0u32; total]),
             usage_at,
             stream: self.stream.clone(),
