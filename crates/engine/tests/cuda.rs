@@ -9,7 +9,9 @@
 mod common;
 
 use common::*;
-use moestream_engine::backend::cuda::{compile_kernels, kernels_ptx, to_cuda, Cuda, Device};
+use moestream_engine::backend::cuda::{
+    compile_kernels, kernels_ptx, to_cuda, Cuda, Device, KERNEL_NAMES,
+};
 use moestream_engine::backend::Backend;
 use moestream_engine::cache::{Scratch, SeqCache};
 use moestream_engine::models::{LogitRows, SeqStep, Transformer};
@@ -281,8 +283,8 @@ fn without_a_gpu_the_error_says_what_is_missing() {
     assert!(!err.is_empty());
 }
 
-/// The kernels compile under NVRTC for Hopper (sm_90) and Ampere (sm_80), and the second
-/// run takes them from the on-disk cache. Needs NVRTC, not a GPU: where there is none (CI),
+/// The kernels compile under NVRTC for Hopper (sm_90) and Ampere (sm_80), the PTX holds
+/// every kernel the backend loads, and the second run takes them from the on-disk cache. Needs NVRTC, not a GPU: where there is none (CI),
 /// NVRTC's PyPI wheel is installed under target/ and this test runs again in a child process
 /// that can load it (a library path is read at start).
 #[test]
@@ -294,6 +296,13 @@ fn the_kernels_compile_under_nvrtc() {
             let (ptx, cached) =
                 kernels_ptx(major, minor, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
             assert!(!cached, "sm_{major}{minor}: compiled the first time");
+            let src = ptx.to_src();
+            for name in KERNEL_NAMES {
+                assert!(
+                    src.contains(&format!(".entry {name}(")),
+                    "kernel {name} is loaded by the backend but missing from kernels.cu"
+                );
+            }
             let (again, cached) = kernels_ptx(major, minor, Some(&cache)).unwrap();
             assert!(cached, "sm_{major}{minor}: the second time from the cache");
             assert_eq!(ptx.to_src(), again.to_src());

@@ -683,3 +683,133 @@ extern "C" __global__ void gated_rms_norm(float* y, const float* z, const float*
     for (int c = threadIdx.x; c < width; c += blockDim.x)
         yr[c] = w[c] * (yr[c] * inv) * silu(zr[c]);
 }
+
+#define ROUTER_MAX_EXPERTS 512
+#define ROUTER_MAX_K 32
+#define ROUTER_MAX_GROUPS 64
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The router of one token per block (one warp): row `blockIdx.x` of logits [rows, E] to
+// ids[k] and weights w[k], as the CPU's `router_topk` (crates/kernels/src/router.rs):
+//   kind 0 softmax over all experts, top-k, optional renormalisation (Qwen3-MoE, OLMoE);
+//   kind 1 top-k of the logits, softmax over the chosen k (Mixtral);
+//   kind 2 sigmoid scores, selection on score + bias (bias may be 0) with mlx-lm's group
+//          masking when n_group > 1, optional renormalisation, times `scaling` (GLM).
+// Ties pick the lower expert id. E <= ROUTER_MAX_EXPERTS, k <= ROUTER_MAX_K (checked by
+// the host).
+extern "C" __global__ void router_topk(const float* logits, int E, const float* bias, int k,
+                                       int kind, int norm, float scaling, int n_group,
+                                       int topk_group, u32* ids, float* w) {
+    __shared__ float score[ROUTER_MAX_EXPERTS];  // what the weights are read from
+    __shared__ float key[ROUTER_MAX_EXPERTS];    // what the experts are chosen by
+    __shared__ u32 taken[ROUTER_MAX_EXPERTS / 32];
+    __shared__ float chosen_w[ROUTER_MAX_K];
+    const float ninf = -__int_as_float(0x7f800000);
+    int row = blockIdx.x, lane = threadIdx.x;
+    const float* l = logits + (size_t)row * E;
+    for (int i = lane; i < ROUTER_MAX_EXPERTS / 32; i += 32) taken[i] = 0u;
+    if (kind == 0) {
+        float m = ninf;
+        for (int e = lane; e < E; e += 32) m = fmaxf(m, l[e]);
+        m = warp_max(m);
+        float z = 0.f;
+        for (int e = lane; e < E; e += 32) {
+            float v = expf(l[e] - m);
+            score[e] = v;
+            z += v;
+        }
+        float inv = 1.f / warp_sum(z);
+        for (int e = lane; e < E; e += 32) key[e] = score[e] = score[e] * inv;
+    } else if (kind == 1) {
+        for (int e = lane; e < E; e += 32) key[e] = score[e] = l[e];
+    } else {
+        for (int e = lane; e < E; e += 32) {
+            float s = 1.f / (1.f + expf(-l[e]));
+            score[e] = s;
+            key[e] = s + (bias ? bias[e] : 0.f);
+        }
+    }
+    __syncwarp();
+    if (kind == 2 && n_group > 1 && lane == 0) {
+        // mlx-lm's group_expert_select: rank groups by their two best keys; zero the keys of
+        // all but the best topk_group (ties: the later group goes first).
+        int size = E / n_group;
+        float gs[ROUTER_MAX_GROUPS];
+        for (int g = 0; g < n_group; g++) {
+            float a = ninf, b = ninf;
+            for (int e = g * size; e < (g + 1) * size; e++) {
+                float v = key[e];
+                if (v > a) {
+                    b = a;
+                    a = v;
+                } else if (v > b) {
+                    b = v;
+                }
+            }
+            gs[g] = a + b;
+        }
+        const float inf = __int_as_float(0x7f800000);
+        for (int drop = topk_group; drop < n_group; drop++) {
+            int weakest = 0;
+            float least = inf;
+            for (int g = 0; g < n_group; g++)
+                if (gs[g] <= least) {
+                    weakest = g;
+                    least = gs[g];
+                }
+            gs[weakest] = inf;
+            for (int e = weakest * size; e < (weakest + 1) * size; e++) key[e] = 0.f;
+        }
+    }
+    __syncwarp();
+    // k rounds of a warp arg-max over the experts not yet taken.
+    for (int j = 0; j < k; j++) {
+        float best = ninf;
+        int at = -1;
+        for (int e = lane; e < E; e += 32) {
+            if (taken[e / 32] & (1u << (e % 32))) continue;
+            float v = key[e];
+            if (at < 0 || v > best) {
+                best = v;
+                at = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oa = __shfl_xor_sync(0xffffffffu, at, o);
+            bool better = oa >= 0 && (at < 0 || ob > best || (ob == best && oa < at));
+            if (better) {
+                best = ob;
+                at = oa;
+            }
+        }
+        if (lane == 0) {
+            taken[at / 32] |= 1u << (at % 32);
+            ids[(size_t)row * k + j] = (u32)at;
+            chosen_w[j] = score[at];
+        }
+        __syncwarp();
+    }
+    if (lane != 0) return;
+    float* wr = w + (size_t)row * k;
+    if (kind == 1) {
+        float m = ninf, z = 0.f;
+        for (int j = 0; j < k; j++) m = fmaxf(m, chosen_w[j]);
+        for (int j = 0; j < k; j++) {
+            chosen_w[j] = expf(chosen_w[j] - m);
+            z += chosen_w[j];
+        }
+        float inv = 1.f / z;
+        for (int j = 0; j < k; j++) chosen_w[j] *= inv;
+    } else if (norm && (kind == 0 || k > 1)) {
+        float z = 0.f;
+        for (int j = 0; j < k; j++) z += chosen_w[j];
+        if (kind == 2) z += 1e-20f;
+        for (int j = 0; j < k; j++) chosen_w[j] /= z;
+    }
+    for (int j = 0; j < k; j++) wr[j] = kind == 2 ? chosen_w[j] * scaling : chosen_w[j];
+}

@@ -45,37 +45,64 @@ type Ids = DevBuf<u32>;
 
 const SOURCE: &str = include_str!("kernels.cu");
 
-/// The kernels of `kernels.cu`.
-struct Kernels {
-    gather_matmul: CudaFunction,
-    embed_rows: CudaFunction,
-    silu_mul: CudaFunction,
-    rms_norm: CudaFunction,
-    residual_rows: CudaFunction,
-    sigmoid_inplace: CudaFunction,
-    sigmoid_gate: CudaFunction,
-    scaled_add_rows: CudaFunction,
-    moe_combine: CudaFunction,
-    split_heads: CudaFunction,
-    rope_append: CudaFunction,
-    grow_cache: CudaFunction,
-    attention: CudaFunction,
-    fill: CudaFunction,
-    router_topk: CudaFunction,
-    moe_gate_up: CudaFunction,
-    moe_down: CudaFunction,
-    moe_group: CudaFunction,
-    moe_gate_up_grouped: CudaFunction,
-    moe_down_grouped: CudaFunction,
-    rope_append_latent: CudaFunction,
-    mla_attention: CudaFunction,
-    unfuse_delta: CudaFunction,
-    delta_gates: CudaFunction,
-    conv_silu: CudaFunction,
-    l2norm_qk: CudaFunction,
-    gated_delta: CudaFunction,
-    gated_rms_norm: CudaFunction,
+/// Declares the kernels the backend loads from `kernels.cu`: the struct of their handles,
+/// the loader, and [`KERNEL_NAMES`] (a test holds the compiled PTX to that list, so a
+/// kernel the backend uses cannot go missing from the source unnoticed).
+macro_rules! kernels {
+    ($($name:ident),* $(,)?) => {
+        /// The kernels of `kernels.cu`.
+        struct Kernels {
+            $($name: CudaFunction,)*
+        }
+
+        /// Every kernel the backend loads, by name.
+        pub const KERNEL_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl Kernels {
+            fn load(module: &Arc<cudarc::driver::CudaModule>) -> Result<Kernels, String> {
+                let f = |n: &str| {
+                    module
+                        .load_function(n)
+                        .map_err(|e| format!("CUDA kernel {n}: {e}"))
+                };
+                Ok(Kernels {
+                    $($name: f(stringify!($name))?,)*
+                })
+            }
+        }
+    };
 }
+
+kernels!(
+    gather_matmul,
+    embed_rows,
+    silu_mul,
+    rms_norm,
+    residual_rows,
+    sigmoid_inplace,
+    sigmoid_gate,
+    scaled_add_rows,
+    moe_combine,
+    split_heads,
+    rope_append,
+    grow_cache,
+    attention,
+    fill,
+    router_topk,
+    moe_gate_up,
+    moe_down,
+    moe_group,
+    moe_gate_up_grouped,
+    moe_down_grouped,
+    rope_append_latent,
+    mla_attention,
+    unfuse_delta,
+    delta_gates,
+    conv_silu,
+    l2norm_qk,
+    gated_delta,
+    gated_rms_norm,
+);
 
 /// Routed slots (`rows * k`) up to which a MoE layer runs without grouping by expert: every
 /// slot reads its expert's weights itself, which costs nothing extra while slots rarely
@@ -167,41 +194,7 @@ impl Cuda {
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("loading the CUDA kernels: {e}"))?;
-        let f = |n: &str| {
-            module
-                .load_function(n)
-                .map_err(|e| format!("CUDA kernel {n}: {e}"))
-        };
-        let kernels = Kernels {
-            gather_matmul: f("gather_matmul")?,
-            embed_rows: f("embed_rows")?,
-            silu_mul: f("silu_mul")?,
-            rms_norm: f("rms_norm")?,
-            residual_rows: f("residual_rows")?,
-            sigmoid_inplace: f("sigmoid_inplace")?,
-            sigmoid_gate: f("sigmoid_gate")?,
-            scaled_add_rows: f("scaled_add_rows")?,
-            moe_combine: f("moe_combine")?,
-            split_heads: f("split_heads")?,
-            rope_append: f("rope_append")?,
-            grow_cache: f("grow_cache")?,
-            attention: f("attention")?,
-            fill: f("fill")?,
-            router_topk: f("router_topk")?,
-            moe_gate_up: f("moe_gate_up")?,
-            moe_down: f("moe_down")?,
-            moe_group: f("moe_group")?,
-            moe_gate_up_grouped: f("moe_gate_up_grouped")?,
-            moe_down_grouped: f("moe_down_grouped")?,
-            rope_append_latent: f("rope_append_latent")?,
-            mla_attention: f("mla_attention")?,
-            unfuse_delta: f("unfuse_delta")?,
-            delta_gates: f("delta_gates")?,
-            conv_silu: f("conv_silu")?,
-            l2norm_qk: f("l2norm_qk")?,
-            gated_delta: f("gated_delta")?,
-            gated_rms_norm: f("gated_rms_norm")?,
-        };
+        let kernels = Kernels::load(&module)?;
         Ok(Cuda {
             stream: ctx.default_stream(),
             kernels,
