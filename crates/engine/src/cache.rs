@@ -142,9 +142,10 @@ pub struct Scratch<M: Memory = Host> {
 /// numbers) and `tokens` (their tokens); `active` lists the experts with a run, on the host,
 /// where the expert store reads them.
 ///
-/// `direct: Some(k)` (a device backend's decode, never the CPU's): nothing was grouped and
-/// nothing came back to the host; `slots` holds the `rows * k` expert ids in slot order,
-/// and the expert kernels read them there.
+/// `on_device: Some(k)` (a device backend's dispatch, never the CPU's): nothing came back to
+/// the host (`active` stays empty); `slots` holds the `rows * k` expert ids in slot order,
+/// and, for many slots, `counts` and `tokens` hold them grouped by expert (run offsets and
+/// slot numbers), all read there by the expert kernels.
 #[derive(Clone, Debug, Default)]
 pub struct MoeDispatch<M: Memory = Host> {
     pub counts: M::U32,
@@ -152,7 +153,7 @@ pub struct MoeDispatch<M: Memory = Host> {
     pub slots: M::U32,
     pub tokens: M::U32,
     pub active: Vec<u32>,
-    pub direct: Option<usize>,
+    pub on_device: Option<usize>,
 }
 
 /// Scratch of a multi-head latent attention layer (see `models::mla`).

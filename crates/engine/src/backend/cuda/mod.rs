@@ -885,7 +885,7 @@ impl Backend for Cuda {
     fn moe_dispatch(&self, ids: &Ids, experts: usize, k: usize, d: &mut MoeDispatch<Device>) {
         // The ids stay on the device, in slot order, and many slots (a prompt) are grouped
         // by expert there too, so each expert's rows are read once for all of its slots.
-        d.direct = Some(k);
+        d.on_device = Some(k);
         d.active.clear();
         let slots = ids.len;
         self.resize_buf(&mut d.slots, slots);
@@ -929,7 +929,7 @@ impl Backend for Cuda {
                 "layer {layer} has no routed experts"
             )));
         };
-        let Some(k) = d.direct else {
+        let Some(k) = d.on_device else {
             return Err(RunError::Device("routed experts without a dispatch".into()));
         };
         let slots = d.slots.len;
