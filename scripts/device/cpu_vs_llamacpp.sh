@@ -16,7 +16,8 @@
 #   - llama-bench built for AVX-512 (no AMX) and for AVX2, pp512 and tg128;
 # and copies every JSON result and the machine's lscpu into OUT_DIR.
 # Environment: THREADS (2), CORES (the taskset list, default 2,3), PROMPT (512), GEN (128),
-# REPS (3, llama-bench's repetitions).
+# REPS (3, llama-bench's repetitions), PREFETCH_SWEEP (a list of MOESTREAM_PREFETCH_BYTES
+# values: then the empty-context decode again at each, native ISA, e.g. "0 4096 16384 65536").
 set -euo pipefail
 STAGE="$(cd "$1" && pwd)"; OUT="$2"
 THREADS="${THREADS:-2}"; CORES="${CORES:-2,3}"; PROMPT="${PROMPT:-512}"; GEN="${GEN:-128}"
@@ -58,6 +59,10 @@ for cap in "" avx2; do
     bench "$tag" "$cap" "$WORK/cut" "$PROMPT"
     bench "$tag-short" "$cap" "$WORK/cut" 8
     bench "$tag-gguf-short" "$cap" "$WORK/cut.gguf" 8
+done
+
+for bytes in ${PREFETCH_SWEEP:-}; do
+    MOESTREAM_PREFETCH_BYTES="$bytes" bench "native-short-prefetch-$bytes" "" "$WORK/cut" 8
 done
 
 for isa in avx512 avx2; do

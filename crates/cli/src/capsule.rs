@@ -44,6 +44,7 @@ pub fn machine() -> Value {
         "ram_bytes": crate::sys::mem_total_bytes(),
         "kernel_isa": format!("{:?}", moestream_kernels::simd::isa()),
         "int8_kernel": moestream_kernels::isa::int8().name(),
+        "prefetch_bytes": moestream_kernels::qdot::prefetch_bytes(),
     })
 }
 

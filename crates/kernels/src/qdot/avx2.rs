@@ -18,7 +18,7 @@
 
 use super::format::{QuantizedRow, RowPtrs, BLOCK};
 use super::params::{dot_q8_entry, row_group_entry, size_of, BF16, F16};
-use super::PREFETCH_AHEAD;
+use super::prefetch_bytes;
 use crate::matrix::QuantMatrix;
 use crate::simd::x86::hsum_avx as hsum;
 use std::arch::x86_64::*;
@@ -171,6 +171,7 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
     let mid = _mm256_set1_ps(8.0); // 2^(bits-1)
     let nib = _mm256_set1_epi8(0x0F);
     let codes = (w.packed[rg * 16 * words..].as_ptr() as *const u8).add(32 * h0);
+    let ahead = prefetch_bytes();
     let mut acc = [[_mm256_setzero_ps(); H]; N];
     let xp = RowPtrs::new(x, k);
     for g in 0..groups {
@@ -195,7 +196,9 @@ unsafe fn pass<const N: usize, const H: usize, const DT: u8, const VNNI: bool>(
             let chunk_at = (blk / 4) * 128 + (blk % 4) * 16;
             for word in 0..4 {
                 let c = blk * 4 + word;
-                _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
+                if ahead > 0 {
+                    _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + ahead) as *const i8);
+                }
                 let mut lo = [_mm256_setzero_si256(); H];
                 let mut hi = [_mm256_setzero_si256(); H];
                 for h in 0..H {

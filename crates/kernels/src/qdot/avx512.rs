@@ -5,7 +5,7 @@
 
 use super::format::QuantizedRow;
 use super::params::{size_of, BF16, F16};
-use super::PREFETCH_AHEAD;
+use super::prefetch_bytes;
 use crate::matrix::QuantMatrix;
 use std::arch::x86_64::*;
 
@@ -194,6 +194,7 @@ pub unsafe fn row_group<const N: usize, const DT: u8>(
     let mid = _mm512_set1_ps(8.0); // 2^(bits-1)
     let nib = _mm512_set1_epi8(0x0F);
     let codes = w.packed[rg * 16 * words..].as_ptr() as *const u8;
+    let ahead = prefetch_bytes();
     let mut acc = [_mm512_setzero_ps(); N];
     for g in 0..groups {
         let s = load::<DT>(scales.add(g * 16 * esz), 0xFFFF);
@@ -210,7 +211,9 @@ pub unsafe fn row_group<const N: usize, const DT: u8>(
             let mut isum = [_mm512_setzero_si512(); N];
             for c in blk * 4..blk * 4 + 4 {
                 // Ahead of the hardware prefetcher, which restarts on every row group.
-                _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + PREFETCH_AHEAD) as *const i8);
+                if ahead > 0 {
+                    _mm_prefetch::<_MM_HINT_T1>(codes.add(c * 64 + ahead) as *const i8);
+                }
                 let v = _mm512_loadu_si512(codes.add(c * 64) as *const _);
                 let lo = _mm512_and_si512(v, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);

@@ -45,8 +45,29 @@ use reference::RowParams;
 /// lines it can have in flight: prefetching into L1 (`prefetcht0`, 4 KiB ahead) held a
 /// 2-thread 4-bit matvec to 27 GB/s on a Xeon whose memory reads 36 GB/s; into L2, 16 KiB
 /// ahead, it reads 32-33 GB/s on AVX2 and AVX-512 alike (`examples/qmatvec.rs`).
+///
+/// `MOESTREAM_PREFETCH_BYTES` overrides the distance (0: no software prefetch, the hardware
+/// prefetchers alone), so it can be tuned on a new CPU without a rebuild.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 16384;
+
+/// The prefetch distance the x86 interleaved kernels use (see [`PREFETCH_AHEAD`]), read once.
+pub fn prefetch_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let default = PREFETCH_AHEAD;
+        #[cfg(not(target_arch = "x86_64"))]
+        let default = 0;
+        match std::env::var("MOESTREAM_PREFETCH_BYTES") {
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                eprintln!("MOESTREAM_PREFETCH_BYTES={v:?} is not a byte count; using {default}");
+                default
+            }),
+            Err(_) => default,
+        }
+    })
+}
 
 /// The widest [`format::quantize_block_scalar`] this machine has. Every version rounds the same way
 /// (half to even: the default MXCSR mode, NEON's `fcvtns`), so the codes and `d` are
