@@ -106,7 +106,8 @@ kernels!(
 
 /// Routed slots (`rows * k`) up to which a MoE layer runs without grouping by expert: every
 /// slot reads its expert's weights itself, which costs nothing extra while slots rarely
-/// share an expert (decode), and saves the host round trip grouping needs.
+/// share an expert (decode), and saves the sort kernel and the expert-wide grids of the
+/// grouped kernels.
 const DIRECT_SLOTS: usize = 64;
 
 /// The most experts a layer may have for the device's grouping (`moe_group`'s shared
