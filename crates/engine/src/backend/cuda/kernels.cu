@@ -113,6 +113,25 @@ extern "C" __global__ void gather_matmul(const float* x, const u32* x_idx, int n
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 
+// Row r of slot s's SwiGLU: h[s, r] = silu(gate[r] . x[s / k]) * (up[r] . x[s / k]) (the
+// whole warp; lane 0 writes).
+__device__ __forceinline__ void gate_up_row(const float* x, u32 s, int k, const Mat& gate,
+                                            const Mat& up, int r, int lane, int inter,
+                                            float* h) {
+    const float* xr = x + (size_t)(s / k) * gate.cols;
+    float g = row_dot(gate, r, xr, lane);
+    float u = row_dot(up, r, xr, lane);
+    if (lane == 0) h[(size_t)s * inter + r] = silu(g) * u;
+}
+
+// Row r of slot s's down projection: y[s, r] = down[r] . h[s].
+__device__ __forceinline__ void down_row(const float* h, u32 s, const Mat& down, int r, int lane,
+                                         int width, float* y) {
+    float v = row_dot(down, r, h + (size_t)s * down.cols, lane);
+    if (lane == 0) y[(size_t)s * width + r] = v;
+}
+
+
 // ---- Routed experts grouped by expert on the device (prompts) ----
 
 // Groups the `slots` routed slots of ids (slot t k + j: token t's j-th expert) by expert with
@@ -153,13 +172,7 @@ extern "C" __global__ void moe_gate_up_grouped(const float* x, const u32* offset
     if (usage && r == 0 && lane == 0) usage[e] += 1u;
     const Mat& gate = mats[3 * e];
     const Mat& up = mats[3 * e + 1];
-    for (u32 i = a; i < b; i++) {
-        u32 s = order[i];
-        const float* xr = x + (size_t)(s / k) * gate.cols;
-        float g = row_dot(gate, r, xr, lane);
-        float u = row_dot(up, r, xr, lane);
-        if (lane == 0) h[(size_t)s * inter + r] = silu(g) * u;
-    }
+    for (u32 i = a; i < b; i++) gate_up_row(x, order[i], k, gate, up, r, lane, inter, h);
 }
 
 // y[s, r] = down_e[r] . h[s] for every slot s of expert e = blockIdx.y (as above).
@@ -170,11 +183,7 @@ extern "C" __global__ void moe_down_grouped(const float* h, const u32* offsets, 
     u32 a = offsets[e], b = offsets[e + 1];
     if (a == b || r >= width) return;
     const Mat& m = mats[3 * e + 2];
-    for (u32 i = a; i < b; i++) {
-        u32 s = order[i];
-        float v = row_dot(m, r, h + (size_t)s * m.cols, lane);
-        if (lane == 0) y[(size_t)s * width + r] = v;
-    }
+    for (u32 i = a; i < b; i++) down_row(h, order[i], m, r, lane, width, y);
 }
 
 // Routed experts of a few tokens without grouping them on the host (decode): slot s is
@@ -190,10 +199,7 @@ extern "C" __global__ void moe_gate_up(const float* x, const u32* ids, int slots
     int lane = threadIdx.x % 32;
     if (s >= slots || r >= inter) return;
     u32 e = ids[s];
-    const float* xr = x + (size_t)(s / k) * mats[3 * e].cols;
-    float g = row_dot(mats[3 * e], r, xr, lane);
-    float u = row_dot(mats[3 * e + 1], r, xr, lane);
-    if (lane == 0) h[(size_t)s * inter + r] = silu(g) * u;
+    gate_up_row(x, s, k, mats[3 * e], mats[3 * e + 1], r, lane, inter, h);
     if (usage && r == 0 && lane == 0) {
         bool first = true;
         for (int j = 0; j < s; j++) first = first && ids[j] != e;
@@ -207,9 +213,7 @@ extern "C" __global__ void moe_down(const float* h, const u32* ids, int slots, c
     int s = blockIdx.y, r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (s >= slots || r >= width) return;
-    const Mat& m = mats[3 * ids[s] + 2];
-    float v = row_dot(m, r, h + (size_t)s * m.cols, lane);
-    if (lane == 0) y[(size_t)s * width + r] = v;
+    down_row(h, s, mats[3 * ids[s] + 2], r, lane, width, y);
 }
 
 // x[i, :] = W[ids[i], :] (the embedding gather).
@@ -303,6 +307,18 @@ extern "C" __global__ void moe_combine(const float* w, const float* y, float* de
     delta[i] = acc;
 }
 
+// Rotates pair p of one head x at position pos (mlx fast.rope: adjacent pairs when
+// traditional, else p and p + half), after YaRN's factor mscale on both features.
+__device__ __forceinline__ void rotate_pair(float* x, int p, int half, int traditional,
+                                            float mscale, float pos, const float* inv_freq) {
+    float s, c;
+    sincosf(pos * inv_freq[p], &s, &c);
+    int ia = traditional ? 2 * p : p, ib = traditional ? 2 * p + 1 : p + half;
+    float a = x[ia] * mscale, b = x[ib] * mscale;
+    x[ia] = a * c - b * s;
+    x[ib] = b * c + a * s;
+}
+
 // RoPE (mlx fast.rope: `half` rotated pairs, adjacent or split halves, after YaRN's factor
 // `mscale` on the rotated features) of every head of the token rows [row0, row0 + n) of q
 // (nq heads) and k (nk heads), at positions offset + i; then those keys and the values
@@ -317,18 +333,8 @@ extern "C" __global__ void rope_append(float* q, float* k, const float* v, int r
     float* x = head < nq ? q + ((size_t)row * nq + head) * hd
                          : k + ((size_t)row * nk + (head - nq)) * hd;
     float pos = (float)(offset + i);
-    for (int p = threadIdx.x; p < half; p += blockDim.x) {
-        float s, c;
-        sincosf(pos * inv_freq[p], &s, &c);
-        int ia = traditional ? 2 * p : p, ib = traditional ? 2 * p + 1 : p + half;
-        float a = x[ia], b = x[ib];
-        if (mscale != 1.f) {
-            a *= mscale;
-            b *= mscale;
-        }
-        x[ia] = a * c - b * s;
-        x[ib] = b * c + a * s;
-    }
+    for (int p = threadIdx.x; p < half; p += blockDim.x)
+        rotate_pair(x, p, half, traditional, mscale, pos, inv_freq);
     if (head < nq) return;
     __syncthreads();
     int kh = head - nq;
@@ -447,17 +453,6 @@ extern "C" __global__ void split_heads(const float* x, float* left, float* right
         left[(size_t)head * a + d] = x[i];
     else
         right[(size_t)head * b + d - a] = x[i];
-}
-
-// One pair of RoPE (see rope_append) on x[ia], x[ib] at position pos.
-__device__ __forceinline__ void rotate_pair(float* x, int p, int half, int traditional,
-                                            float mscale, float pos, const float* inv_freq) {
-    float s, c;
-    sincosf(pos * inv_freq[p], &s, &c);
-    int ia = traditional ? 2 * p : p, ib = traditional ? 2 * p + 1 : p + half;
-    float a = x[ia] * mscale, b = x[ib] * mscale;
-    x[ia] = a * c - b * s;
-    x[ib] = b * c + a * s;
 }
 
 // MLA's cache append for token rows [row0, row0 + n): RoPE at positions offset + i on the

@@ -561,11 +561,15 @@ impl Backend for Cuda {
         let width = heads.first().map_or(0, |h| h.arg.rows as usize);
         self.resize_buf(out, rows * nh * width);
         // Head h of token t is row t * nh + h of both x and out: index tables per head,
-        // `idx[h * rows + t]`, uploaded once per call.
-        let table: Vec<u32> = (0..nh)
-            .flat_map(|h| (0..rows).map(move |t| (t * nh + h) as u32))
-            .collect();
-        self.upload(idx, &table);
+        // `idx[h * rows + t]`. Only this op writes `idx`, and the table depends on nothing
+        // but its length (both of MLA's per-head projections have the same heads), so it
+        // is uploaded only when the row count changes, not per token and layer.
+        if idx.len != nh * rows {
+            let table: Vec<u32> = (0..nh)
+                .flat_map(|h| (0..rows).map(move |t| (t * nh + h) as u32))
+                .collect();
+            self.upload(idx, &table);
+        }
         let (xp, op, ip) = (self.ptr(x), self.ptr(out), self.ptr(idx));
         for (h, w) in heads.iter().enumerate() {
             let at = ip + 4 * (h * rows) as u64;
